@@ -29,9 +29,11 @@ class KVPool:
         self.head_dim = head_dim
         self.dtype = dtype
         shape = (num_pages, page_size, num_kv_heads, head_dim)
-        # torch.empty: untouched pages cost no physical memory until first written.
-        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # Zeros, not empty: attention multiplies masked-out padding slots by a zero weight, and
+        # 0 * NaN from uninitialised memory would poison the row. (Large zeroed allocations are
+        # mapped lazily by the OS, so untouched pages still cost no physical memory on CPU.)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
 
     @property
     def num_slots(self) -> int:

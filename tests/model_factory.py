@@ -1,0 +1,132 @@
+"""Tiny random-weight models in Hugging Face format, built with transformers' own classes.
+
+Tests load these folders through our real loader and compare against transformers' real model:
+the reference implementation that nobody here wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Text for the fixture tokenizer: plain English, code-ish text and multi-byte characters so that
+# incremental detokenisation meets characters split across byte-level tokens.
+TOKENIZER_CORPUS = [
+    "Once upon a time there was a tiny language model that lived on a small CPU.",
+    "The quick brown fox jumps over the lazy dog. Explain KV caches: keys and values.",
+    "def forward(self, x): return self.proj(x) + 1  # residual",
+    "Café naïve résumé façade — déjà vu. Über straße.",
+    "日本語のテキストと中文文本，还有한국어 문장.",
+    "Emoji: 🙂🚀🔥 and symbols ∑ ∫ √ ≈ ≠ ∞.",
+    "ROMEO: But soft, what light through yonder window breaks? JULIET: O Romeo.",
+    "1 2 3 4 5 6 7 8 9 10 100 1000 3.14159 2.71828",
+]
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tokenizer(out_dir: Path, vocab_size: int = 384) -> Path:
+    """Train a byte-level BPE tokenizer with `tokenizers` and save it as an HF tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(TOKENIZER_CORPUS * 4, trainer=trainer)
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
+    hf_tok.chat_template = CHAT_TEMPLATE
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hf_tok.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def build_qwen3(
+    out_dir: Path,
+    tokenizer_dir: Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    head_dim: int = 16,
+    tie_word_embeddings: bool = False,
+    initializer_range: float = 0.2,
+    max_shard_size: str | None = None,
+    **extra: Any,
+) -> Path:
+    """Write a random Qwen3ForCausalLM (config, safetensors, tokenizer) into ``out_dir``."""
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    config = Qwen3Config(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        head_dim=head_dim,
+        tie_word_embeddings=tie_word_embeddings,
+        initializer_range=initializer_range,
+        max_position_embeddings=1024,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+        pad_token_id=tok.pad_token_id,
+        **extra,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config).eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {}
+    if max_shard_size is not None:
+        kwargs["max_shard_size"] = max_shard_size
+    model.save_pretrained(str(out_dir), **kwargs)
+    tok.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def load_hf(model_dir: Path, dtype: torch.dtype = torch.float32) -> Any:
+    """The reference: transformers' own implementation with the same weights."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).eval()
+
+
+def hf_greedy(model: Any, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """Greedy continuation from transformers' ``generate`` (no EOS stop, fp32)."""
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([prompt_ids]),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return out[0, len(prompt_ids) :].tolist()
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    return json.loads((model_dir / "config.json").read_text())

@@ -1,0 +1,1 @@
+"""vibe-sgl-lite: a small, readable LLM inference engine."""

@@ -1,0 +1,97 @@
+"""``ForwardBatch``: everything one model forward needs, as a handful of flat tensors.
+
+Several prefills (or prefill chunks) and many decodes run as ONE forward with no padding:
+
+    request      A (prefill 4)      B (decode)   C (chunk of 3)
+    input_ids    a0 a1 a2 a3        b7           c4 c5 c6            [T = 8]
+    positions    0  1  2  3         7            4  5  6             [T]
+    query_start_loc  0, 4, 5, 8                                      [B + 1]
+    seq_lens         4, 8, 7      (KV length after this step)        [B]
+    slot_mapping     where each new token's K/V is written in the pool [T]
+    page_table       row b = the pages of request b, padded with 0   [B, max_pages]
+    sample_indices   last token of each row that finishes its prompt or decodes [S]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class BatchRow:
+    """One sequence's share of a step: ``token_ids`` start at position ``start_pos``."""
+
+    token_ids: Sequence[int]
+    start_pos: int
+    page_table: Sequence[int]
+    sample: bool
+
+
+@dataclass
+class ForwardBatch:
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    query_start_loc: torch.Tensor
+    seq_lens: torch.Tensor
+    slot_mapping: torch.Tensor
+    page_table: torch.Tensor
+    sample_indices: torch.Tensor
+    page_size: int
+    query_lens_cpu: list[int]
+    seq_lens_cpu: list[int]
+    attn_metadata: Any = None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.query_lens_cpu)
+
+    @classmethod
+    def build(cls, rows: Sequence[BatchRow], page_size: int, device: torch.device) -> ForwardBatch:
+        if not rows:
+            raise ValueError("a forward batch needs at least one row")
+        input_ids: list[int] = []
+        positions: list[int] = []
+        query_start = [0]
+        seq_lens: list[int] = []
+        sample_indices: list[int] = []
+        for row in rows:
+            n = len(row.token_ids)
+            input_ids.extend(row.token_ids)
+            positions.extend(range(row.start_pos, row.start_pos + n))
+            query_start.append(query_start[-1] + n)
+            seq_lens.append(row.start_pos + n)
+            if row.sample:
+                sample_indices.append(query_start[-1] - 1)
+        max_pages = max(len(r.page_table) for r in rows)
+        table = [list(r.page_table) + [0] * (max_pages - len(r.page_table)) for r in rows]
+
+        def tensor(data: Any) -> torch.Tensor:
+            return torch.tensor(data, dtype=torch.int64, device=device)
+
+        page_table = tensor(table)
+        positions_t = tensor(positions)
+        query_lens = [b - a for a, b in zip(query_start, query_start[1:])]
+        row_of_token = torch.repeat_interleave(
+            torch.arange(len(rows), device=device), tensor(query_lens)
+        )
+        pages = page_table[row_of_token, positions_t // page_size]
+        return cls(
+            input_ids=tensor(input_ids),
+            positions=positions_t,
+            query_start_loc=tensor(query_start),
+            seq_lens=tensor(seq_lens),
+            slot_mapping=pages * page_size + positions_t % page_size,
+            page_table=page_table,
+            sample_indices=tensor(sample_indices),
+            page_size=page_size,
+            query_lens_cpu=query_lens,
+            seq_lens_cpu=seq_lens,
+        )

@@ -1,0 +1,207 @@
+"""Text in, token ids out, and back again, including the streaming parts.
+
+Three pieces live here:
+
+* ``Tokenizer`` wraps a Hugging Face tokenizer loaded from a local model folder and gathers every
+  id that should end generation.
+* ``IncrementalDetokenizer`` turns a growing stream of ids into text deltas without ever emitting
+  half of a multi-byte character.
+* ``StopStringMatcher`` cuts the text at user-supplied stop strings, even when a stop string is
+  split across several deltas, and never shows the user the start of a stop string that later
+  completes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+"""Any one of these marks a folder as holding a tokenizer; transformers alone is too lenient
+(given only a ``config.json`` it happily builds an empty tokenizer)."""
+
+REPLACEMENT_CHAR = "\ufffd"
+
+
+def _read_eos_ids(json_path: Path) -> set[int]:
+    """The ``eos_token_id`` of a config file, which models write as null, an int or a list."""
+    if not json_path.is_file():
+        return set()
+    value = json.loads(json_path.read_text()).get("eos_token_id")
+    if value is None:
+        return set()
+    if isinstance(value, int):
+        return {value}
+    return {int(v) for v in value}
+
+
+class Tokenizer:
+    """A thin, engine-shaped view of a Hugging Face tokenizer.
+
+    ``encode`` keeps the tokenizer's default ``add_special_tokens=True``: whatever its own
+    post-processor adds (nothing for Qwen, a BOS for Llama) is part of what the model was trained
+    to see. Chat prompts already carry those tokens in the template's text, so callers encoding a
+    templated prompt pass ``add_special_tokens=False``.
+    """
+
+    def __init__(self, hf_tokenizer: PreTrainedTokenizerBase, extra_eos_ids: set[int]) -> None:
+        self.hf = hf_tokenizer
+        self._eos_ids = set(extra_eos_ids)
+        if hf_tokenizer.eos_token_id is not None:
+            self._eos_ids.add(int(hf_tokenizer.eos_token_id))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str]) -> Tokenizer:
+        """Load from a local folder; never touches the network."""
+        folder = Path(path)
+        if not folder.is_dir() or not any((folder / f).is_file() for f in TOKENIZER_FILES):
+            raise ValueError(f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {folder}")
+        try:
+            hf_tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"could not load a tokenizer from {folder}: {exc}") from exc
+        extra = _read_eos_ids(folder / "generation_config.json") | _read_eos_ids(
+            folder / "config.json"
+        )
+        return cls(hf_tokenizer, extra)
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        """Every id that ends generation: chat models often stop on several (e.g. ``<|im_end|>``
+        in ``generation_config.json`` besides the tokenizer's own ``<|endoftext|>``)."""
+        return set(self._eos_ids)
+
+    @property
+    def vocab_size(self) -> int:
+        """Ids the tokenizer knows, added special tokens included. The model's embedding table
+        may be larger (padded for alignment); those extra rows have no text."""
+        return len(self.hf)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        """Decode without the legacy "clean-up" of spaces (``" ." -> "."``): it rewrites text
+        across token boundaries, so streamed deltas would stop adding up to the full decode."""
+        return str(
+            self.hf.decode(
+                list(ids),
+                skip_special_tokens=skip_special_tokens,
+                clean_up_tokenization_spaces=False,
+            )
+        )
+
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str:
+        """Render messages with the model's own template, as text (encode it separately)."""
+        if not getattr(self.hf, "chat_template", None):
+            raise ValueError("this tokenizer has no chat template; send a plain prompt instead")
+        rendered: Any = self.hf.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        return str(rendered)
+
+
+class IncrementalDetokenizer:
+    """Streams text for a growing list of ids, one token at a time.
+
+    A byte-level token can carry part of a UTF-8 character, so decoding tokens one by one would
+    emit U+FFFD garbage. Instead (the technique of vLLM and Hugging Face's ``TextStreamer``) two
+    offsets are kept: ``_read`` marks the end of the ids already turned into emitted text, and
+    ``_prefix`` marks a few ids before it. Each step decodes ``ids[_prefix:]`` and emits whatever
+    extends past the text of ``ids[_prefix:_read]``, but only once it no longer ends in U+FFFD,
+    i.e. once the last character is complete. Starting the window a little early gives
+    SentencePiece-style decoders the context they need to keep a word's leading space, and
+    keeping it short keeps each step O(1) rather than re-decoding the whole sequence.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True) -> None:
+        self._tokenizer = tokenizer
+        self._skip_special = skip_special_tokens
+        self._ids: list[int] = []
+        self._prefix = 0
+        self._read = 0
+        self._pieces: list[str] = []
+
+    @property
+    def text(self) -> str:
+        """All text emitted so far (by ``add`` and ``flush``)."""
+        return "".join(self._pieces)
+
+    def add(self, token_id: int) -> str:
+        """Take one more id and return the newly completed text, possibly ``""``."""
+        self._ids.append(token_id)
+        prefix_text, new_text = self._decode_window()
+        if len(new_text) <= len(prefix_text) or new_text.endswith(REPLACEMENT_CHAR):
+            return ""
+        return self._emit(new_text[len(prefix_text) :])
+
+    def flush(self) -> str:
+        """Return whatever is still held back, even an incomplete character (as U+FFFD)."""
+        prefix_text, new_text = self._decode_window()
+        return self._emit(new_text[len(prefix_text) :])
+
+    def _decode_window(self) -> tuple[str, str]:
+        window = self._ids[self._prefix :]
+        held_from = self._read - self._prefix
+        decode = self._tokenizer.decode
+        return decode(window[:held_from], self._skip_special), decode(window, self._skip_special)
+
+    def _emit(self, delta: str) -> str:
+        self._prefix, self._read = self._read, len(self._ids)
+        if delta:
+            self._pieces.append(delta)
+        return delta
+
+
+class StopStringMatcher:
+    """Cuts streamed text at the first occurrence of any stop string.
+
+    Only a short tail of text is ever pending: the longest suffix that could still grow into a
+    stop string. Everything before it is safe to show, since no stop string can start there, so
+    each ``feed`` costs O(len(delta) + longest stop) no matter how long the text grows.
+    """
+
+    def __init__(self, stops: list[str]) -> None:
+        if any(not stop for stop in stops):
+            raise ValueError("stop strings must be non-empty")
+        self._stops = list(stops)
+        self._pending = ""
+        self.stopped = False
+
+    def feed(self, delta: str) -> tuple[str, bool]:
+        """Add ``delta``; return the text now safe to emit and whether a stop string matched.
+
+        Once stopped, the text after the stop string is dropped and later feeds return
+        ``("", True)``.
+        """
+        if self.stopped:
+            return "", True
+        text = self._pending + delta
+        cut = min((i for i in (text.find(s) for s in self._stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self._pending = ""
+            return text[:cut], True
+        held = self._held_back_length(text)
+        self._pending = text[len(text) - held :]
+        return text[: len(text) - held], False
+
+    def flush(self) -> str:
+        """At the end of the stream the pending tail never became a stop string: release it."""
+        pending, self._pending = self._pending, ""
+        return pending
+
+    def _held_back_length(self, text: str) -> int:
+        """Length of the longest suffix of ``text`` that is a proper prefix of a stop string."""
+        longest = max((len(s) for s in self._stops), default=0)
+        for length in range(min(len(text), longest - 1), 0, -1):
+            suffix = text[-length:]
+            if any(stop.startswith(suffix) for stop in self._stops):
+                return length
+        return 0

@@ -1,0 +1,10 @@
+"""Attention implementations over the paged KV cache."""
+
+from vibe_sgl_lite.kernels.attention import (
+    ATTENTION_BACKENDS,
+    AttentionBackend,
+    TorchPagedAttention,
+    get_attention_backend,
+)
+
+__all__ = ["ATTENTION_BACKENDS", "AttentionBackend", "TorchPagedAttention", "get_attention_backend"]

@@ -1,0 +1,129 @@
+"""Attention over the paged KV cache, in plain torch (CPU and GPU).
+
+Every backend does two things per layer:
+
+1. **store**: write this step's new K/V into the pool at ``batch.slot_mapping``;
+2. **attend**: each query token attends to its own sequence's KV, read through the page table,
+   causally (a query at position ``p`` sees keys ``0..p``).
+
+The store happens before the reads, for all sequences of the batch: a request may therefore read
+pages that another request of the same batch is writing in this very forward (the prefix cache
+relies on this to share a prompt prefix inside one batch). Any backend must keep that order.
+
+The torch backend splits the batch into two groups that batch well: decode rows (one query
+token each) and prefill rows (several). Each group gathers its KV through a precomputed index
+``[rows, max_kv]`` and runs one ``scaled_dot_product_attention`` with a boolean mask:
+
+    query i of a row with kv_len L and q_len Q sits at position L - Q + i
+    key j is visible  <=>  j <= L - Q + i
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from vibe_sgl_lite.batch.forward_batch import ForwardBatch
+
+
+class AttentionBackend(Protocol):
+    """What a model layer needs from an attention implementation."""
+
+    def prepare(self, batch: ForwardBatch) -> object:
+        """Build per-step metadata once; the engine stores it in ``batch.attn_metadata``."""
+        ...
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        batch: ForwardBatch,
+        scale: float,
+    ) -> torch.Tensor:
+        """``q: [T, Hq, D]``, ``k, v: [T, Hkv, D]``, caches ``[num_slots, Hkv, D]`` -> ``[T, Hq, D]``."""
+        ...
+
+
+@dataclass
+class RowGroup:
+    """Rows attended together: gather indices and mask, shapes given per field."""
+
+    q_index: torch.Tensor  # [G, max_q] flat token index of each (row, query) slot
+    q_valid: torch.Tensor  # [G, max_q] False on padding
+    kv_slots: torch.Tensor  # [G, max_kv] pool slot of each (row, key) position
+    mask: torch.Tensor  # [G, 1, max_q, max_kv] True where the key is visible
+
+
+def build_row_group(batch: ForwardBatch, rows: list[int]) -> RowGroup:
+    device = batch.input_ids.device
+    r = torch.tensor(rows, dtype=torch.int64, device=device)
+    q_lens = torch.tensor([batch.query_lens_cpu[i] for i in rows], device=device)
+    kv_lens = batch.seq_lens[r]
+    max_q = max(batch.query_lens_cpu[i] for i in rows)
+    max_kv = max(batch.seq_lens_cpu[i] for i in rows)
+    qi = torch.arange(max_q, device=device)
+    kj = torch.arange(max_kv, device=device)
+    q_valid = qi[None, :] < q_lens[:, None]
+    q_index = (batch.query_start_loc[r][:, None] + qi[None, :]).clamp(max=batch.num_tokens - 1)
+    page_cols = (kj // batch.page_size).clamp(max=batch.page_table.shape[1] - 1)
+    kv_slots = batch.page_table[r][:, page_cols] * batch.page_size + kj % batch.page_size
+    q_pos = (kv_lens - q_lens)[:, None] + qi[None, :]  # [G, max_q]
+    mask = kj[None, None, :] <= q_pos[:, :, None]
+    mask |= ~q_valid[:, :, None] & (kj == 0)[None, None, :]  # padding rows: avoid all-masked NaNs
+    return RowGroup(q_index, q_valid, kv_slots, mask.unsqueeze(1))
+
+
+class TorchPagedAttention:
+    """The reference backend: gather through page tables, then ``scaled_dot_product_attention``."""
+
+    name = "torch"
+
+    def prepare(self, batch: ForwardBatch) -> list[RowGroup]:
+        decode = [i for i, n in enumerate(batch.query_lens_cpu) if n == 1]
+        prefill = [i for i, n in enumerate(batch.query_lens_cpu) if n > 1]
+        return [build_row_group(batch, rows) for rows in (decode, prefill) if rows]
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        batch: ForwardBatch,
+        scale: float,
+    ) -> torch.Tensor:
+        k_cache, v_cache = kv_cache
+        k_cache[batch.slot_mapping] = k.to(k_cache.dtype)
+        v_cache[batch.slot_mapping] = v.to(v_cache.dtype)
+        groups: list[RowGroup] = batch.attn_metadata
+        out = torch.empty_like(q)
+        gqa = q.shape[1] != k.shape[1]
+        for g in groups:
+            qg = q[g.q_index].transpose(1, 2)  # [G, Hq, max_q, D]
+            kg = k_cache[g.kv_slots].to(q.dtype).transpose(1, 2)  # [G, Hkv, max_kv, D]
+            vg = v_cache[g.kv_slots].to(q.dtype).transpose(1, 2)
+            o = F.scaled_dot_product_attention(
+                qg, kg, vg, attn_mask=g.mask, scale=scale, enable_gqa=gqa
+            ).transpose(1, 2)
+            out[g.q_index[g.q_valid]] = o[g.q_valid]
+        return out
+
+
+ATTENTION_BACKENDS: dict[str, type] = {"torch": TorchPagedAttention}
+
+
+def get_attention_backend(name_or_backend: str | AttentionBackend) -> AttentionBackend:
+    if not isinstance(name_or_backend, str):
+        return name_or_backend
+    if name_or_backend not in ATTENTION_BACKENDS:
+        raise ValueError(
+            f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)} "
+            f"or an AttentionBackend object, got {name_or_backend!r}"
+        )
+    backend: AttentionBackend = ATTENTION_BACKENDS[name_or_backend]()
+    return backend
