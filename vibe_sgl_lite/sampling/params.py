@@ -71,10 +71,12 @@ class SamplingParams:
         self.repetition_penalty = _real(
             "repetition_penalty", self.repetition_penalty, "> 0", lambda v: v > 0
         )
-        for name in ("frequency_penalty", "presence_penalty"):
-            setattr(
-                self, name, _real(name, getattr(self, name), "in [-2, 2]", lambda v: -2 <= v <= 2)
-            )
+        self.frequency_penalty = _real(
+            "frequency_penalty", self.frequency_penalty, "in [-2, 2]", lambda v: -2 <= v <= 2
+        )
+        self.presence_penalty = _real(
+            "presence_penalty", self.presence_penalty, "in [-2, 2]", lambda v: -2 <= v <= 2
+        )
         if self.seed is not None:
             self.seed = _int("seed", self.seed, ">= 0 or None", lambda v: v >= 0)
         self.stop = self._normalise_stop(self.stop)

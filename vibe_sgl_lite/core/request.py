@@ -1,0 +1,123 @@
+"""``Request``: one generation request and everything the engine tracks about it.
+
+Life cycle::
+
+    WAITING --admitted by the scheduler--> RUNNING --stop / length--> FINISHED
+       ^                                      |
+       +------------ preempted ---------------+   (pages freed; recomputed on re-admission)
+
+A request's tokens are ``token_ids = prompt + output``. ``num_computed_tokens`` of them have
+their K/V in the pool (through ``page_table``); each step computes the next chunk. A request
+samples a token whenever a step brings ``num_computed_tokens`` up to ``len(token_ids)``.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vibe_sgl_lite.sampling import SamplingParams, TokenLogprobs
+
+
+class RequestState(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class GenerationOutput:
+    """What the user gets back for one prompt."""
+
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None  # "stop", "length", or "error" (then ``error`` says why)
+    num_cached_tokens: int = 0
+    logprobs: list[TokenLogprobs] | None = None
+    error: str | None = None
+    request_id: int = -1
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Request:
+    request_id: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    generator: torch.Generator | None = None
+    arrival_order: int = 0
+    priority: int = 0
+
+    state: RequestState = RequestState.WAITING
+    token_ids: list[int] = field(default_factory=list)
+    page_table: list[int] = field(default_factory=list)
+    num_computed_tokens: int = 0
+    num_cached_tokens: int = 0
+    cache_node: Any = None  # the prefix-cache node this request keeps locked
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+
+    text: str = ""  # text released so far (stop strings cut, incomplete UTF-8 held back)
+    pending_text: str = ""  # released but not yet taken by a streaming reader
+    detokenizer: Any = None
+    stop_matcher: Any = None
+
+    arrival_time: float = field(default_factory=time.perf_counter)
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    finish_time: float | None = None
+    first_admission_cached_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.token_ids:
+            self.token_ids = list(self.prompt_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.token_ids[len(self.prompt_ids) :]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - len(self.prompt_ids)
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state is RequestState.FINISHED
+
+    def metrics(self) -> dict[str, float]:
+        """Queue time, time to first token and time per output token, in seconds."""
+        out: dict[str, float] = {}
+        if self.first_scheduled_time is not None:
+            out["queue_time"] = self.first_scheduled_time - self.arrival_time
+        if self.first_token_time is not None:
+            out["time_to_first_token"] = self.first_token_time - self.arrival_time
+            if self.finish_time is not None and self.num_output_tokens > 1:
+                out["time_per_output_token"] = (self.finish_time - self.first_token_time) / (
+                    self.num_output_tokens - 1
+                )
+        return out
+
+    def to_output(self) -> GenerationOutput:
+        return GenerationOutput(
+            prompt_token_ids=list(self.prompt_ids),
+            token_ids=self.output_ids,
+            text=self.text,
+            finish_reason=self.finish_reason,
+            num_cached_tokens=self.first_admission_cached_tokens or 0,
+            logprobs=self.logprobs if self.params.logprobs is not None else None,
+            request_id=self.request_id,
+            metrics=self.metrics(),
+        )

@@ -1,0 +1,233 @@
+"""``ModelRunner``: the public Python API.
+
+    runner = ModelRunner("path/to/hf-model")
+    runner.generate("Once upon a time", max_tokens=50)            -> str
+    runner.generate_batch([...], temperature=0)                   -> list[str]
+    runner.generate_stream("Explain KV caches:")                  -> Iterator[str]
+    runner.generate_outputs([...], sampling_params)               -> list[GenerationOutput]
+
+Every call enqueues requests into one ``Engine`` and steps it until they finish, so requests of
+one call (and of concurrent streams) share every forward pass: continuous batching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from vibe_sgl_lite.cache.base import PrefixCache
+from vibe_sgl_lite.core.config import EngineConfig
+from vibe_sgl_lite.core.engine import Engine
+from vibe_sgl_lite.core.request import GenerationOutput, Request
+from vibe_sgl_lite.kernels.attention import AttentionBackend
+from vibe_sgl_lite.sampling import SamplingParams
+from vibe_sgl_lite.scheduler.scheduler import Scheduler
+
+Prompt = str | Sequence[int]
+
+
+class BatchRequestError(ValueError):
+    """Some prompts of a batch were invalid; ``outputs`` holds every result, failed ones too."""
+
+    def __init__(self, message: str, outputs: list[GenerationOutput]) -> None:
+        super().__init__(message)
+        self.outputs = outputs
+
+
+def default_model_path() -> Path:
+    """The small Shakespeare model shipped inside the package."""
+    return Path(__file__).resolve().parent.parent / "assets" / "tiny-shakespeare"
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        seed: int = 0,
+        page_size: int = 16,
+        max_total_tokens: int | None = None,
+        max_running_requests: int = 256,
+        max_prefill_tokens: int = 8192,
+        chunked_prefill_size: int | None = None,
+        max_model_len: int | None = None,
+        schedule_policy: str = "fcfs",
+        enable_prefix_cache: bool = False,
+        cache: PrefixCache | None = None,
+        scheduler: Scheduler | None = None,
+        attention_backend: str | AttentionBackend = "torch",
+        kv_cache_dtype: str = "auto",
+        mem_fraction: float = 0.3,
+        tp_size: int = 1,
+        ep_size: int = 1,
+    ) -> None:
+        self.model_path = Path(model_path) if model_path is not None else default_model_path()
+        self.config = EngineConfig(
+            dtype=dtype,
+            device=device,
+            seed=seed,
+            page_size=page_size,
+            max_total_tokens=max_total_tokens,
+            max_running_requests=max_running_requests,
+            max_prefill_tokens=max_prefill_tokens,
+            chunked_prefill_size=chunked_prefill_size,
+            max_model_len=max_model_len,
+            schedule_policy=schedule_policy,
+            enable_prefix_cache=enable_prefix_cache or cache is not None,
+            attention_backend=attention_backend if isinstance(attention_backend, str) else "torch",
+            kv_cache_dtype=kv_cache_dtype,
+            mem_fraction=mem_fraction,
+            tp_size=tp_size,
+            ep_size=ep_size,
+        )
+        self.engine: Engine | None = Engine(
+            self.model_path,
+            self.config,
+            scheduler=scheduler,
+            cache=cache,
+            attention_backend=attention_backend,
+        )
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> ModelRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the model and the KV pool; the runner cannot be used afterwards."""
+        self.engine = None
+
+    @property
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            raise RuntimeError("this ModelRunner is closed")
+        return self.engine
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._engine.tokenizer
+
+    # ---- generation --------------------------------------------------------------------------
+
+    def generate(self, prompt: Prompt, **sampling: Any) -> str:
+        """Generate a completion of one prompt (a string or token ids); returns its text."""
+        return self.generate_outputs([prompt], SamplingParams.from_kwargs(**sampling))[0].text
+
+    def generate_batch(
+        self, prompts: Sequence[Prompt], *, use_tqdm: bool = True, **sampling: Any
+    ) -> list[str]:
+        """Generate for several prompts batched together; texts in prompt order.
+
+        An invalid prompt fails alone: the others complete, then ``BatchRequestError`` (a
+        ``ValueError``) is raised with every output attached.
+        """
+        outputs = self._run(list(prompts), SamplingParams.from_kwargs(**sampling), use_tqdm)
+        self._raise_on_errors(outputs)
+        return [o.text for o in outputs]
+
+    def generate_outputs(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        use_tqdm: bool = False,
+    ) -> list[GenerationOutput]:
+        """Full results (token ids, text, finish reason, cache hits, logprobs) per prompt.
+
+        A prompt that fails validation gets an output with ``finish_reason="error"`` and the
+        message in ``error``; the other prompts are unaffected.
+        """
+        if isinstance(prompts, str) or (
+            isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], int)
+        ):
+            prompts = [prompts]  # type: ignore[list-item]
+        return self._run(list(prompts), sampling_params, use_tqdm)  # type: ignore[arg-type]
+
+    def generate_stream(self, prompt: Prompt, **sampling: Any) -> Iterator[str]:
+        """Yield text pieces as they are produced; their concatenation is ``generate``'s text."""
+        engine = self._engine
+        req = engine.add_request(prompt, SamplingParams.from_kwargs(**sampling))
+        try:
+            while True:
+                if req.pending_text:
+                    piece, req.pending_text = req.pending_text, ""
+                    yield piece
+                if req.is_finished:
+                    break
+                engine.step()
+        finally:
+            if not req.is_finished:
+                engine.abort(req)
+
+    def chat(self, messages: list[dict[str, str]], **sampling: Any) -> str:
+        """Apply the model's chat template, then ``generate``."""
+        tok = self._engine.tokenizer
+        ids = tok.encode(tok.apply_chat_template(messages), add_special_tokens=False)
+        return self.generate(ids, **sampling)
+
+    def _run(
+        self,
+        prompts: list[Prompt],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None,
+        use_tqdm: bool,
+    ) -> list[GenerationOutput]:
+        engine = self._engine
+        if sampling_params is None or isinstance(sampling_params, SamplingParams):
+            params_list = [sampling_params or SamplingParams()] * len(prompts)
+        else:
+            params_list = list(sampling_params)
+            if len(params_list) != len(prompts):
+                raise ValueError(
+                    f"sampling_params must be one SamplingParams or one per prompt "
+                    f"({len(prompts)}), got {len(params_list)}"
+                )
+        outputs: list[GenerationOutput | None] = [None] * len(prompts)
+        live: dict[int, Request] = {}
+        for i, (prompt, params) in enumerate(zip(prompts, params_list)):
+            try:
+                live[i] = engine.add_request(prompt, params)
+            except ValueError as exc:
+                ids = list(prompt) if not isinstance(prompt, str) else []
+                outputs[i] = GenerationOutput(ids, [], "", "error", error=str(exc))
+        bar = tqdm(total=len(live), disable=not use_tqdm, desc="generate", unit="req")
+        try:
+            while any(not r.is_finished for r in live.values()):
+                finished = engine.step()
+                bar.update(sum(1 for r in finished if r in live.values()))
+        finally:
+            bar.close()
+            for req in live.values():
+                if not req.is_finished:
+                    engine.abort(req)
+        for i, req in live.items():
+            outputs[i] = req.to_output()
+        engine.finished_requests.clear()
+        return [o for o in outputs if o is not None]
+
+    @staticmethod
+    def _raise_on_errors(outputs: list[GenerationOutput]) -> None:
+        failed = [(i, o.error) for i, o in enumerate(outputs) if o.finish_reason == "error"]
+        if failed:
+            detail = "; ".join(f"prompt {i}: {err}" for i, err in failed)
+            raise BatchRequestError(f"{len(failed)} prompt(s) failed: {detail}", outputs)
+
+    # ---- stats and cache ---------------------------------------------------------------------
+
+    def get_stats(self) -> dict[str, float | int]:
+        return self._engine.get_stats()
+
+    def flush_cache(self) -> bool:
+        """Empty the prefix cache (SGLang's name). Only allowed while no request is running."""
+        engine = self._engine
+        if engine.has_unfinished():
+            raise RuntimeError("flush_cache: requests are still running")
+        engine.cache.flush()
+        return True

@@ -1,0 +1,201 @@
+"""Continuous batching: which requests run in the next step, and how many tokens each computes.
+
+Every step (``schedule``) has two phases:
+
+1. **Running requests**, oldest first. A request whose prompt is fully computed decodes one
+   token; one still in prefill (chunked prefill) computes its next chunk. If the pool has no page
+   for it, the prefix cache gives back unused pages first; failing that, the most recently
+   admitted request is **preempted**: its pages are freed and it waits again, to be recomputed
+   from its prompt and the tokens it had already produced (greedy output does not change).
+2. **Waiting requests**, in the policy's order (``order_waiting``), are admitted while there is a
+   free running slot, prefill budget (``max_prefill_tokens`` per step) and pages. An admitted
+   request first reuses the longest cached prefix of its tokens.
+
+Subclasses only choose the order of the waiting queue (``scheduler/policies.py``); the
+mechanism (budgets, pages, chunks, preemption) lives here, once.
+
+Starvation: a request that cannot be admitted stays in ``waiting`` and nothing running is ever
+admitted ahead of a preempted request by FCFS; other policies bound waiting (see policies).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vibe_sgl_lite.cache.base import NoPrefixCache, PrefixCache
+from vibe_sgl_lite.core.config import EngineConfig
+from vibe_sgl_lite.core.request import Request, RequestState
+from vibe_sgl_lite.memory.page_allocator import PageAllocator
+
+
+@dataclass
+class ScheduledBatch:
+    """The outcome of one ``schedule`` call: ``requests[i]`` computes ``num_new_tokens[i]``."""
+
+    requests: list[Request] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+
+class Scheduler:
+    """FCFS continuous batching with chunked prefill, prefix reuse and preemption."""
+
+    policy_name = "fcfs"
+
+    def __init__(self) -> None:
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []  # admission order: the last one is preempted first
+        self.num_preemptions = 0
+        self.num_cached_tokens = 0
+        self._config: EngineConfig | None = None
+        self._allocator: PageAllocator | None = None
+        self.cache: PrefixCache = NoPrefixCache()
+
+    def attach(self, config: EngineConfig, allocator: PageAllocator, cache: PrefixCache) -> None:
+        """Called once by the engine: a scheduler object can be built before the engine."""
+        self._config, self._allocator, self.cache = config, allocator, cache
+
+    @property
+    def config(self) -> EngineConfig:
+        assert self._config is not None, "scheduler is not attached to an engine"
+        return self._config
+
+    @property
+    def allocator(self) -> PageAllocator:
+        assert self._allocator is not None, "scheduler is not attached to an engine"
+        return self._allocator
+
+    # ---- queue state -------------------------------------------------------------------------
+
+    def add_request(self, req: Request) -> None:
+        req.state = RequestState.WAITING
+        self.waiting.append(req)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def order_waiting(self) -> list[Request]:
+        """The admission order of the waiting queue; policies override this."""
+        return sorted(self.waiting, key=lambda r: r.arrival_order)
+
+    # ---- one step ----------------------------------------------------------------------------
+
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        budget = self.config.max_prefill_tokens
+        for req in list(self.running):
+            if req.state is not RequestState.RUNNING:
+                continue  # preempted earlier in this loop to make room for an older request
+            prefilling = req.num_uncomputed_tokens > 1
+            n = self._chunk(req.num_uncomputed_tokens, budget) if prefilling else 1
+            if n == 0 or not self._make_room(req, n, batch):
+                continue
+            if prefilling:
+                budget -= n
+            self._add_to_batch(req, n, batch)
+        if not batch.preempted:
+            for req in self.order_waiting():
+                if len(self.running) >= self.config.max_running_requests or budget <= 0:
+                    break
+                n = self._admit(req, budget, batch)
+                if n == 0:
+                    break
+                budget -= n
+        return batch
+
+    def _chunk(self, remaining: int, budget: int) -> int:
+        """Tokens of a prefill to compute now, given the budget left in this step."""
+        chunk = self.config.chunked_prefill_size
+        if chunk is None:
+            # Without chunking a prefill runs whole; one longer than the budget runs alone.
+            fits = remaining <= budget or budget == self.config.max_prefill_tokens
+            return remaining if fits else 0
+        return max(0, min(remaining, chunk, budget))
+
+    def _pages_needed(self, req: Request, n: int) -> int:
+        page_size = self.config.page_size
+        return -(-(req.num_computed_tokens + n) // page_size) - len(req.page_table)
+
+    def _make_room(self, req: Request, n: int, batch: ScheduledBatch) -> bool:
+        """Give ``req`` the pages for ``n`` more tokens, preempting newer requests if needed."""
+        need = self._pages_needed(req, n)
+        while self.allocator.num_free < need:
+            self.cache.evict(need - self.allocator.num_free)
+            if self.allocator.num_free >= need:
+                break
+            victim = self.running[-1]
+            self.preempt(victim)
+            batch.preempted.append(victim)
+            if victim is req:
+                return False
+        req.page_table.extend(self.allocator.alloc(max(need, 0)))
+        return True
+
+    def _admit(self, req: Request, budget: int, batch: ScheduledBatch) -> int:
+        """Move ``req`` from waiting to running; returns the tokens it computes now (0: not now)."""
+        match = self.cache.match_prefix(req.token_ids[:-1])  # leave >= 1 token to compute
+        n = self._chunk(len(req.token_ids) - match.num_tokens, budget)
+        if n == 0:
+            return 0
+        self.allocator.incref(match.pages)
+        self.cache.lock(match.node)
+        req.page_table, req.cache_node = list(match.pages), match.node
+        req.num_computed_tokens = req.num_cached_tokens = match.num_tokens
+        need = self._pages_needed(req, n)
+        if self.allocator.num_free < need:
+            self.cache.evict(need - self.allocator.num_free)
+        if self.allocator.num_free < need:
+            self._release(req)
+            return 0
+        req.page_table.extend(self.allocator.alloc(need))
+        if req.first_admission_cached_tokens is None:
+            req.first_admission_cached_tokens = match.num_tokens
+        self.num_cached_tokens += match.num_tokens
+        self.waiting.remove(req)
+        self.running.append(req)
+        req.state = RequestState.RUNNING
+        self._add_to_batch(req, n, batch)
+        return n
+
+    def _add_to_batch(self, req: Request, n: int, batch: ScheduledBatch) -> None:
+        batch.requests.append(req)
+        batch.num_new_tokens.append(n)
+        page_size = self.config.page_size
+        end = req.num_computed_tokens + n
+        if end // page_size > req.num_computed_tokens // page_size:
+            # Whole pages this step completes become shareable now; the backend writes their
+            # K/V before any request of this batch reads them (see kernels/attention.py).
+            self._cache_tokens(req, end)
+
+    def _cache_tokens(self, req: Request, num_tokens: int) -> None:
+        node = self.cache.insert(req.token_ids[:num_tokens], req.page_table)
+        self.cache.lock(node)
+        if req.cache_node is not None:
+            self.cache.unlock(req.cache_node)
+        req.cache_node = node
+
+    def _release(self, req: Request) -> None:
+        if req.cache_node is not None:
+            self.cache.unlock(req.cache_node)
+            req.cache_node = None
+        self.allocator.free(req.page_table)
+        req.page_table = []
+        req.num_computed_tokens = 0
+
+    # ---- leaving the running set -------------------------------------------------------------
+
+    def preempt(self, req: Request) -> None:
+        """Free ``req``'s pages and send it back to wait; it is recomputed when re-admitted."""
+        self._release(req)
+        self.running.remove(req)
+        self.add_request(req)
+        self.num_preemptions += 1
+
+    def finish(self, req: Request) -> None:
+        """Retire a finished request: its computed tokens go to the prefix cache, pages freed."""
+        self._cache_tokens(req, req.num_computed_tokens)
+        self._release(req)
+        self.running.remove(req)
