@@ -130,7 +130,7 @@ def test_stop_is_normalised_to_a_list(stop: Any, expected: list[str]) -> None:
 
 def test_stop_token_ids_are_normalised_to_a_list() -> None:
     assert SamplingParams(stop_token_ids=None).stop_token_ids == []
-    assert SamplingParams(stop_token_ids=(3, 0)).stop_token_ids == [3, 0]
+    assert SamplingParams(stop_token_ids=[3, 0]).stop_token_ids == [3, 0]
 
 
 @pytest.mark.parametrize(("temperature", "greedy"), [(0, True), (0.0, True), (1e-5, False)])

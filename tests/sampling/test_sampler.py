@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import torch
@@ -132,9 +133,9 @@ def test_temperature_divides_the_logits(temperature: float, expected: list[float
     ],
 )
 def test_sampling_probs_chain_matches_hand_computation(
-    kwargs: dict[str, float], expected: list[float]
+    kwargs: dict[str, Any], expected: list[float]
 ) -> None:
-    probs = sampling_probs(FOUR.log()[None], [SamplingParams(**kwargs)])  # type: ignore[arg-type]
+    probs = sampling_probs(FOUR.log()[None], [SamplingParams(**kwargs)])
     torch.testing.assert_close(probs, torch.tensor([expected]))
 
 
@@ -208,8 +209,8 @@ def test_greedy_row_does_not_touch_its_generator() -> None:
     "kwargs",
     [{"repetition_penalty": 2.0}, {"frequency_penalty": 0.2}, {"presence_penalty": 0.2}],
 )
-def test_penalties_apply_to_greedy_rows(kwargs: dict[str, float]) -> None:
-    params = [SamplingParams(temperature=0, **kwargs)]  # type: ignore[arg-type]
+def test_penalties_apply_to_greedy_rows(kwargs: dict[str, Any]) -> None:
+    params = [SamplingParams(temperature=0, **kwargs)]
     out = run(torch.tensor([[2.0, 1.9]]), params, prompt_ids=[[0]], output_ids=[[0]])
     assert out.token_ids == [1]
 
@@ -367,7 +368,7 @@ def batches(pick: st.DrawFn) -> tuple[torch.Tensor, list[SamplingParams]]:
     return torch.tensor(halves, dtype=torch.float32).view(rows, vocab) / 2, params
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(batches())
 def test_draws_stay_in_the_allowed_set(batch: tuple[torch.Tensor, list[SamplingParams]]) -> None:
     logits, params = batch

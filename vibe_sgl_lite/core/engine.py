@@ -130,7 +130,10 @@ class Engine:
         self._next_request_id += 1
         generator = None
         if not params.is_greedy:
-            seed = params.seed if params.seed is not None else (self.config.seed << 32) + req_id
+            # An unseeded request still gets its own stream, derived from the runner's seed, so a
+            # runner replays exactly. (The CPU generator keeps only 32 bits of a seed.)
+            mixed = (self.config.seed * 2654435761 + req_id) % 2**32
+            seed = params.seed if params.seed is not None else mixed
             generator = torch.Generator(self.device).manual_seed(seed)
         req = Request(req_id, prompt_ids, params, generator, arrival_order=req_id)
         req.priority = priority
@@ -149,7 +152,7 @@ class Engine:
         elif isinstance(prompt, Sequence) and all(
             isinstance(t, int) and not isinstance(t, bool) for t in prompt
         ):
-            ids = list(prompt)
+            ids = [int(t) for t in prompt]
             vocab = self.model_config.vocab_size
             bad = [t for t in ids if not 0 <= t < vocab]
             if bad:

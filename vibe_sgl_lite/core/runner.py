@@ -119,7 +119,10 @@ class ModelRunner:
 
     def generate(self, prompt: Prompt, **sampling: Any) -> str:
         """Generate a completion of one prompt (a string or token ids); returns its text."""
-        return self.generate_outputs([prompt], SamplingParams.from_kwargs(**sampling))[0].text
+        output = self.generate_outputs([prompt], SamplingParams.from_kwargs(**sampling))[0]
+        if output.error is not None:
+            raise ValueError(output.error)
+        return output.text
 
     def generate_batch(
         self, prompts: Sequence[Prompt], *, use_tqdm: bool = True, **sampling: Any
@@ -145,11 +148,9 @@ class ModelRunner:
         A prompt that fails validation gets an output with ``finish_reason="error"`` and the
         message in ``error``; the other prompts are unaffected.
         """
-        if isinstance(prompts, str) or (
-            isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], int)
-        ):
-            prompts = [prompts]  # type: ignore[list-item]
-        return self._run(list(prompts), sampling_params, use_tqdm)  # type: ignore[arg-type]
+        single = isinstance(prompts, str) or (bool(prompts) and isinstance(prompts[0], int))
+        batch: list[Prompt] = [prompts] if single else list(prompts)  # type: ignore[list-item,arg-type]
+        return self._run(batch, sampling_params, use_tqdm)
 
     def generate_stream(self, prompt: Prompt, **sampling: Any) -> Iterator[str]:
         """Yield text pieces as they are produced; their concatenation is ``generate``'s text."""

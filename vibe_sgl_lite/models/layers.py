@@ -61,6 +61,9 @@ class RotaryEmbedding(nn.Module):
     ``cos``/``sin`` are precomputed for every position once: ``[max_positions, head_dim]``.
     """
 
+    cos: torch.Tensor
+    sin: torch.Tensor
+
     def __init__(
         self, head_dim: int, max_positions: int, theta: float, scaling: dict[str, Any] | None
     ) -> None:

@@ -59,7 +59,9 @@ def load_packed_weights(
             continue
         name, shard = _target(hf_name, prefix_map)
         if name not in params:
-            raise ValueError(f"checkpoint tensor {hf_name!r} has no place in {type(model).__name__}")
+            raise ValueError(
+                f"checkpoint tensor {hf_name!r} has no place in {type(model).__name__}"
+            )
         param = params[name]
         if shard is None:
             dest = param.data

@@ -51,8 +51,9 @@ def token_counts(
     ids = torch.tensor([t for row in rows for t in row], dtype=torch.long, device=device)
     if ids.numel() == 0:
         return counts.view(len(rows), vocab_size)
-    if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
-        raise ValueError(f"token ids must be in [0, {vocab_size}), got {ids.min()}..{ids.max()}")
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"token ids must be in [0, {vocab_size}), got ids in [{low}, {high}]")
     lengths = torch.tensor([len(row) for row in rows], device=device)
     row_of = torch.repeat_interleave(torch.arange(len(rows), device=device), lengths)
     counts.scatter_add_(0, row_of * vocab_size + ids, torch.ones_like(ids, dtype=torch.float32))
@@ -68,8 +69,9 @@ def apply_penalties(
     """Return penalised ``[B, V]`` float32 logits; the input is never modified.
 
     Repetition (HF): every id seen in prompt or output has ``logit / p`` if positive, else
-    ``logit * p``, so it always becomes less likely. Frequency/presence (OpenAI), over output
-    only: ``logit -= frequency * count + presence * (count > 0)``.
+    ``logit * p``, so ``p > 1`` discourages repeats and ``p < 1`` encourages them.
+    Frequency/presence (OpenAI), over output only:
+    ``logit -= frequency * count + presence * (count > 0)``.
     """
     batch, vocab = logits.shape
     out = logits.float()

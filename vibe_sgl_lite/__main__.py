@@ -1,0 +1,3 @@
+from vibe_sgl_lite.cli import main
+
+raise SystemExit(main())
