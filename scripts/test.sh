@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The project's whole check, as the README states it: install (CPU torch pin + dev extras),
+# format and type checks, then the full test suite in parallel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e ".[dev]"
+python -m black --check -q vibe_sgl_lite tests benchmarks examples scripts
+python -m isort --check -q vibe_sgl_lite tests benchmarks examples scripts
+python -m mypy
+python -m pytest -n auto -q -p no:cacheprovider "$@"
