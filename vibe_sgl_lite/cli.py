@@ -33,7 +33,7 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunked-prefill-size", type=int, default=None)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--schedule-policy", default="fcfs", choices=list(SCHEDULE_POLICIES))
-    p.add_argument("--enable-prefix-cache", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--enable-prefix-cache", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--attention-backend", default="torch")
     p.add_argument("--kv-cache-dtype", default="auto")
 

@@ -19,7 +19,7 @@ class EngineConfig:
     chunked_prefill_size: int | None = None  # longest prefill chunk; None = no chunking
     max_model_len: int | None = None  # prompt + output limit; None = model's max positions
     schedule_policy: str = "fcfs"
-    enable_prefix_cache: bool = False
+    enable_prefix_cache: bool = True
     attention_backend: str = "torch"
     kv_cache_dtype: str = "auto"  # "auto" = the model dtype
     mem_fraction: float = 0.3  # share of free memory for the KV pool when max_total_tokens=None

@@ -51,7 +51,8 @@ class Request:
     params: SamplingParams
     generator: torch.Generator | None = None
     arrival_order: int = 0
-    priority: int = 0
+    priority: int = 0  # smaller runs first under schedule_policy="priority"
+    enqueue_step: int = 0  # scheduler step at which it last started waiting
 
     state: RequestState = RequestState.WAITING
     token_ids: list[int] = field(default_factory=list)

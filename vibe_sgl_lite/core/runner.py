@@ -57,7 +57,7 @@ class ModelRunner:
         chunked_prefill_size: int | None = None,
         max_model_len: int | None = None,
         schedule_policy: str = "fcfs",
-        enable_prefix_cache: bool = False,
+        enable_prefix_cache: bool = True,
         cache: PrefixCache | None = None,
         scheduler: Scheduler | None = None,
         attention_backend: str | AttentionBackend = "torch",
@@ -117,9 +117,10 @@ class ModelRunner:
 
     # ---- generation --------------------------------------------------------------------------
 
-    def generate(self, prompt: Prompt, **sampling: Any) -> str:
+    def generate(self, prompt: Prompt, *, priority: int = 0, **sampling: Any) -> str:
         """Generate a completion of one prompt (a string or token ids); returns its text."""
-        output = self.generate_outputs([prompt], SamplingParams.from_kwargs(**sampling))[0]
+        params = SamplingParams.from_kwargs(**sampling)
+        output = self.generate_outputs([prompt], params, priorities=[priority])[0]
         if output.error is not None:
             raise ValueError(output.error)
         return output.text
@@ -141,16 +142,18 @@ class ModelRunner:
         prompts: Prompt | Sequence[Prompt],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         *,
+        priorities: Sequence[int] | None = None,
         use_tqdm: bool = False,
     ) -> list[GenerationOutput]:
         """Full results (token ids, text, finish reason, cache hits, logprobs) per prompt.
 
         A prompt that fails validation gets an output with ``finish_reason="error"`` and the
-        message in ``error``; the other prompts are unaffected.
+        message in ``error``; the other prompts are unaffected. ``priorities`` (one int per
+        prompt, smaller first) matter under ``schedule_policy="priority"``.
         """
         single = isinstance(prompts, str) or (bool(prompts) and isinstance(prompts[0], int))
         batch: list[Prompt] = [prompts] if single else list(prompts)  # type: ignore[list-item,arg-type]
-        return self._run(batch, sampling_params, use_tqdm)
+        return self._run(batch, sampling_params, use_tqdm, priorities)
 
     def generate_stream(self, prompt: Prompt, **sampling: Any) -> Iterator[str]:
         """Yield text pieces as they are produced; their concatenation is ``generate``'s text."""
@@ -179,8 +182,13 @@ class ModelRunner:
         prompts: list[Prompt],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None,
         use_tqdm: bool,
+        priorities: Sequence[int] | None = None,
     ) -> list[GenerationOutput]:
         engine = self._engine
+        if priorities is not None and len(priorities) != len(prompts):
+            raise ValueError(
+                f"priorities must have one entry per prompt ({len(prompts)}), got {len(priorities)}"
+            )
         if sampling_params is None or isinstance(sampling_params, SamplingParams):
             params_list = [sampling_params or SamplingParams()] * len(prompts)
         else:
@@ -194,7 +202,7 @@ class ModelRunner:
         live: dict[int, Request] = {}
         for i, (prompt, params) in enumerate(zip(prompts, params_list)):
             try:
-                live[i] = engine.add_request(prompt, params)
+                live[i] = engine.add_request(prompt, params, priorities[i] if priorities else 0)
             except ValueError as exc:
                 ids = list(prompt) if not isinstance(prompt, str) else []
                 outputs[i] = GenerationOutput(ids, [], "", "error", error=str(exc))

@@ -1,10 +1,22 @@
-"""Continuous batching and the scheduling policies."""
+"""Continuous batching (``Scheduler``) and the scheduling policies (``policies``)."""
 
+from vibe_sgl_lite.scheduler.policies import (
+    PREFIX_AWARE_MAX_WAITING,
+    DFSWeightScheduler,
+    FCFSScheduler,
+    LPMScheduler,
+    PriorityScheduler,
+    RandomScheduler,
+)
 from vibe_sgl_lite.scheduler.scheduler import ScheduledBatch, Scheduler
 
-FCFSScheduler = Scheduler
-
-SCHEDULERS: dict[str, type[Scheduler]] = {"fcfs": FCFSScheduler}
+SCHEDULERS: dict[str, type[Scheduler]] = {
+    "fcfs": FCFSScheduler,
+    "lpm": LPMScheduler,
+    "dfs-weight": DFSWeightScheduler,
+    "priority": PriorityScheduler,
+    "random": RandomScheduler,
+}
 
 
 def make_scheduler(policy: str) -> Scheduler:
@@ -13,4 +25,15 @@ def make_scheduler(policy: str) -> Scheduler:
     return SCHEDULERS[policy]()
 
 
-__all__ = ["FCFSScheduler", "SCHEDULERS", "ScheduledBatch", "Scheduler", "make_scheduler"]
+__all__ = [
+    "DFSWeightScheduler",
+    "FCFSScheduler",
+    "LPMScheduler",
+    "PREFIX_AWARE_MAX_WAITING",
+    "PriorityScheduler",
+    "RandomScheduler",
+    "SCHEDULERS",
+    "ScheduledBatch",
+    "Scheduler",
+    "make_scheduler",
+]

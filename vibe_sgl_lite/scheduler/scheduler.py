@@ -14,8 +14,8 @@ Every step (``schedule``) has two phases:
 Subclasses only choose the order of the waiting queue (``scheduler/policies.py``); the
 mechanism (budgets, pages, chunks, preemption) lives here, once.
 
-Starvation: a request that cannot be admitted stays in ``waiting`` and nothing running is ever
-admitted ahead of a preempted request by FCFS; other policies bound waiting (see policies).
+Starvation: ``order_waiting`` puts every request that has waited ``max_wait_steps`` steps first,
+oldest first, whatever the policy says (see ``scheduler/policies.py``).
 """
 
 from __future__ import annotations
@@ -44,8 +44,10 @@ class Scheduler:
     """FCFS continuous batching with chunked prefill, prefix reuse and preemption."""
 
     policy_name = "fcfs"
+    max_wait_steps = 256
 
     def __init__(self) -> None:
+        self.num_steps = 0
         self.waiting: list[Request] = []
         self.running: list[Request] = []  # admission order: the last one is preempted first
         self.num_preemptions = 0
@@ -72,18 +74,30 @@ class Scheduler:
 
     def add_request(self, req: Request) -> None:
         req.state = RequestState.WAITING
+        req.enqueue_step = self.num_steps
         self.waiting.append(req)
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def order_waiting(self) -> list[Request]:
-        """The admission order of the waiting queue; policies override this."""
+    def policy_order(self) -> list[Request]:
+        """The policy's admission order of the waiting queue; policies override this."""
         return sorted(self.waiting, key=lambda r: r.arrival_order)
+
+    def order_waiting(self) -> list[Request]:
+        """``policy_order``, except that requests waiting too long go first (no starvation)."""
+        overdue = [
+            r for r in self.waiting if self.num_steps - r.enqueue_step >= self.max_wait_steps
+        ]
+        if not overdue:
+            return self.policy_order()
+        overdue.sort(key=lambda r: r.arrival_order)
+        return overdue + [r for r in self.policy_order() if r not in overdue]
 
     # ---- one step ----------------------------------------------------------------------------
 
     def schedule(self) -> ScheduledBatch:
+        self.num_steps += 1
         batch = ScheduledBatch()
         budget = self.config.max_prefill_tokens
         for req in list(self.running):
