@@ -91,6 +91,8 @@ class Engine:
             num_steps=0,
         )
         self.finished_requests: list[Request] = []
+        self._timing_sums: dict[str, float] = {}
+        self._timing_counts: dict[str, int] = {}
 
     def _default_cache(self) -> PrefixCache:
         if not self.config.enable_prefix_cache:
@@ -252,6 +254,9 @@ class Engine:
         req.state = RequestState.FINISHED
         req.finish_reason = reason
         req.finish_time = time.perf_counter()
+        for name, seconds in req.metrics().items():
+            self._timing_sums[name] = self._timing_sums.get(name, 0.0) + seconds
+            self._timing_counts[name] = self._timing_counts.get(name, 0) + 1
         return True
 
     @staticmethod
@@ -282,6 +287,9 @@ class Engine:
         stats["max_model_len"] = self.max_model_len
         stats["num_cached_pages"] = self.cache.num_cached_pages
         stats["num_evicted_pages"] = self.cache.num_evicted_pages
-        looked_up = self.counters["num_prompt_tokens"]
-        stats["cache_hit_rate"] = self.scheduler.num_cached_tokens / looked_up if looked_up else 0.0
+        admitted = self.scheduler.num_admitted_tokens
+        stats["cache_hit_rate"] = self.scheduler.num_cached_tokens / admitted if admitted else 0.0
+        for name in ("queue_time", "time_to_first_token", "time_per_output_token"):
+            count = self._timing_counts.get(name, 0)
+            stats[f"mean_{name}"] = self._timing_sums.get(name, 0.0) / count if count else 0.0
         return stats

@@ -51,7 +51,8 @@ class Scheduler:
         self.waiting: list[Request] = []
         self.running: list[Request] = []  # admission order: the last one is preempted first
         self.num_preemptions = 0
-        self.num_cached_tokens = 0
+        self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at admission
+        self.num_admitted_tokens = 0  # tokens of every admitted request (the hit-rate denominator)
         self._config: EngineConfig | None = None
         self._allocator: PageAllocator | None = None
         self.cache: PrefixCache = NoPrefixCache()
@@ -168,6 +169,7 @@ class Scheduler:
         if req.first_admission_cached_tokens is None:
             req.first_admission_cached_tokens = match.num_tokens
         self.num_cached_tokens += match.num_tokens
+        self.num_admitted_tokens += len(req.token_ids)
         self.waiting.remove(req)
         self.running.append(req)
         req.state = RequestState.RUNNING
