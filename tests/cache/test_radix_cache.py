@@ -351,6 +351,23 @@ class CacheMachine(RuleBasedStateMachine):
             prefix = tuple(req.tokens[: (i + 1) * self.page_size])
             assert self.written.setdefault(req.pages[i], prefix) == prefix
 
+    def path_tokens(self, node: RadixNode) -> tuple[int, ...]:
+        """The tokens from the root to ``node``, asserting that ``node`` is still in the tree."""
+        tokens: tuple[int, ...] = ()
+        while node.parent is not None:
+            assert node.parent.children.get(node.key[: self.page_size]) is node, "node left tree"
+            tokens = node.key + tokens
+            node = node.parent
+        assert node is self.cache.root
+        return tokens
+
+    def insert(self, req: Req) -> RadixNode:
+        """Insert like the engine and check the node it returns ends the whole-page prefix."""
+        node = self.cache.insert(req.tokens, req.pages)
+        whole = len(req.tokens) // self.page_size * self.page_size
+        assert self.path_tokens(node) == tuple(req.tokens[:whole])
+        return node
+
     def forget_free_pages(self) -> None:
         """A page back on the free list holds garbage as far as the next owner is concerned."""
         self.written = {p: t for p, t in self.written.items() if self.allocator.refcount(p) > 0}
@@ -374,7 +391,7 @@ class CacheMachine(RuleBasedStateMachine):
             return
         req = Req(tokens, match.pages + fresh, match.node)
         self.record_full_pages(req)
-        node = self.cache.insert(tokens, req.pages)
+        node = self.insert(req)
         self.cache.lock(node)
         self.cache.unlock(req.node)
         req.node = node
@@ -391,7 +408,7 @@ class CacheMachine(RuleBasedStateMachine):
             req.pages += extra
             req.tokens += output
         self.record_full_pages(req)
-        self.cache.insert(req.tokens, req.pages)
+        self.insert(req)
         self.release(req)
 
     @precondition(lambda self: self.requests)
@@ -449,9 +466,11 @@ class CacheMachine(RuleBasedStateMachine):
                 stack.append((child, path))
 
     @invariant()
-    def lock_refs_count_the_locks_below(self) -> None:
+    def locked_nodes_stay_in_the_tree_and_count_their_locks(self) -> None:
         expected: Counter[int] = Counter()
         for req in self.requests.values():
+            locked = self.path_tokens(req.node)
+            assert locked == tuple(req.tokens[: len(locked)]), "request locked another prefix"
             expected.update(id(n) for n in req.node.path())
         for node in [self.cache.root, *self.cache._nodes()]:
             assert node.lock_ref == expected[id(node)]

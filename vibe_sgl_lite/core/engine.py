@@ -8,8 +8,9 @@
         Sampler.sample(...)         one token per sampling row, per-request params
         _append_token(...)          stop checks, detokenise, release text, retire finished
 
-It owns the model, the KV pool, the page allocator, the prefix cache and the scheduler. It is
-synchronous and single-threaded: ``ModelRunner`` drives it.
+It owns the page allocator, the prefix cache, the scheduler and an executor that holds the model
+and its KV pool (in this process, or sharded over worker processes). It is synchronous and
+single-threaded: ``ModelRunner`` drives it.
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ from pathlib import Path
 
 import torch
 
-from vibe_sgl_lite.batch.forward_batch import BatchRow, ForwardBatch
+from vibe_sgl_lite.batch.forward_batch import BatchRow
 from vibe_sgl_lite.cache.base import NoPrefixCache, PrefixCache
 from vibe_sgl_lite.core.config import EngineConfig
+from vibe_sgl_lite.core.executor import LocalExecutor, ModelExecutor, kv_cache_dtype
 from vibe_sgl_lite.core.request import Request, RequestState
 from vibe_sgl_lite.core.tokenizer import IncrementalDetokenizer, StopStringMatcher, Tokenizer
 from vibe_sgl_lite.kernels.attention import AttentionBackend, get_attention_backend
 from vibe_sgl_lite.memory.kv_pool import KVPool
 from vibe_sgl_lite.memory.page_allocator import PageAllocator
-from vibe_sgl_lite.models.loader import load_model, resolve_dtype
+from vibe_sgl_lite.models.config import ModelConfig
 from vibe_sgl_lite.sampling import Sampler, SamplingParams, TokenLogprobs
 from vibe_sgl_lite.scheduler.scheduler import Scheduler
 from vibe_sgl_lite.utils.memory import available_memory_bytes
@@ -47,38 +49,23 @@ class Engine:
         self.config = config
         self.device = torch.device(config.device)
         torch.manual_seed(config.seed)
-        self.model, self.model_config = load_model(model_path, config.dtype, config.device)
+        self.model_config = mc = ModelConfig.from_model_dir(model_path)
         self.tokenizer = Tokenizer.from_pretrained(model_path)
-        self.eos_token_ids = self.tokenizer.eos_token_ids | set(self.model_config.eos_token_ids)
+        self.eos_token_ids = self.tokenizer.eos_token_ids | set(mc.eos_token_ids)
 
         num_pages = self._plan_kv_pages()
-        kv_dtype = resolve_dtype(
-            config.dtype if config.kv_cache_dtype == "auto" else config.kv_cache_dtype
-        )
-        mc = self.model_config
-        self.kv_pool = KVPool(
-            mc.num_hidden_layers,
-            num_pages,
-            config.page_size,
-            mc.num_key_value_heads,
-            mc.head_dim,
-            kv_dtype,
-            self.device,
-        )
         self.allocator = PageAllocator(num_pages)
-        pool_tokens = num_pages * config.page_size
         self.max_model_len = min(
             config.max_model_len or mc.max_position_embeddings,
             mc.max_position_embeddings,
-            pool_tokens,
+            num_pages * config.page_size,
         )
-        if cache is None:
-            cache = self._default_cache()
-        self.cache = cache
+        self.cache = cache if cache is not None else self._default_cache()
         self.cache.attach(self.allocator, config.page_size)
         self.scheduler = scheduler if scheduler is not None else self._default_scheduler()
         self.scheduler.attach(config, self.allocator, self.cache)
         self.attention = get_attention_backend(attention_backend or config.attention_backend)
+        self.executor = self._make_executor(model_path, num_pages)
         self.sampler = Sampler()
 
         self._next_request_id = 0
@@ -93,6 +80,16 @@ class Engine:
         self.finished_requests: list[Request] = []
         self._timing_sums: dict[str, float] = {}
         self._timing_counts: dict[str, int] = {}
+
+    def _make_executor(self, model_path: str | Path, num_pages: int) -> ModelExecutor:
+        if self.config.tp_size == 1 and self.config.ep_size == 1:
+            return LocalExecutor(model_path, self.config, num_pages, self.attention)
+        from vibe_sgl_lite.distributed.executor import MultiprocessExecutor
+
+        return MultiprocessExecutor(model_path, self.config, num_pages, self.attention)
+
+    def close(self) -> None:
+        self.executor.close()
 
     def _default_cache(self) -> PrefixCache:
         if not self.config.enable_prefix_cache:
@@ -111,9 +108,8 @@ class Engine:
         cfg, mc = self.config, self.model_config
         if cfg.max_total_tokens is not None:
             return -(-cfg.max_total_tokens // cfg.page_size)
-        kv_dtype = resolve_dtype(cfg.dtype if cfg.kv_cache_dtype == "auto" else cfg.kv_cache_dtype)
         per_token = KVPool.bytes_per_token(
-            mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim, kv_dtype
+            mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim, kv_cache_dtype(cfg)
         )
         budget_tokens = int(available_memory_bytes(self.device) * cfg.mem_fraction) // per_token
         max_len = cfg.max_model_len or mc.max_position_embeddings
@@ -197,9 +193,7 @@ class Engine:
             is_decode = n == 1 and sample and start >= req.num_prompt_tokens
             key = "num_decode_tokens_computed" if is_decode else "num_prefill_tokens_computed"
             self.counters[key] += n
-        batch = ForwardBatch.build(rows, self.config.page_size, self.device)
-        batch.attn_metadata = self.attention.prepare(batch)
-        logits = self.model(batch, self.kv_pool, self.attention)
+        logits = self.executor.execute(rows)
         self.counters["num_steps"] += 1
 
         samplers = [r for r, row in zip(scheduled.requests, rows) if row.sample]

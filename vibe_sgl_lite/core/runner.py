@@ -102,7 +102,9 @@ class ModelRunner:
         self.close()
 
     def close(self) -> None:
-        """Release the model and the KV pool; the runner cannot be used afterwards."""
+        """Release the model and the KV pool (and stop worker processes); idempotent."""
+        if self.engine is not None:
+            self.engine.close()
         self.engine = None
 
     @property

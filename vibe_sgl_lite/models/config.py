@@ -2,6 +2,10 @@
 
 Both spellings of rotary settings are accepted: ``rope_theta`` + ``rope_scaling`` (checkpoints on
 the Hub) and ``rope_parameters`` (written by transformers >= 5).
+
+Mixture-of-experts fields default to "no experts", so a dense config leaves them untouched. The
+expert count has two spellings too: ``num_experts`` (Qwen3-MoE on the Hub) and
+``num_local_experts`` (what transformers >= 5 writes, through its attribute map).
 """
 
 from __future__ import annotations
@@ -16,6 +20,12 @@ SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 @dataclass
 class ModelConfig:
+    """What the model classes, the KV pool and the engine read from ``config.json``.
+
+    ``raw`` keeps the whole dict, for the rare field that only one architecture cares about
+    (for example the sliding-window flags that the decoder base refuses).
+    """
+
     architecture: str
     model_type: str
     vocab_size: int
@@ -33,7 +43,25 @@ class ModelConfig:
     rope_scaling: dict[str, Any] | None
     eos_token_ids: list[int]
     torch_dtype: str | None
+    # Dense MLP details (Llama spells these out; Qwen models use the defaults).
+    hidden_act: str = "silu"
+    mlp_bias: bool = False
+    # Mixture of experts (Qwen3-MoE). ``num_experts == 0`` means a dense model.
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False
+    decoder_sparse_step: int = 1
+    mlp_only_layers: list[int] = field(default_factory=list)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def is_sparse_layer(self, layer_idx: int) -> bool:
+        """Whether decoder layer ``layer_idx`` uses experts, by transformers' Qwen3-MoE rule."""
+        return (
+            layer_idx not in self.mlp_only_layers
+            and self.num_experts > 0
+            and (layer_idx + 1) % self.decoder_sparse_step == 0
+        )
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> ModelConfig:
@@ -76,6 +104,14 @@ class ModelConfig:
             rope_scaling=scaling,
             eos_token_ids=eos_ids,
             torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
+            hidden_act=str(cfg.get("hidden_act", "silu")),
+            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            num_experts=int(cfg.get("num_experts", cfg.get("num_local_experts")) or 0),
+            num_experts_per_tok=int(cfg.get("num_experts_per_tok") or 0),
+            moe_intermediate_size=int(cfg.get("moe_intermediate_size") or 0),
+            norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
+            decoder_sparse_step=int(cfg.get("decoder_sparse_step") or 1),
+            mlp_only_layers=[int(i) for i in cfg.get("mlp_only_layers") or []],
             raw=cfg,
         )
 

@@ -84,13 +84,18 @@ class RotaryEmbedding(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    """SwiGLU: ``down(silu(gate(x)) * up(x))`` with gate and up merged into one matmul."""
+    """SwiGLU: ``down(silu(gate(x)) * up(x))`` with gate and up merged into one matmul.
 
-    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+    ``x: [T, hidden] -> [T, hidden]``. ``bias`` is Llama's ``mlp_bias`` (all three projections).
+    """
+
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False) -> None:
         super().__init__()
         self.intermediate_size = intermediate_size
-        self.gate_up_proj = MergedLinear(hidden_size, [intermediate_size, intermediate_size])
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.gate_up_proj = MergedLinear(
+            hidden_size, [intermediate_size, intermediate_size], bias=bias
+        )
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
@@ -118,6 +123,10 @@ class Attention(nn.Module):
     The projections and rotary embedding live here; the attention arithmetic itself (writing the
     new K/V into the pool and attending over each sequence's pages) belongs to the
     ``AttentionBackend`` passed in, so research code can swap it without touching the model.
+
+    The family differs only in flags: ``qkv_bias`` (Qwen2 always, Llama/Qwen3 when
+    ``attention_bias``), ``o_bias`` (Llama/Qwen3 when ``attention_bias``, never Qwen2) and
+    ``qk_norm_eps`` (Qwen3: an RMSNorm over each head's ``head_dim`` before rotary).
     """
 
     def __init__(
@@ -129,6 +138,7 @@ class Attention(nn.Module):
         rotary: RotaryEmbedding,
         *,
         qkv_bias: bool = False,
+        o_bias: bool = False,
         qk_norm_eps: float | None = None,
     ) -> None:
         super().__init__()
@@ -138,7 +148,7 @@ class Attention(nn.Module):
         self.qkv_proj = MergedLinear(
             hidden_size, [self.q_size, self.kv_size, self.kv_size], bias=qkv_bias
         )
-        self.o_proj = nn.Linear(self.q_size, hidden_size, bias=False)
+        self.o_proj = nn.Linear(self.q_size, hidden_size, bias=o_bias)
         self.q_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
         self.k_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
         self.rotary = rotary

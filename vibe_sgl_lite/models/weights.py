@@ -2,13 +2,18 @@
 
 Our models merge some projections (``q/k/v -> qkv_proj``, ``gate/up -> gate_up_proj``) and drop
 the ``model.`` prefix. ``PACKED`` says where each checkpoint tensor lands; everything else maps one
-to one. Every parameter must be written exactly once, with exactly its shape: a missing or
-mis-shaped tensor is an error that names it.
+to one, except below a module that stores many checkpoint tensors in one parameter in its own way
+(the stacked experts of ``SparseMoeBlock``): such a module implements ``CheckpointViews`` and the
+loader asks it where each of its tensors goes.
+
+Every parameter element must be written exactly once, with exactly the checkpoint tensor's shape:
+a missing or mis-shaped tensor is an error that names it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -25,16 +30,42 @@ PACKED: dict[str, tuple[str, int]] = {
 }
 
 
-def _target(name: str, prefix_map: dict[str, str]) -> tuple[str, int | None]:
+@runtime_checkable
+class CheckpointViews(Protocol):
+    """A module that decides itself where the checkpoint tensors below it are stored."""
+
+    def checkpoint_view(self, name: str) -> tuple[str, torch.Tensor] | None:
+        """For checkpoint name ``name`` (relative to this module): ``(our parameter name relative
+        to this module, the view of its data to copy into)``, or ``None`` to skip the tensor
+        (it belongs to another rank). Raises ``KeyError`` for a name it does not know."""
+        ...
+
+
+def _strip_prefix(name: str, prefix_map: dict[str, str]) -> str:
     for old, new in prefix_map.items():
         if name.startswith(old):
-            name = new + name[len(old) :]
-            break
+            return new + name[len(old) :]
+    return name
+
+
+def _target(name: str, prefix_map: dict[str, str]) -> tuple[str, int | None]:
+    """Our parameter name for checkpoint ``name``, and its shard index if it was merged."""
+    name = _strip_prefix(name, prefix_map)
     parts = name.split(".")
     if len(parts) >= 2 and parts[-2] in PACKED:
         merged, shard = PACKED[parts[-2]]
         return ".".join(parts[:-2] + [merged, parts[-1]]), shard
     return name, None
+
+
+def _owner(name: str, owners: dict[str, CheckpointViews]) -> tuple[str, CheckpointViews] | None:
+    """The ``CheckpointViews`` module above ``name`` (by its module path), if there is one."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:i])
+        if prefix in owners:
+            return prefix, owners[prefix]
+    return None
 
 
 @torch.no_grad()
@@ -43,13 +74,14 @@ def load_packed_weights(
     weights: Iterable[tuple[str, torch.Tensor]],
     prefix_map: dict[str, str],
 ) -> None:
+    """Copy ``(hf_name, tensor)`` pairs into ``model``; error on unknown, missing or misshaped."""
     params = dict(model.named_parameters(remove_duplicate=False))
     modules = dict(model.named_modules())
+    owners = {n: m for n, m in modules.items() if n and isinstance(m, CheckpointViews)}
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
-    expected: dict[str, int] = {}
-    for pname, p in params.items():
-        module = modules[pname.rsplit(".", 1)[0]] if "." in pname else model
-        expected[pname] = len(module.shard_sizes) if isinstance(module, MergedLinear) else 1
+    # Counted in elements, not tensors: a stacked parameter is filled by one fused checkpoint
+    # tensor or by one slice per expert, and both must cover it exactly once.
+    expected = {pname: p.numel() for pname, p in params.items()}
     if tied:
         expected.pop("lm_head.weight", None)
     written: dict[str, int] = {}
@@ -57,26 +89,39 @@ def load_packed_weights(
     for hf_name, tensor in weights:
         if tied and hf_name == "lm_head.weight":
             continue
-        name, shard = _target(hf_name, prefix_map)
-        if name not in params:
-            raise ValueError(
-                f"checkpoint tensor {hf_name!r} has no place in {type(model).__name__}"
-            )
-        param = params[name]
-        if shard is None:
-            dest = param.data
+        owned = _owner(_strip_prefix(hf_name, prefix_map), owners)
+        if owned is not None:
+            prefix, owner = owned
+            rel = _strip_prefix(hf_name, prefix_map)[len(prefix) + 1 :]
+            try:
+                view = owner.checkpoint_view(rel)
+            except KeyError:
+                raise ValueError(
+                    f"checkpoint tensor {hf_name!r} has no place in {type(model).__name__}"
+                ) from None
+            if view is None:
+                continue
+            name, dest = f"{prefix}.{view[0]}", view[1]
         else:
-            module = modules[name.rsplit(".", 1)[0]]
-            assert isinstance(module, MergedLinear)
-            start = module.shard_offset(shard)
-            dest = param.data.narrow(0, start, module.shard_sizes[shard])
+            name, shard = _target(hf_name, prefix_map)
+            if name not in params:
+                raise ValueError(
+                    f"checkpoint tensor {hf_name!r} has no place in {type(model).__name__}"
+                )
+            dest = params[name].data
+            if shard is not None:
+                module = modules[name.rsplit(".", 1)[0]]
+                assert isinstance(module, MergedLinear)
+                dest = dest.narrow(0, module.shard_offset(shard), module.shard_sizes[shard])
         if tuple(dest.shape) != tuple(tensor.shape):
             raise ValueError(
                 f"checkpoint tensor {hf_name!r} has shape {tuple(tensor.shape)}, "
                 f"expected {tuple(dest.shape)}"
             )
         dest.copy_(tensor.to(dest.dtype))
-        written[name] = written.get(name, 0) + 1
+        written[name] = written.get(name, 0) + dest.numel()
+        if written[name] > params[name].numel():
+            raise ValueError(f"checkpoint writes {name!r} more than once (last: {hf_name!r})")
 
     missing = [n for n, count in expected.items() if written.get(n, 0) < count]
     if missing:

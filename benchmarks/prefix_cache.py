@@ -1,0 +1,136 @@
+"""Prefix caching: many requests behind one shared system prompt, cache on vs off, same run.
+
+Builds a random-weight Qwen3 in a temporary folder, then sends ``--num-requests`` prompts made of
+one shared ``--system-len``-token system prompt and a distinct ``--question-len``-token question
+each (random token ids), ``--output-len`` greedy tokens per request with EOS ignored. It runs the
+workload with ``enable_prefix_cache=True`` and ``False`` and prints:
+
+* prefill tokens computed / unique prompt tokens (1.0 = every shared token computed once),
+* throughput with the cache on / off,
+* whether the greedy outputs of both runs are identical.
+
+    python benchmarks/prefix_cache.py                      # 64 x (1024 + 32) -> 32, a few minutes
+    python benchmarks/prefix_cache.py --num-requests 16    # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.model_factory
+
+
+def build_model(out: Path, hidden: int, layers: int, vocab: int, max_positions: int) -> Path:
+    """A random Qwen3 with ``hidden // 64`` heads of 64 and one KV head per 256 hidden."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from tests.model_factory import build_tokenizer
+
+    tok_dir = build_tokenizer(out / "tok")
+    config = Qwen3Config(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 3,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=max(1, hidden // 256),
+        head_dim=64,
+        max_position_embeddings=max_positions,
+        eos_token_id=0,
+    )
+    torch.manual_seed(0)
+    model_dir = out / "model"
+    Qwen3ForCausalLM(config).save_pretrained(str(model_dir))
+    for f in tok_dir.iterdir():
+        (model_dir / f.name).write_bytes(f.read_bytes())
+    return model_dir
+
+
+def make_prompts(args: argparse.Namespace) -> list[list[int]]:
+    """One shared system prompt + a distinct question per request (random ids, no EOS id 0)."""
+    g = torch.Generator().manual_seed(0)
+    system = torch.randint(1, args.vocab, (args.system_len,), generator=g).tolist()
+    questions = torch.randint(1, args.vocab, (args.num_requests, args.question_len), generator=g)
+    return [system + q.tolist() for q in questions]
+
+
+def run(
+    model_dir: Path, prompts: list[list[int]], args: argparse.Namespace, enable_prefix_cache: bool
+) -> tuple[float, int, float, list[list[int]]]:
+    """Seconds, prefill tokens computed, cache hit rate and output ids of one workload run."""
+    from vibe_sgl_lite import ModelRunner, SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)
+    pool = len(prompts) * (len(prompts[0]) + args.output_len + args.page_size)
+    with ModelRunner(
+        model_dir,
+        dtype=args.dtype,
+        page_size=args.page_size,
+        max_total_tokens=pool,
+        enable_prefix_cache=enable_prefix_cache,
+    ) as runner:
+        runner.generate_outputs([[1, 2, 3, 4, 5, 6, 7, 8]], params)  # warm-up
+        runner.flush_cache()
+        before = runner.get_stats()
+        t0 = time.perf_counter()
+        outs = runner.generate_outputs(prompts, params)
+        seconds = time.perf_counter() - t0
+        after = runner.get_stats()
+    key = "num_prefill_tokens_computed"
+    computed = int(after[key]) - int(before[key])
+    hits = sum(o.num_cached_tokens for o in outs) / sum(len(p) for p in prompts)
+    return seconds, computed, hits, [o.token_ids for o in outs]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--num-requests", type=int, default=64)
+    p.add_argument("--system-len", type=int, default=1024)
+    p.add_argument("--question-len", type=int, default=32)
+    p.add_argument("--output-len", type=int, default=32)
+    p.add_argument("--page-size", type=int, default=16)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    args = p.parse_args()
+
+    prompts = make_prompts(args)
+    unique = args.system_len + args.num_requests * args.question_len
+    max_positions = max(2048, args.system_len + args.question_len + args.output_len + 64)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_model(Path(tmp), args.hidden, args.layers, args.vocab, max_positions)
+        on_s, on_computed, on_hits, on_ids = run(model_dir, prompts, args, True)
+        off_s, off_computed, _, off_ids = run(model_dir, prompts, args, False)
+
+    total_out = args.num_requests * args.output_len
+    print(
+        f"model: Qwen3 hidden={args.hidden} layers={args.layers} vocab={args.vocab} {args.dtype}, "
+        f"page_size={args.page_size}, threads={torch.get_num_threads()}"
+    )
+    print(
+        f"workload: {args.num_requests} requests x ({args.system_len}-token shared system prompt "
+        f"+ {args.question_len}-token question) -> {args.output_len} tokens each"
+    )
+    print(f"unique prompt tokens:            {unique}")
+    print(
+        f"prefill tokens computed, cache on:  {on_computed:6d}  "
+        f"({on_computed / unique:.3f} x unique; target <= 1.1)"
+    )
+    print(f"prefill tokens computed, cache off: {off_computed:6d}  ({off_computed / unique:.3f} x)")
+    print(f"prompt tokens served from the cache (num_cached_tokens): {on_hits:.1%}")
+    print(f"cache on:  {on_s:7.2f} s  {total_out / on_s:8.1f} output tok/s")
+    print(f"cache off: {off_s:7.2f} s  {total_out / off_s:8.1f} output tok/s")
+    same = sum(a == b for a, b in zip(on_ids, off_ids))
+    print(f"throughput cache on / off: {off_s / on_s:.2f}x")
+    print(f"identical greedy outputs (on vs off): {same}/{len(on_ids)}")
+
+
+if __name__ == "__main__":
+    main()

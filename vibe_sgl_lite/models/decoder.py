@@ -1,0 +1,151 @@
+"""The decoder that Llama, Qwen2, Qwen3 and Qwen3-MoE share, written once and read top to bottom.
+
+    token ids [T]
+      -> embed_tokens                                   [T, hidden]
+      -> N x DecoderLayer:
+           h = h + Attention(RMSNorm(h))                 (q/k-norm, biases: per architecture)
+           h = h + MLP(RMSNorm(h))                       SwiGLU, or a SparseMoeBlock
+      -> RMSNorm, keep only the rows that are sampled   [B, hidden]
+      -> lm_head                                        [B, vocab]
+
+There is no batch dimension and no padding: ``ForwardBatch`` describes which of the ``T`` tokens
+belong to which sequence, and the attention backend reads earlier tokens from the paged KV pool.
+
+An architecture of this family is a subclass that sets a few class attributes (``qk_norm``,
+``qkv_bias``, ``o_bias``) and, if its feed-forward differs, overrides ``build_mlp``; see
+``docs/adding_a_model.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from vibe_sgl_lite.models.config import ModelConfig
+from vibe_sgl_lite.models.layers import Attention, GatedMLP, RMSNorm, RotaryEmbedding
+from vibe_sgl_lite.models.weights import load_packed_weights
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm residual block: attention, then a feed-forward (dense or mixture of experts).
+
+    ``qkv_bias``/``o_bias`` default to the config's ``attention_bias``; ``mlp`` defaults to
+    ``build_mlp(config)``, a dense SwiGLU. ``forward``: ``h: [T, hidden] -> [T, hidden]``.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        rotary: RotaryEmbedding,
+        *,
+        qk_norm: bool,
+        qkv_bias: bool | None = None,
+        o_bias: bool | None = None,
+        mlp: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(
+            config.hidden_size,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+            rotary,
+            qkv_bias=config.attention_bias if qkv_bias is None else qkv_bias,
+            o_bias=config.attention_bias if o_bias is None else o_bias,
+            qk_norm_eps=config.rms_norm_eps if qk_norm else None,
+        )
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = mlp if mlp is not None else self.build_mlp(config)
+
+    def build_mlp(self, config: ModelConfig) -> nn.Module:
+        return GatedMLP(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        batch: Any,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        backend: Any,
+    ) -> torch.Tensor:
+        h = h + self.self_attn(self.input_layernorm(h), batch, kv_cache, backend)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class DecoderForCausalLM(nn.Module):
+    """Causal LM over the paged KV cache. ``forward`` returns logits only for sampled rows.
+
+    Subclasses choose the architecture's details with class attributes:
+
+    * ``qk_norm``: RMSNorm each query and key head before rotary (Qwen3).
+    * ``qkv_bias`` / ``o_bias``: ``None`` follows ``config.attention_bias`` (Llama, Qwen3);
+      Qwen2 fixes them to ``True`` / ``False`` because its config has no such field.
+    * ``build_mlp(config, layer_idx)``: the feed-forward of each layer (Qwen3-MoE mixes dense
+      layers and expert layers).
+    """
+
+    qk_norm: ClassVar[bool] = False
+    qkv_bias: ClassVar[bool | None] = None
+    o_bias: ClassVar[bool | None] = None
+    layer_class: type[DecoderLayer] = DecoderLayer
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.check_config(config)
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.rotary = RotaryEmbedding(
+            config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling
+        )
+        self.layers = nn.ModuleList(
+            self.layer_class(
+                config,
+                self.rotary,
+                qk_norm=self.qk_norm,
+                qkv_bias=self.qkv_bias,
+                o_bias=self.o_bias,
+                mlp=self.build_mlp(config, i),
+            )
+            for i in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    @classmethod
+    def check_config(cls, config: ModelConfig) -> None:
+        """Refuse, by field name, what this decoder would otherwise silently compute wrongly."""
+        if config.hidden_act != "silu":
+            raise ValueError(
+                f"{cls.__name__}: hidden_act {config.hidden_act!r} is not supported (only 'silu')"
+            )
+        raw = config.raw
+        if raw.get("use_sliding_window"):
+            raise ValueError(
+                f"{cls.__name__}: use_sliding_window=true is not supported; "
+                "every layer here attends over the full context"
+            )
+        if "sliding_attention" in (raw.get("layer_types") or []):
+            raise ValueError(
+                f"{cls.__name__}: layer_types contains 'sliding_attention', which is not "
+                "supported; every layer here attends over the full context"
+            )
+
+    def build_mlp(self, config: ModelConfig, layer_idx: int) -> nn.Module:
+        """The feed-forward of layer ``layer_idx``: a dense SwiGLU unless a subclass says so."""
+        return GatedMLP(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+
+    def forward(self, batch: Any, kv_pool: Any, backend: Any) -> torch.Tensor:
+        """Run one flat batch; returns float32 logits ``[len(batch.sample_indices), vocab]``."""
+        h = self.embed_tokens(batch.input_ids)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, batch, kv_pool.layer(i), backend)
+        h = self.norm(h[batch.sample_indices])
+        return self.lm_head(h).float()
+
+    def load_weights(self, weights: Any) -> None:
+        """Copy checkpoint tensors ``(hf_name, tensor)`` into our (partly merged) parameters."""
+        load_packed_weights(self, weights, prefix_map={"model.": ""})
