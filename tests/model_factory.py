@@ -60,44 +60,39 @@ def build_tokenizer(out_dir: Path, vocab_size: int = 384) -> Path:
     return out_dir
 
 
-def build_qwen3(
+def build_hf_model(
+    architecture: str,
     out_dir: Path,
     tokenizer_dir: Path,
     *,
     seed: int = 0,
-    hidden_size: int = 64,
-    intermediate_size: int = 128,
-    num_hidden_layers: int = 2,
-    num_attention_heads: int = 4,
-    num_key_value_heads: int = 2,
-    head_dim: int = 16,
-    tie_word_embeddings: bool = False,
     initializer_range: float = 0.2,
     max_shard_size: str | None = None,
-    **extra: Any,
+    **config_kwargs: Any,
 ) -> Path:
-    """Write a random Qwen3ForCausalLM (config, safetensors, tokenizer) into ``out_dir``."""
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+    """Write a random transformers ``architecture`` (config, safetensors, tokenizer) to ``out_dir``.
+
+    ``architecture`` names both classes: ``"Qwen2"`` -> ``Qwen2Config`` + ``Qwen2ForCausalLM``.
+    The large ``initializer_range`` spreads the logits apart, so greedy parity does not hinge on
+    near-ties between random tokens.
+    """
+    import transformers
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    config = Qwen3Config(
+    config_cls = getattr(transformers, f"{architecture}Config")
+    model_cls = getattr(transformers, f"{architecture}ForCausalLM")
+    config = config_cls(
         vocab_size=len(tok),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads,
-        head_dim=head_dim,
-        tie_word_embeddings=tie_word_embeddings,
         initializer_range=initializer_range,
         max_position_embeddings=1024,
         eos_token_id=tok.eos_token_id,
         bos_token_id=None,
         pad_token_id=tok.pad_token_id,
-        **extra,
+        **config_kwargs,
     )
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(config).eval()
+    model = model_cls(config).eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {}
     if max_shard_size is not None:
@@ -105,6 +100,79 @@ def build_qwen3(
     model.save_pretrained(str(out_dir), **kwargs)
     tok.save_pretrained(str(out_dir))
     return out_dir
+
+
+def build_qwen3(
+    out_dir: Path,
+    tokenizer_dir: Path,
+    *,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    head_dim: int = 16,
+    tie_word_embeddings: bool = False,
+    **extra: Any,
+) -> Path:
+    """Write a random Qwen3ForCausalLM (config, safetensors, tokenizer) into ``out_dir``."""
+    return build_hf_model(
+        "Qwen3",
+        out_dir,
+        tokenizer_dir,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        head_dim=head_dim,
+        tie_word_embeddings=tie_word_embeddings,
+        **extra,
+    )
+
+
+def build_qwen2(out_dir: Path, tokenizer_dir: Path, **extra: Any) -> Path:
+    """A random Qwen2 (Qwen2.5 layout): q/k/v biases, GQA 2, head_dim 16, untied embeddings."""
+    kwargs: dict[str, Any] = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    return build_hf_model("Qwen2", out_dir, tokenizer_dir, **{**kwargs, **extra})
+
+
+def build_llama(out_dir: Path, tokenizer_dir: Path, **extra: Any) -> Path:
+    """A random Llama: GQA 2, head_dim 16; pass ``tie_word_embeddings``/``rope_parameters``..."""
+    kwargs: dict[str, Any] = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    )
+    return build_hf_model("Llama", out_dir, tokenizer_dir, **{**kwargs, **extra})
+
+
+def build_qwen3_moe(out_dir: Path, tokenizer_dir: Path, **extra: Any) -> Path:
+    """A random Qwen3-MoE: 8 experts, top 2, layers 1 and 3 sparse (``decoder_sparse_step=2``)."""
+    kwargs: dict[str, Any] = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_experts=8,
+        num_experts_per_tok=2,
+        decoder_sparse_step=2,
+        norm_topk_prob=True,
+    )
+    return build_hf_model("Qwen3Moe", out_dir, tokenizer_dir, **{**kwargs, **extra})
 
 
 def load_hf(model_dir: Path, dtype: torch.dtype = torch.float32) -> Any:
@@ -130,3 +198,41 @@ def hf_greedy(model: Any, prompt_ids: list[int], max_new_tokens: int) -> list[in
 
 def read_config(model_dir: Path) -> dict[str, Any]:
     return json.loads((model_dir / "config.json").read_text())
+
+
+def prefill_logits(
+    model_dir: Path,
+    prompts: list[list[int]],
+    page_size: int = 4,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Our logits at every position of each prompt, from one flat batch through the paged pool.
+
+    Returns ``[sum(len(p) for p in prompts), vocab]``, the prompts' rows one after another.
+    """
+    from vibe_sgl_lite.batch import BatchRow, ForwardBatch
+    from vibe_sgl_lite.kernels import TorchPagedAttention
+    from vibe_sgl_lite.memory import KVPool
+    from vibe_sgl_lite.models import load_model
+
+    model, cfg = load_model(model_dir, dtype=dtype)
+    pool = KVPool(
+        cfg.num_hidden_layers, 64, page_size, cfg.num_key_value_heads, cfg.head_dim, dtype
+    )
+    rows, next_page = [], 1
+    for ids in prompts:
+        n_pages = -(-len(ids) // page_size)
+        rows.append(BatchRow(ids, 0, list(range(next_page, next_page + n_pages)), True))
+        next_page += n_pages
+    batch = ForwardBatch.build(rows, page_size, torch.device("cpu"))
+    batch.sample_indices = torch.arange(batch.num_tokens)  # every position, not just the last
+    backend = TorchPagedAttention()
+    batch.attn_metadata = backend.prepare(batch)
+    with torch.no_grad():
+        return model(batch, pool, backend)
+
+
+def hf_prefill_logits(model: Any, prompts: list[list[int]]) -> torch.Tensor:
+    """transformers' logits for each prompt run alone, concatenated like ``prefill_logits``."""
+    with torch.no_grad():
+        return torch.cat([model(torch.tensor([ids])).logits[0] for ids in prompts])

@@ -226,3 +226,20 @@ def test_closed_runner_refuses_work(qwen3_dir: Path) -> None:
     runner.close()
     with pytest.raises(RuntimeError, match="closed"):
         runner.generate("hi")
+
+
+def test_score_matches_transformers_log_likelihood(
+    qwen3_dir: Path, prompt_ids: list[list[int]]
+) -> None:
+    hf = load_hf(qwen3_dir)
+    ids = prompt_ids[5]
+    with torch.no_grad():
+        ref = torch.log_softmax(hf(torch.tensor([ids])).logits[0, :-1], -1)
+    expected = ref.gather(1, torch.tensor(ids[1:])[:, None]).squeeze(1)
+    with ModelRunner(qwen3_dir, page_size=4, max_total_tokens=256) as runner:
+        got = runner.score(ids)
+        ppl = runner.perplexity(ids)
+        stats = runner.get_stats()
+    torch.testing.assert_close(torch.tensor(got), expected, atol=1e-4, rtol=1e-4)
+    assert ppl == pytest.approx(float(torch.exp(-expected.mean())), rel=1e-4)
+    assert stats["kv_pages_free"] == stats["kv_pages_total"]

@@ -10,10 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.model_factory import build_qwen3, load_hf
-from vibe_sgl_lite.batch import BatchRow, ForwardBatch
-from vibe_sgl_lite.kernels import TorchPagedAttention
-from vibe_sgl_lite.memory import KVPool
+from tests.model_factory import build_qwen3, load_hf, prefill_logits
 from vibe_sgl_lite.models import load_model
 
 pytestmark = pytest.mark.unit
@@ -26,30 +23,6 @@ SHAPES = {
     ),
     "headdim24": dict(num_attention_heads=2, num_key_value_heads=1, head_dim=24),
 }
-
-
-def prefill_logits(
-    model_dir: Path,
-    prompts: list[list[int]],
-    page_size: int = 4,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Logits at every position of each prompt, from one flat batch through the paged pool."""
-    model, cfg = load_model(model_dir, dtype=dtype)
-    pool = KVPool(
-        cfg.num_hidden_layers, 64, page_size, cfg.num_key_value_heads, cfg.head_dim, dtype
-    )
-    rows, next_page = [], 1
-    for ids in prompts:
-        n_pages = -(-len(ids) // page_size)
-        rows.append(BatchRow(ids, 0, list(range(next_page, next_page + n_pages)), True))
-        next_page += n_pages
-    batch = ForwardBatch.build(rows, page_size, torch.device("cpu"))
-    batch.sample_indices = torch.arange(batch.num_tokens)  # every position, not just the last
-    backend = TorchPagedAttention()
-    batch.attn_metadata = backend.prepare(batch)
-    with torch.no_grad():
-        return model(batch, pool, backend)
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))

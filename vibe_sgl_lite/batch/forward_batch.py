@@ -23,12 +23,17 @@ import torch
 
 @dataclass
 class BatchRow:
-    """One sequence's share of a step: ``token_ids`` start at position ``start_pos``."""
+    """One sequence's share of a step: ``token_ids`` start at position ``start_pos``.
+
+    ``sample``: return the logits of the last token. ``all_logits``: return the logits of every
+    token of the row instead (scoring a text, e.g. for perplexity).
+    """
 
     token_ids: Sequence[int]
     start_pos: int
     page_table: Sequence[int]
     sample: bool
+    all_logits: bool = False
 
 
 @dataclass
@@ -68,7 +73,9 @@ class ForwardBatch:
             positions.extend(range(row.start_pos, row.start_pos + n))
             query_start.append(query_start[-1] + n)
             seq_lens.append(row.start_pos + n)
-            if row.sample:
+            if row.all_logits:
+                sample_indices.extend(range(query_start[-2], query_start[-1]))
+            elif row.sample:
                 sample_indices.append(query_start[-1] - 1)
         max_pages = max(len(r.page_table) for r in rows)
         table = [list(r.page_table) + [0] * (max_pages - len(r.page_table)) for r in rows]

@@ -258,6 +258,25 @@ class Engine:
         req.text += text
         req.pending_text += text
 
+    # ---- scoring -----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def score(self, prompt: str | Sequence[int]) -> list[float]:
+        """Log-probability of each token given the ones before it (``len - 1`` values).
+
+        One forward over the whole text, on pages borrowed from the allocator for the duration
+        of the call, outside the scheduler: the same model code and KV path as generation.
+        """
+        ids = self._prompt_ids(prompt)
+        pages = self.allocator.alloc(-(-len(ids) // self.config.page_size))
+        try:
+            logits = self.executor.execute([BatchRow(ids, 0, pages, False, all_logits=True)])
+        finally:
+            self.allocator.free(pages)
+        logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
+        target = torch.tensor(ids[1:], device=logprobs.device)
+        return logprobs.gather(1, target[:, None]).squeeze(1).tolist()
+
     # ---- introspection -----------------------------------------------------------------------
 
     def abort(self, req: Request) -> None:

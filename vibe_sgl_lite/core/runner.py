@@ -12,6 +12,7 @@ one call (and of concurrent streams) share every forward pass: continuous batchi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,19 @@ class ModelRunner:
         if failed:
             detail = "; ".join(f"prompt {i}: {err}" for i, err in failed)
             raise BatchRequestError(f"{len(failed)} prompt(s) failed: {detail}", outputs)
+
+    # ---- scoring -----------------------------------------------------------------------------
+
+    def score(self, prompt: Prompt) -> list[float]:
+        """Log-probability of every token of ``prompt`` after the first, given its prefix."""
+        return self._engine.score(prompt)
+
+    def perplexity(self, prompt: Prompt) -> float:
+        """``exp(mean negative log-likelihood)`` of ``prompt``'s tokens after the first."""
+        logprobs = self.score(prompt)
+        if not logprobs:
+            raise ValueError("perplexity needs a prompt of at least 2 tokens")
+        return math.exp(-sum(logprobs) / len(logprobs))
 
     # ---- stats and cache ---------------------------------------------------------------------
 

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from torch import nn
 
+from vibe_sgl_lite.models.llama import LlamaForCausalLM
+from vibe_sgl_lite.models.qwen2 import Qwen2ForCausalLM
 from vibe_sgl_lite.models.qwen3 import Qwen3ForCausalLM
+from vibe_sgl_lite.models.qwen3_moe import Qwen3MoeForCausalLM
 
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
+    "LlamaForCausalLM": LlamaForCausalLM,
+    "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
+    "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
 }
 
 

@@ -34,10 +34,13 @@ PACKED: dict[str, tuple[str, int]] = {
 class CheckpointViews(Protocol):
     """A module that decides itself where the checkpoint tensors below it are stored."""
 
-    def checkpoint_view(self, name: str) -> tuple[str, torch.Tensor] | None:
-        """For checkpoint name ``name`` (relative to this module): ``(our parameter name relative
-        to this module, the view of its data to copy into)``, or ``None`` to skip the tensor
-        (it belongs to another rank). Raises ``KeyError`` for a name it does not know."""
+    def checkpoint_view(
+        self, name: str, tensor: torch.Tensor
+    ) -> tuple[str, torch.Tensor, torch.Tensor] | None:
+        """For checkpoint tensor ``name`` (relative to this module): ``(our parameter name
+        relative to this module, the view of its data to copy into, the part of ``tensor`` to
+        copy)``, or ``None`` to skip the tensor (another rank holds it). Raises ``KeyError`` for
+        a name it does not know."""
         ...
 
 
@@ -94,14 +97,14 @@ def load_packed_weights(
             prefix, owner = owned
             rel = _strip_prefix(hf_name, prefix_map)[len(prefix) + 1 :]
             try:
-                view = owner.checkpoint_view(rel)
+                view = owner.checkpoint_view(rel, tensor)
             except KeyError:
                 raise ValueError(
                     f"checkpoint tensor {hf_name!r} has no place in {type(model).__name__}"
                 ) from None
             if view is None:
                 continue
-            name, dest = f"{prefix}.{view[0]}", view[1]
+            name, dest, tensor = f"{prefix}.{view[0]}", view[1], view[2]
         else:
             name, shard = _target(hf_name, prefix_map)
             if name not in params:

@@ -1,0 +1,5 @@
+"""Tensor and expert parallelism over torch.distributed (Gloo on CPU, NCCL on CUDA)."""
+
+from vibe_sgl_lite.distributed.parallel_state import ParallelConfig, ParallelGroup
+
+__all__ = ["ParallelConfig", "ParallelGroup"]

@@ -1,0 +1,207 @@
+"""Run the model sharded over worker processes: tensor and expert parallelism.
+
+    main process (Engine: scheduler, allocator, sampler)
+        │  Pipe: rows of one step ──►            ◄── logits of the sampling rows
+        ▼
+    worker rank 0 ──broadcast rows──► worker rank 1 ... rank N-1
+        each rank: its shard of every layer + a KV pool with only its KV heads;
+        all-reduce after row-parallel layers, all-gather of the LM head's vocab slices
+
+The main process never joins the process group, so two runners in one process (or on one
+machine) never collide: each picks a free port at run time. Workers are daemonic, started with
+``spawn``, and stopped by ``close()``, at interpreter exit, or when the main process goes away
+(their pipe closes). A worker that dies makes ``execute`` raise ``RuntimeError`` instead of
+hanging.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from vibe_sgl_lite.batch.forward_batch import BatchRow, ForwardBatch
+from vibe_sgl_lite.core.config import EngineConfig
+from vibe_sgl_lite.distributed.parallel_state import (
+    ParallelConfig,
+    ParallelGroup,
+    find_free_port,
+)
+from vibe_sgl_lite.kernels.attention import AttentionBackend
+
+READY_TIMEOUT_S = 300.0
+POLL_S = 0.05
+
+
+def world_size(config: EngineConfig) -> int:
+    """Ranks needed: attention over ``tp_size``; experts over ``ep_size`` on the same ranks."""
+    tp, ep = config.tp_size, config.ep_size
+    if ep > 1 and tp > 1 and ep != tp:
+        raise ValueError(
+            f"ep_size must be 1, equal to tp_size, or used with tp_size=1; got tp_size={tp}, "
+            f"ep_size={ep}"
+        )
+    return max(tp, ep)
+
+
+@dataclass
+class WorkerArgs:
+    rank: int
+    world_size: int
+    port: int
+    model_path: str
+    config: EngineConfig
+    num_pages: int
+    attention: AttentionBackend
+    num_threads: int
+
+
+def _make_parallel_config(args: WorkerArgs) -> ParallelConfig:
+    group = ParallelGroup(args.rank, args.world_size, dist.group.WORLD)
+    single = ParallelGroup()
+    return ParallelConfig(
+        tp=group if args.config.tp_size > 1 else single,
+        ep=group if args.config.ep_size > 1 else single,
+    )
+
+
+def worker_main(args: WorkerArgs, conn: Connection | None) -> None:
+    """One rank: load its shard, then serve forward passes until told to stop."""
+    from vibe_sgl_lite.core.executor import kv_cache_dtype
+    from vibe_sgl_lite.memory.kv_pool import KVPool
+    from vibe_sgl_lite.models.loader import load_model
+
+    torch.set_num_threads(args.num_threads)
+    cuda = args.config.device.startswith("cuda")
+    device = torch.device(f"cuda:{args.rank}" if cuda else "cpu")
+    dist.init_process_group(
+        "nccl" if cuda else "gloo",
+        init_method=f"tcp://127.0.0.1:{args.port}",
+        rank=args.rank,
+        world_size=args.world_size,
+        timeout=timedelta(seconds=120),
+    )
+    try:
+        parallel = _make_parallel_config(args)
+        model, mc = load_model(args.model_path, args.config.dtype, str(device), parallel=parallel)
+        pool = KVPool(
+            mc.num_hidden_layers,
+            args.num_pages,
+            args.config.page_size,
+            model.num_local_kv_heads,
+            mc.head_dim,
+            kv_cache_dtype(args.config),
+            device,
+        )
+        if conn is not None:
+            conn.send(("ready", None))
+        while True:
+            message: list[Any] = [conn.recv() if conn is not None else None]
+            dist.broadcast_object_list(message, src=0)
+            kind, rows = message[0]
+            if kind == "stop":
+                break
+            with torch.inference_mode():
+                batch = ForwardBatch.build(rows, args.config.page_size, device)
+                batch.attn_metadata = args.attention.prepare(batch)
+                logits = model(batch, pool, args.attention)
+            if conn is not None:
+                conn.send(("logits", logits.cpu().numpy()))
+    except EOFError:
+        if conn is not None:  # the main process went away: tell the other ranks to stop
+            dist.broadcast_object_list([("stop", None)], src=0)
+    except BaseException:
+        if conn is not None:
+            conn.send(("error", traceback.format_exc()))
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+class MultiprocessExecutor:
+    """``ModelExecutor`` over ``world_size`` worker processes (see the module docstring)."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        config: EngineConfig,
+        num_pages: int,
+        attention: AttentionBackend,
+    ) -> None:
+        self.world_size = world_size(config)
+        ctx = mp.get_context("spawn")
+        self.conn, child_conn = ctx.Pipe()
+        port = find_free_port()
+        threads = max(1, (os.cpu_count() or 1) // self.world_size)
+        self.procs: list[BaseProcess] = []
+        for rank in range(self.world_size):
+            args = WorkerArgs(
+                rank, self.world_size, port, str(model_path), config, num_pages, attention, threads
+            )
+            proc = ctx.Process(
+                target=worker_main,
+                args=(args, child_conn if rank == 0 else None),
+                daemon=True,
+                name=f"vibe-sgl-lite-rank{rank}",
+            )
+            proc.start()
+            self.procs.append(proc)
+        child_conn.close()
+        self._finalizer = weakref.finalize(self, _shutdown, self.conn, self.procs)
+        self._receive("ready", timeout=READY_TIMEOUT_S)
+
+    def execute(self, rows: Sequence[BatchRow]) -> torch.Tensor:
+        self.conn.send(("forward", list(rows)))
+        return torch.from_numpy(self._receive("logits"))
+
+    def _receive(self, expected: str, timeout: float | None = None) -> Any:
+        waited = 0.0
+        while not self.conn.poll(POLL_S):
+            dead = [(i, p.exitcode) for i, p in enumerate(self.procs) if not p.is_alive()]
+            if dead:
+                self.close()
+                rank, code = dead[0]
+                raise RuntimeError(f"worker rank {rank} exited unexpectedly (exit code {code})")
+            waited += POLL_S
+            if timeout is not None and waited > timeout:
+                self.close()
+                raise RuntimeError(f"workers did not answer within {timeout:.0f} s")
+        try:
+            kind, payload = self.conn.recv()
+        except EOFError:
+            self.close()
+            raise RuntimeError("worker rank 0 closed its connection unexpectedly") from None
+        if kind == "error":
+            self.close()
+            raise RuntimeError(f"a worker failed:\n{payload}")
+        assert kind == expected, (kind, expected)
+        return payload
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _shutdown(conn: Connection, procs: list[BaseProcess]) -> None:
+    """Ask the workers to stop, then make sure they did: no orphan processes."""
+    try:
+        conn.send(("stop", None))
+    except (OSError, ValueError):
+        pass
+    for proc in procs:
+        proc.join(timeout=10)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=5)
+    conn.close()
