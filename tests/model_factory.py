@@ -93,6 +93,10 @@ def build_hf_model(
     )
     torch.manual_seed(seed)
     model = model_cls(config).eval()
+    with torch.no_grad():  # transformers zeroes biases; random ones make the parity test see them
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                param.normal_(0.0, initializer_range)
     out_dir.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {}
     if max_shard_size is not None:

@@ -89,6 +89,7 @@ class SparseMoeBlock(nn.Module):
         slots = slots[order]
         expert_of = flat_ids[slots]
         tokens = slots // self.top_k  # [N], the token of each assignment
+        # The group sizes drive Python slicing: one host sync per layer (on GPU), not per token.
         counts = torch.bincount(expert_of, minlength=self.num_local_experts).tolist()
 
         xs = x[tokens]  # [N, hidden], rows grouped by expert

@@ -92,12 +92,12 @@ def load_packed_weights(
     for hf_name, tensor in weights:
         if tied and hf_name == "lm_head.weight":
             continue
-        owned = _owner(_strip_prefix(hf_name, prefix_map), owners)
+        local_name = _strip_prefix(hf_name, prefix_map)
+        owned = _owner(local_name, owners)
         if owned is not None:
             prefix, owner = owned
-            rel = _strip_prefix(hf_name, prefix_map)[len(prefix) + 1 :]
             try:
-                view = owner.checkpoint_view(rel, tensor)
+                view = owner.checkpoint_view(local_name[len(prefix) + 1 :], tensor)
             except KeyError:
                 raise ValueError(
                     f"checkpoint tensor {hf_name!r} has no place in {type(model).__name__}"
