@@ -419,14 +419,14 @@ class CacheMachine(RuleBasedStateMachine):
 
     @rule(num_pages=st.integers(0, NUM_PAGES))
     def evict(self, num_pages: int) -> None:
-        locked = {p for n in self.cache._nodes() if n.lock_ref > 0 for p in n.pages}
+        locked = {p for n in self.cache.nodes() if n.lock_ref > 0 for p in n.pages}
         before = self.allocator.num_free
         freed = self.cache.evict(num_pages)
         assert self.allocator.num_free == before + freed
         assert all(self.allocator.refcount(p) > 0 for p in locked)
         self.forget_free_pages()
         if freed < num_pages:
-            assert all(n.lock_ref > 0 for n in self.cache._nodes()), "an unlocked node survived"
+            assert all(n.lock_ref > 0 for n in self.cache.nodes()), "an unlocked node survived"
 
     @rule()
     def flush(self) -> None:
@@ -443,11 +443,11 @@ class CacheMachine(RuleBasedStateMachine):
     def refcounts_equal_holders(self) -> None:
         self.allocator.check_invariants()
         holders = Counter(p for r in self.requests.values() for p in r.pages)
-        holders.update(p for n in self.cache._nodes() for p in n.pages)
+        holders.update(p for n in self.cache.nodes() for p in n.pages)
         for page in range(self.NUM_PAGES):
             assert self.allocator.refcount(page) == holders[page], f"page {page}"
         assert self.allocator.num_free + len(holders) == self.NUM_PAGES
-        assert self.cache.num_cached_pages == sum(len(n.pages) for n in self.cache._nodes())
+        assert self.cache.num_cached_pages == sum(len(n.pages) for n in self.cache.nodes())
 
     @invariant()
     def tree_is_well_formed_and_matches_the_kv(self) -> None:
@@ -472,11 +472,11 @@ class CacheMachine(RuleBasedStateMachine):
             locked = self.path_tokens(req.node)
             assert locked == tuple(req.tokens[: len(locked)]), "request locked another prefix"
             expected.update(id(n) for n in req.node.path())
-        for node in [self.cache.root, *self.cache._nodes()]:
+        for node in [self.cache.root, *self.cache.nodes()]:
             assert node.lock_ref == expected[id(node)]
         refcount = self.allocator.refcount
         assert self.cache.evictable_pages() == sum(
-            1 for n in self.cache._nodes() if n.lock_ref == 0 for p in n.pages if refcount(p) == 1
+            1 for n in self.cache.nodes() if n.lock_ref == 0 for p in n.pages if refcount(p) == 1
         )
 
     def teardown(self) -> None:

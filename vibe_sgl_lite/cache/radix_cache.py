@@ -183,7 +183,7 @@ class RadixCache:
         A parent whose last child goes becomes a leaf and a candidate in its own right.
         """
         tie = itertools.count()
-        heap = [(n.last_access, next(tie), n) for n in self._nodes() if _evictable_leaf(n)]
+        heap = [(n.last_access, next(tie), n) for n in self.nodes() if _evictable_leaf(n)]
         heapq.heapify(heap)
         freed = 0
         while freed < num_pages and heap:
@@ -208,7 +208,7 @@ class RadixCache:
                 f"cannot flush the prefix cache while a request is running "
                 f"({self.root.lock_ref} lock(s) held)"
             )
-        for node in list(self._nodes()):
+        for node in list(self.nodes()):
             self._release(node)
         self.root.children.clear()
 
@@ -235,7 +235,7 @@ class RadixCache:
     @property
     def num_nodes(self) -> int:
         """Nodes in the tree, not counting the root."""
-        return sum(1 for _ in self._nodes())
+        return sum(1 for _ in self.nodes())
 
     def evictable_pages(self) -> int:
         """Pages that eviction could return to the free list right now.
@@ -246,7 +246,7 @@ class RadixCache:
         if self._allocator is None:
             return 0
         refcount = self._allocator.refcount
-        return sum(1 for n in self._nodes() if n.lock_ref == 0 for p in n.pages if refcount(p) == 1)
+        return sum(1 for n in self.nodes() if n.lock_ref == 0 for p in n.pages if refcount(p) == 1)
 
     def to_dot(self, decode: Callable[[Sequence[int]], str] | None = None) -> str:
         """Graphviz ``dot`` text of the tree: each node shows its token count, the first tokens
@@ -254,7 +254,7 @@ class RadixCache:
         shaded. Render with ``dot -Tpng``; producing the text needs no graphviz."""
         lines = ["digraph radix {", '  node [shape=box, fontname="monospace"];']
         names: dict[int, str] = {}
-        for node in itertools.chain([self.root], self._nodes()):
+        for node in itertools.chain([self.root], self.nodes()):
             name = names[id(node)] = f"n{len(names)}"
             label = _dot_label(node, decode)
             style = ', style=filled, fillcolor="#ffd8a8"' if node.lock_ref > 0 else ""
@@ -266,7 +266,7 @@ class RadixCache:
 
     # ---- helpers ----------------------------------------------------------------------------
 
-    def _nodes(self) -> Iterator[RadixNode]:
+    def nodes(self) -> Iterator[RadixNode]:
         """Every node except the root, parents before children (depth first)."""
         stack = list(reversed(self.root.children.values()))
         while stack:

@@ -99,7 +99,7 @@ def worker_main(args: WorkerArgs, conn: Connection | None) -> None:
             mc.num_hidden_layers,
             args.num_pages,
             args.config.page_size,
-            model.num_local_kv_heads,
+            int(getattr(model, "num_local_kv_heads")),
             mc.head_dim,
             kv_cache_dtype(args.config),
             device,

@@ -84,13 +84,13 @@ def kv_heads_of_rank(num_kv_heads: int, tp: ParallelGroup) -> tuple[int, int]:
     if num_kv_heads >= tp.size:
         return split_evenly(num_kv_heads, tp.size, tp.rank)
     if tp.size % num_kv_heads:
-        raise ValueError(f"tp_size {tp.size} must be a multiple of num_key_value_heads {num_kv_heads}")
+        raise ValueError(
+            f"tp_size {tp.size} must be a multiple of num_key_value_heads {num_kv_heads}"
+        )
     return tp.rank * num_kv_heads // tp.size, 1
 
 
-def _merged(
-    in_features: int, slices: list[Slice], bias: bool, on: torch.device
-) -> MergedLinear:
+def _merged(in_features: int, slices: list[Slice], bias: bool, on: torch.device) -> MergedLinear:
     layer = MergedLinear(in_features, [length for _, _, length in slices], bias=bias).to(on)
     layer.weight.tp_slices = slices  # type: ignore[attr-defined]
     if layer.bias is not None:

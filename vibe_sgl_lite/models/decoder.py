@@ -112,7 +112,15 @@ class DecoderForCausalLM(nn.Module):
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the embedding matrix with the LM head when the checkpoint ties them.
+
+        Called again by the loader after ``to_empty``, which materialises a tied parameter once
+        per module and so unties it.
+        """
+        if self.config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
     @classmethod
@@ -137,6 +145,13 @@ class DecoderForCausalLM(nn.Module):
     def build_mlp(self, config: ModelConfig, layer_idx: int) -> nn.Module:
         """The feed-forward of layer ``layer_idx``: a dense SwiGLU unless a subclass says so."""
         return GatedMLP(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+
+    @property
+    def num_local_kv_heads(self) -> int:
+        """KV heads this process holds (all of them, unless sharded for tensor parallelism)."""
+        attn = self.layers[0].self_attn
+        assert isinstance(attn, Attention)
+        return attn.num_kv_heads
 
     def forward(self, batch: Any, kv_pool: Any, backend: Any) -> torch.Tensor:
         """Run one flat batch; returns float32 logits ``[len(batch.sample_indices), vocab]``."""

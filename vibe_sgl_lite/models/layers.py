@@ -68,11 +68,21 @@ class RotaryEmbedding(nn.Module):
         self, head_dim: int, max_positions: int, theta: float, scaling: dict[str, Any] | None
     ) -> None:
         super().__init__()
-        inv_freq = _inv_freq(head_dim, theta, scaling)
-        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.register_buffer("cos", emb.cos(), persistent=False)
-        self.register_buffer("sin", emb.sin(), persistent=False)
+        self.head_dim, self.max_positions, self.theta = head_dim, max_positions, theta
+        self.scaling = scaling
+        self.register_buffer("cos", torch.empty(max_positions, head_dim), persistent=False)
+        self.register_buffer("sin", torch.empty(max_positions, head_dim), persistent=False)
+        self.build()
+
+    def build(self) -> None:
+        """(Re)compute the tables in float32 on the buffers' device (also after ``to_empty``)."""
+        device = self.cos.device
+        if device.type == "meta":
+            return
+        inv_freq = _inv_freq(self.head_dim, self.theta, self.scaling).to(device)
+        positions = torch.arange(self.max_positions, dtype=torch.float32, device=device)
+        emb = torch.cat((torch.outer(positions, inv_freq),) * 2, dim=-1)
+        self.cos, self.sin = emb.cos(), emb.sin()
 
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor

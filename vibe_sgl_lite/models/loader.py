@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from torch import nn
 
+from vibe_sgl_lite.distributed.parallel_state import ParallelConfig
 from vibe_sgl_lite.models.config import ModelConfig
+from vibe_sgl_lite.models.layers import RotaryEmbedding
 from vibe_sgl_lite.models.registry import get_model_class
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -46,25 +49,77 @@ def safetensors_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def iter_safetensors(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
+class LazyTensor:
+    """A checkpoint tensor not read yet: ``narrow`` selects a slice, ``to``/``load`` read it.
+
+    Tensor-parallel ranks narrow each tensor to their shard before reading, so a rank reads only
+    its slices from disk (safetensors' ``get_slice``).
+    """
+
+    def __init__(self, source: Any, shape: tuple[int, ...], index: tuple[slice, ...] = ()) -> None:
+        self.source, self.shape = source, torch.Size(shape)
+        self.index = index or tuple(slice(0, n) for n in shape)
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def narrow(self, dim: int, start: int, length: int) -> LazyTensor:
+        if not 0 <= start and start + length <= self.shape[dim]:
+            raise ValueError(
+                f"slice {start}:{start + length} out of range for dim {dim} {self.shape}"
+            )
+        base = self.index[dim].start
+        index = list(self.index)
+        index[dim] = slice(base + start, base + start + length)
+        shape = list(self.shape)
+        shape[dim] = length
+        return LazyTensor(self.source, tuple(shape), tuple(index))
+
+    def load(self) -> torch.Tensor:
+        tensor: torch.Tensor = self.source[self.index] if self.index else self.source[:]
+        return tensor
+
+    def to(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.load().to(dtype)
+
+
+def iter_safetensors(model_dir: Path) -> Iterator[tuple[str, LazyTensor]]:
     for path in safetensors_files(model_dir):
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():
-                yield name, f.get_tensor(name)
+                sliced = f.get_slice(name)
+                yield name, LazyTensor(sliced, tuple(sliced.get_shape()))
 
 
 def load_model(
-    model_dir: str | Path, dtype: str | torch.dtype = "float32", device: str = "cpu"
+    model_dir: str | Path,
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
+    parallel: ParallelConfig | None = None,
 ) -> tuple[nn.Module, ModelConfig]:
-    """Build the registered class for ``model_dir`` and fill it with the checkpoint's weights."""
+    """Build the registered class for ``model_dir`` and fill it with the checkpoint's weights.
+
+    The model is built on the ``meta`` device (no memory), cut to this rank's shard when
+    ``parallel`` says so, then materialised on ``device`` and loaded tensor by tensor.
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model folder {model_dir} does not exist")
     config = ModelConfig.from_model_dir(model_dir)
     cls = get_model_class(config.architecture)
     torch_dtype = resolve_dtype(dtype)
-    with torch.device(device):
+    with torch.device("meta"):
         model = cls(config)  # type: ignore[call-arg]
+    if parallel is not None and parallel.is_parallel:
+        from vibe_sgl_lite.distributed.tensor_parallel import shard_model
+
+        shard_model(model, parallel)
+    model.to_empty(device=device)
     model.to(dtype=torch_dtype)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    for module in model.modules():
+        if isinstance(module, RotaryEmbedding):
+            module.build()
     model.load_weights(iter_safetensors(model_dir))  # type: ignore[operator]
     return model.eval().requires_grad_(False), config

@@ -22,6 +22,7 @@ Expert parallelism needs only ``expert_start``/``num_local_experts``: a rank hol
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,7 @@ class SparseMoeBlock(nn.Module):
         self.hidden_size, self.intermediate_size = hidden_size, moe_intermediate_size
         self.num_experts, self.top_k, self.norm_topk_prob = num_experts, top_k, norm_topk_prob
         self.expert_start, self.num_local_experts = expert_start, local
+        self.reduce: Any = None  # under expert parallelism: the group that sums partial outputs
         # The router sees every expert, whichever of them this block holds.
         self.gate = nn.Linear(hidden_size, num_experts, bias=False)
         self.w13 = nn.Parameter(torch.empty(local, 2 * moe_intermediate_size, hidden_size))
@@ -107,7 +109,8 @@ class SparseMoeBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Route every token, then run all experts (this block holds them all unless under EP)."""
         topk_ids, topk_weights = self.route(x)
-        return self.forward_local(x, topk_ids, topk_weights)
+        out = self.forward_local(x, topk_ids, topk_weights)
+        return self.reduce.all_reduce(out) if self.reduce is not None else out
 
     def checkpoint_view(
         self, name: str, tensor: torch.Tensor

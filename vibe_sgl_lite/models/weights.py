@@ -116,6 +116,15 @@ def load_packed_weights(
                 module = modules[name.rsplit(".", 1)[0]]
                 assert isinstance(module, MergedLinear)
                 dest = dest.narrow(0, module.shard_offset(shard), module.shard_sizes[shard])
+        slices = getattr(params[name], "tp_slices", None)
+        if slices is not None:  # a tensor-parallel shard: read only this rank's slice
+            dim, start, length = slices[shard or 0]
+            if tensor.shape[dim] < start + length:
+                raise ValueError(
+                    f"checkpoint tensor {hf_name!r} has shape {tuple(tensor.shape)}, too small "
+                    f"for the shard {start}:{start + length} of dim {dim}"
+                )
+            tensor = tensor.narrow(dim, start, length)
         if tuple(dest.shape) != tuple(tensor.shape):
             raise ValueError(
                 f"checkpoint tensor {hf_name!r} has shape {tuple(tensor.shape)}, "
