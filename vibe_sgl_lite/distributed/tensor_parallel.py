@@ -22,9 +22,10 @@ exchange to bring results back; at the batch sizes of this engine the single all
 simpler and equally cheap choice.)
 
 Sharding happens on a model built on the ``meta`` device, before any memory is allocated: each
-sharded parameter is created at its local shape and carries ``tp_slices``, one
-``(dim, start, length)`` per checkpoint tensor it is filled from, which the loader uses to read
-only that slice from safetensors.
+sharded module is created at its local shape and carries ``tp_slices``: for each of its
+parameters, one ``(dim, start, length)`` per checkpoint tensor it is filled from, which the
+loader uses to read only that slice from safetensors. (Tied embeddings are re-tied by the
+loader after materialisation.)
 """
 
 from __future__ import annotations
@@ -92,16 +93,14 @@ def kv_heads_of_rank(num_kv_heads: int, tp: ParallelGroup) -> tuple[int, int]:
 
 def _merged(in_features: int, slices: list[Slice], bias: bool, on: torch.device) -> MergedLinear:
     layer = MergedLinear(in_features, [length for _, _, length in slices], bias=bias).to(on)
-    layer.weight.tp_slices = slices  # type: ignore[attr-defined]
-    if layer.bias is not None:
-        layer.bias.tp_slices = slices  # type: ignore[attr-defined]
+    layer.tp_slices = {"weight": slices, "bias": slices}
     return layer
 
 
 def _row_parallel(old: nn.Linear, start: int, length: int, tp: ParallelGroup) -> RowParallelLinear:
     layer = RowParallelLinear(length, old.out_features, old.bias is not None, tp)
     layer.to(old.weight.device)
-    layer.weight.tp_slices = [(1, start, length)]  # type: ignore[attr-defined]
+    layer.tp_slices = {"weight": [(1, start, length)]}
     return layer
 
 
@@ -164,11 +163,7 @@ def _shard_vocab(model: nn.Module, tp: ParallelGroup) -> None:
     start, n = split_evenly(embed.num_embeddings, tp.size, tp.rank)
     device = embed.weight.device
     new_embed = VocabParallelEmbedding(start, n, embed.embedding_dim, tp).to(device)
-    new_embed.weight.tp_slices = [(0, start, n)]  # type: ignore[attr-defined]
+    new_embed.tp_slices = {"weight": [(0, start, n)]}
     new_head = ParallelLMHead(head.in_features, n, tp).to(device)
-    tied = head.weight is embed.weight
-    if tied:
-        new_head.weight = new_embed.weight
-    else:
-        new_head.weight.tp_slices = [(0, start, n)]  # type: ignore[attr-defined]
+    new_head.tp_slices = {"weight": [(0, start, n)]}
     model.embed_tokens, model.lm_head = new_embed, new_head

@@ -116,7 +116,8 @@ def load_packed_weights(
                 module = modules[name.rsplit(".", 1)[0]]
                 assert isinstance(module, MergedLinear)
                 dest = dest.narrow(0, module.shard_offset(shard), module.shard_sizes[shard])
-        slices = getattr(params[name], "tp_slices", None)
+        owner_name, _, leaf = name.rpartition(".")
+        slices = getattr(modules[owner_name], "tp_slices", {}).get(leaf)
         if slices is not None:  # a tensor-parallel shard: read only this rank's slice
             dim, start, length = slices[shard or 0]
             if tensor.shape[dim] < start + length:

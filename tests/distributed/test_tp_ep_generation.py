@@ -1,0 +1,76 @@
+"""TP and EP runs through ModelRunner give the same greedy tokens as one process and transformers."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.model_factory import build_qwen2, build_qwen3_moe, hf_greedy, load_hf
+from vibe_sgl_lite import ModelRunner, SamplingParams
+
+pytestmark = pytest.mark.distributed
+
+PROMPTS = [list(range(10, 40)), [5, 6, 7], list(range(40, 49)), list(range(60, 77))]
+GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+
+
+def greedy(model_dir: Path, **kwargs: object) -> list[list[int]]:
+    with ModelRunner(model_dir, max_total_tokens=512, page_size=4, **kwargs) as runner:  # type: ignore[arg-type]
+        return [o.token_ids for o in runner.generate_outputs(PROMPTS, GREEDY)]
+
+
+def reference(model_dir: Path) -> list[list[int]]:
+    hf = load_hf(model_dir)
+    return [hf_greedy(hf, p, 8) for p in PROMPTS]
+
+
+def test_tp2_qwen3_matches_tp1_and_transformers(qwen3_dir: Path) -> None:
+    ref = reference(qwen3_dir)
+    assert greedy(qwen3_dir) == ref
+    assert greedy(qwen3_dir, tp_size=2) == ref
+
+
+def test_tp2_qwen2_with_prefix_cache_and_chunking(tmp_path: Path, tokenizer_dir: Path) -> None:
+    model_dir = build_qwen2(tmp_path / "qwen2", tokenizer_dir)
+    ref = reference(model_dir)
+    assert greedy(model_dir, tp_size=2, chunked_prefill_size=7, enable_prefix_cache=True) == ref
+
+
+def test_ep2_and_tp2_ep2_qwen3_moe(tmp_path: Path, tokenizer_dir: Path) -> None:
+    model_dir = build_qwen3_moe(tmp_path / "moe", tokenizer_dir)
+    ref = reference(model_dir)
+    assert greedy(model_dir, ep_size=2) == ref
+    assert greedy(model_dir, tp_size=2, ep_size=2) == ref
+
+
+def test_moe_under_tp_without_ep_is_refused(tmp_path: Path, tokenizer_dir: Path) -> None:
+    model_dir = build_qwen3_moe(tmp_path / "moe", tokenizer_dir)
+    with pytest.raises(RuntimeError, match="ep_size == tp_size"):
+        ModelRunner(model_dir, tp_size=2, max_total_tokens=256)
+
+
+def test_two_runners_side_by_side_and_clean_shutdown(qwen3_dir: Path) -> None:
+    a = ModelRunner(qwen3_dir, tp_size=2, max_total_tokens=256)
+    b = ModelRunner(qwen3_dir, tp_size=2, max_total_tokens=256)
+    procs = a.engine.executor.procs + b.engine.executor.procs  # type: ignore[union-attr]
+    try:
+        assert a.generate([5, 6, 7], temperature=0, max_tokens=4) == b.generate(
+            [5, 6, 7], temperature=0, max_tokens=4
+        )
+    finally:
+        a.close()
+        b.close()
+    assert not any(p.is_alive() for p in procs)
+
+
+def test_dead_worker_raises_instead_of_hanging(qwen3_dir: Path) -> None:
+    runner = ModelRunner(qwen3_dir, tp_size=2, max_total_tokens=256)
+    procs = runner.engine.executor.procs  # type: ignore[union-attr]
+    os.kill(procs[1].pid, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match="exited unexpectedly|failed"):
+        runner.generate([5, 6, 7], max_tokens=4)
+    runner.close()
+    assert not any(p.is_alive() for p in procs)
