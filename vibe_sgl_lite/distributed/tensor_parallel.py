@@ -91,16 +91,21 @@ def kv_heads_of_rank(num_kv_heads: int, tp: ParallelGroup) -> tuple[int, int]:
     return tp.rank * num_kv_heads // tp.size, 1
 
 
+def _set_slices(module: nn.Module, slices: dict[str, list[Slice]]) -> None:
+    """Tell the loader which slice of each checkpoint tensor fills ``module``'s parameters."""
+    setattr(module, "tp_slices", slices)
+
+
 def _merged(in_features: int, slices: list[Slice], bias: bool, on: torch.device) -> MergedLinear:
     layer = MergedLinear(in_features, [length for _, _, length in slices], bias=bias).to(on)
-    layer.tp_slices = {"weight": slices, "bias": slices}
+    _set_slices(layer, {"weight": slices, "bias": slices})
     return layer
 
 
 def _row_parallel(old: nn.Linear, start: int, length: int, tp: ParallelGroup) -> RowParallelLinear:
     layer = RowParallelLinear(length, old.out_features, old.bias is not None, tp)
     layer.to(old.weight.device)
-    layer.tp_slices = {"weight": [(1, start, length)]}
+    _set_slices(layer, {"weight": [(1, start, length)]})
     return layer
 
 
@@ -163,7 +168,7 @@ def _shard_vocab(model: nn.Module, tp: ParallelGroup) -> None:
     start, n = split_evenly(embed.num_embeddings, tp.size, tp.rank)
     device = embed.weight.device
     new_embed = VocabParallelEmbedding(start, n, embed.embedding_dim, tp).to(device)
-    new_embed.tp_slices = {"weight": [(0, start, n)]}
+    _set_slices(new_embed, {"weight": [(0, start, n)]})
     new_head = ParallelLMHead(head.in_features, n, tp).to(device)
-    new_head.tp_slices = {"weight": [(0, start, n)]}
+    _set_slices(new_head, {"weight": [(0, start, n)]})
     model.embed_tokens, model.lm_head = new_embed, new_head

@@ -116,8 +116,9 @@ def load_model(
         shard_model(model, parallel)
     model.to_empty(device=device)
     model.to(dtype=torch_dtype)
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    tie_weights = getattr(model, "tie_weights", None)
+    if callable(tie_weights):
+        tie_weights()
     for module in model.modules():
         if isinstance(module, RotaryEmbedding):
             module.build()
