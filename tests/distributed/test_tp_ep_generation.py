@@ -74,3 +74,33 @@ def test_dead_worker_raises_instead_of_hanging(qwen3_dir: Path) -> None:
         runner.generate([5, 6, 7], max_tokens=4)
     runner.close()
     assert not any(p.is_alive() for p in procs)
+
+
+def test_torchrun_launch_matches_single_process(qwen3_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from vibe_sgl_lite.distributed.parallel_state import find_free_port
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "torchrun_tp.py"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(find_free_port()),
+            str(script),
+            "--model",
+            str(qwen3_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with ModelRunner(qwen3_dir, max_total_tokens=2048) as runner:
+        expected = runner.generate("ROMEO:", max_tokens=24, temperature=0)
+    assert expected in proc.stdout

@@ -84,9 +84,16 @@ class Engine:
     def _make_executor(self, model_path: str | Path, num_pages: int) -> ModelExecutor:
         if self.config.tp_size == 1 and self.config.ep_size == 1:
             return LocalExecutor(model_path, self.config, num_pages, self.attention)
-        from vibe_sgl_lite.distributed.executor import MultiprocessExecutor
+        from vibe_sgl_lite.distributed import executor
 
-        return MultiprocessExecutor(model_path, self.config, num_pages, self.attention)
+        if executor.launched_by_torchrun():
+            return executor.TorchrunExecutor(model_path, self.config, num_pages, self.attention)
+        return executor.MultiprocessExecutor(model_path, self.config, num_pages, self.attention)
+
+    @property
+    def is_driver(self) -> bool:
+        """False on torchrun ranks other than 0: they only serve their shard."""
+        return bool(getattr(self.executor, "is_driver", True))
 
     def close(self) -> None:
         self.executor.close()

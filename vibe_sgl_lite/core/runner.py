@@ -109,6 +109,11 @@ class ModelRunner:
         self.engine = None
 
     @property
+    def is_driver(self) -> bool:
+        """Under ``torchrun``, only rank 0 generates; other ranks' runners have served and return."""
+        return self.engine is None or self.engine.is_driver
+
+    @property
     def _engine(self) -> Engine:
         if self.engine is None:
             raise RuntimeError("this ModelRunner is closed")

@@ -67,24 +67,73 @@ class WorkerArgs:
     num_threads: int
 
 
-def _make_parallel_config(args: WorkerArgs) -> ParallelConfig:
-    group = ParallelGroup(args.rank, args.world_size, dist.group.WORLD)
+def parallel_config(config: EngineConfig, rank: int, size: int) -> ParallelConfig:
+    """This rank's groups: one world group, used for TP, EP or both."""
+    group = ParallelGroup(rank, size, dist.group.WORLD)
     single = ParallelGroup()
     return ParallelConfig(
-        tp=group if args.config.tp_size > 1 else single,
-        ep=group if args.config.ep_size > 1 else single,
+        tp=group if config.tp_size > 1 else single,
+        ep=group if config.ep_size > 1 else single,
     )
 
 
-def worker_main(args: WorkerArgs, conn: Connection | None) -> None:
-    """One rank: load its shard, then serve forward passes until told to stop."""
-    from vibe_sgl_lite.core.executor import kv_cache_dtype
-    from vibe_sgl_lite.memory.kv_pool import KVPool
-    from vibe_sgl_lite.models.loader import load_model
+class RankShard:
+    """What one rank holds: its shard of the model and a KV pool of its KV heads."""
 
+    def __init__(
+        self,
+        model_path: str,
+        config: EngineConfig,
+        num_pages: int,
+        attention: AttentionBackend,
+        rank: int,
+        size: int,
+    ) -> None:
+        from vibe_sgl_lite.core.executor import kv_cache_dtype
+        from vibe_sgl_lite.memory.kv_pool import KVPool
+        from vibe_sgl_lite.models.loader import load_model
+
+        cuda = config.device.startswith("cuda")
+        self.device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if cuda else "cpu")
+        self.page_size, self.attention = config.page_size, attention
+        parallel = parallel_config(config, rank, size)
+        self.model, mc = load_model(model_path, config.dtype, str(self.device), parallel=parallel)
+        self.kv_pool = KVPool(
+            mc.num_hidden_layers,
+            num_pages,
+            config.page_size,
+            int(getattr(self.model, "num_local_kv_heads")),
+            mc.head_dim,
+            kv_cache_dtype(config),
+            self.device,
+        )
+
+    @torch.inference_mode()
+    def forward(self, rows: Sequence[BatchRow]) -> torch.Tensor:
+        batch = ForwardBatch.build(rows, self.page_size, self.device)
+        batch.attn_metadata = self.attention.prepare(batch)
+        logits: torch.Tensor = self.model(batch, self.kv_pool, self.attention)
+        return logits
+
+
+def serve(shard: RankShard, conn: Connection | None) -> None:
+    """The worker loop: rank 0 takes each step's rows from ``conn`` (the engine) and broadcasts
+    them; every rank runs its shard; rank 0 sends the logits back. Ends on a "stop" message."""
+    while True:
+        message: list[Any] = [conn.recv() if conn is not None else None]
+        dist.broadcast_object_list(message, src=0)
+        kind, rows = message[0]
+        if kind == "stop":
+            return
+        logits = shard.forward(rows)
+        if conn is not None:
+            conn.send(("logits", logits.cpu().numpy()))
+
+
+def worker_main(args: WorkerArgs, conn: Connection | None) -> None:
+    """Entry point of a spawned worker: join the group, load the shard, serve."""
     torch.set_num_threads(args.num_threads)
     cuda = args.config.device.startswith("cuda")
-    device = torch.device(f"cuda:{args.rank}" if cuda else "cpu")
     dist.init_process_group(
         "nccl" if cuda else "gloo",
         init_method=f"tcp://127.0.0.1:{args.port}",
@@ -93,31 +142,17 @@ def worker_main(args: WorkerArgs, conn: Connection | None) -> None:
         timeout=timedelta(seconds=120),
     )
     try:
-        parallel = _make_parallel_config(args)
-        model, mc = load_model(args.model_path, args.config.dtype, str(device), parallel=parallel)
-        pool = KVPool(
-            mc.num_hidden_layers,
+        shard = RankShard(
+            args.model_path,
+            args.config,
             args.num_pages,
-            args.config.page_size,
-            int(getattr(model, "num_local_kv_heads")),
-            mc.head_dim,
-            kv_cache_dtype(args.config),
-            device,
+            args.attention,
+            args.rank,
+            args.world_size,
         )
         if conn is not None:
             conn.send(("ready", None))
-        while True:
-            message: list[Any] = [conn.recv() if conn is not None else None]
-            dist.broadcast_object_list(message, src=0)
-            kind, rows = message[0]
-            if kind == "stop":
-                break
-            with torch.inference_mode():
-                batch = ForwardBatch.build(rows, args.config.page_size, device)
-                batch.attn_metadata = args.attention.prepare(batch)
-                logits = model(batch, pool, args.attention)
-            if conn is not None:
-                conn.send(("logits", logits.cpu().numpy()))
+        serve(shard, conn)
     except EOFError:
         if conn is not None:  # the main process went away: tell the other ranks to stop
             dist.broadcast_object_list([("stop", None)], src=0)
@@ -205,3 +240,53 @@ def _shutdown(conn: Connection, procs: list[BaseProcess]) -> None:
             proc.terminate()
             proc.join(timeout=5)
     conn.close()
+
+
+# ---- torchrun: the same code, one process per rank, possibly across machines ---------------
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+class TorchrunExecutor:
+    """Under ``torchrun`` every process builds a ``ModelRunner``; rank 0 drives.
+
+    Rank 0's executor broadcasts each step's rows to the other ranks and runs its own shard; the
+    other ranks' ``ModelRunner`` constructors block in ``serve`` until rank 0 closes. The group
+    comes from torchrun's environment (``MASTER_ADDR``/``MASTER_PORT``), so multi-node works.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        config: EngineConfig,
+        num_pages: int,
+        attention: AttentionBackend,
+    ) -> None:
+        size = world_size(config)
+        if int(os.environ["WORLD_SIZE"]) != size:
+            raise ValueError(
+                f"torchrun started {os.environ['WORLD_SIZE']} processes but tp_size/ep_size need "
+                f"{size}"
+            )
+        if not dist.is_initialized():
+            cuda = config.device.startswith("cuda")
+            dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
+        self.rank = dist.get_rank()
+        agreed: list[Any] = [num_pages]  # every rank must index the same pages
+        dist.broadcast_object_list(agreed, src=0)
+        self.shard = RankShard(str(model_path), config, agreed[0], attention, self.rank, size)
+        self.is_driver = self.rank == 0
+        if not self.is_driver:
+            serve(self.shard, None)
+        self._closed = not self.is_driver
+
+    def execute(self, rows: Sequence[BatchRow]) -> torch.Tensor:
+        dist.broadcast_object_list([("forward", list(rows))], src=0)
+        return self.shard.forward(rows).cpu()
+
+    def close(self) -> None:
+        if not self._closed:
+            dist.broadcast_object_list([("stop", None)], src=0)
+            self._closed = True
