@@ -92,7 +92,9 @@ def main() -> None:
                 )
 
             def decode(ids: Sequence[int]) -> str:
-                return str(tok.decode(list(ids)))
+                """Text of each token; ``<id>`` for the byte soup a random model generates."""
+                pieces = [str(tok.decode([t])) for t in ids]
+                return "".join(p if p.isprintable() else f"<{t}>" for t, p in zip(ids, pieces))
 
             cache = engine.cache
             dot = cache.to_dot(decode=decode)
@@ -104,8 +106,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     dot_path = args.out / "radix_tree.dot"
     dot_path.write_text(dot)
-    print(f"\npage_size=4; pages held by the tree: {stats['num_cached_pages']}; "
-          f"hit rate so far: {stats['cache_hit_rate']:.1%}\n")
+    print(
+        f"\npage_size=4; pages held by the tree: {stats['num_cached_pages']}; "
+        f"hit rate so far: {stats['cache_hit_rate']:.1%}\n"
+    )
     print(tree)
     print(f"\nwrote {dot_path}")
     if shutil.which("dot"):

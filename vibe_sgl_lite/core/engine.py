@@ -295,6 +295,13 @@ class Engine:
         req.state = RequestState.FINISHED
         req.finish_reason = req.finish_reason or "abort"
 
+    def _pages_held_only_by_cache(self) -> int:
+        """Pages the prefix cache keeps alive although no running request uses them."""
+        nodes = getattr(self.cache, "nodes", None)
+        if nodes is None:
+            return 0
+        return sum(1 for n in nodes() for p in n.pages if self.allocator.refcount(p) == 1)
+
     def get_stats(self) -> dict[str, float | int]:
         stats: dict[str, float | int] = dict(self.counters)
         stats["num_cached_tokens"] = self.scheduler.num_cached_tokens
@@ -305,7 +312,7 @@ class Engine:
         stats["kv_pages_free"] = self.allocator.num_free
         stats["page_size"] = self.config.page_size
         stats["max_model_len"] = self.max_model_len
-        stats["num_cached_pages"] = self.cache.num_cached_pages
+        stats["num_cached_pages"] = self._pages_held_only_by_cache()
         stats["num_evicted_pages"] = self.cache.num_evicted_pages
         admitted = self.scheduler.num_admitted_tokens
         stats["cache_hit_rate"] = self.scheduler.num_cached_tokens / admitted if admitted else 0.0
