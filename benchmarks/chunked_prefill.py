@@ -17,6 +17,11 @@ see the largest gap is one chunk's step, not the whole prompt's.
 
     python benchmarks/chunked_prefill.py                    # 16 decoders, 8192-token prompt
     python benchmarks/chunked_prefill.py --prompt-len 2048  # quicker
+    python benchmarks/chunked_prefill.py --timeline         # which request ran in which step
+
+``--timeline`` instead runs a tiny workload (two decoding requests, then a 30-token and a
+10-token prompt, ``chunked_prefill_size=8``, ``max_prefill_tokens=12``) and prints what
+``Scheduler.schedule()`` returned at every step: the table of ``docs/chunked_prefill_and_policies.md``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -62,15 +68,26 @@ def build_model(out: Path, hidden: int, layers: int, vocab: int, max_positions: 
 
 @dataclass
 class Trace:
-    """What one run recorded."""
+    """What one run recorded, from the long prompt's arrival on."""
 
-    arrivals: list[list[float]] = field(default_factory=list)  # per decoder, after the long prompt
-    long_prompt_steps: list[tuple[int, float]] = field(default_factory=list)  # (tokens, seconds)
-    decode_only_steps: list[float] = field(default_factory=list)
-    prefill_done: float = 0.0  # seconds from the long prompt's arrival to its first token
+    # One entry per step: (seconds, prefill tokens of the long prompt in it, decoders in it).
+    steps: list[tuple[float, int, int]] = field(default_factory=list)
+    # Per decoding request: (time, index of the step that produced it), starting with
+    # (arrival of the long prompt, -1), so the first gap includes the wait from then on.
+    arrivals: list[list[tuple[float, int]]] = field(default_factory=list)
+    ttft: float = 0.0  # the long prompt's time to first token
 
-    def gaps(self) -> list[float]:
-        return [b - a for times in self.arrivals for a, b in zip(times, times[1:])]
+    def gaps(self) -> list[tuple[float, int]]:
+        """(seconds, index of the step that ended the gap) for every pair of tokens."""
+        return [(b - a, step) for ts in self.arrivals for (a, _), (b, step) in zip(ts, ts[1:])]
+
+    def prompt_steps(self) -> list[float]:
+        return [s for s, n, _ in self.steps if n > 1]
+
+    def describe(self, step: int) -> str:
+        seconds, n, decoders = self.steps[step]
+        what = f"a {n}-token prefill" if n > 1 else "no prefill"
+        return f"step {step + 1} ({what} + {decoders} decodes, {seconds:.3f} s)"
 
 
 def run(model_dir: Path, args: argparse.Namespace, chunk: int | None) -> Trace:
@@ -99,7 +116,7 @@ def run(model_dir: Path, args: argparse.Namespace, chunk: int | None) -> Trace:
     ) as runner:
         engine = runner.engine
         assert engine is not None
-        runner.generate_outputs([long_prompt[:chunk or 512]], long_params)  # warm-up
+        runner.generate_outputs([long_prompt[: chunk or 512]], long_params)  # warm-up
 
         scheduled: list[ScheduledBatch] = []
         schedule = engine.scheduler.schedule
@@ -114,31 +131,111 @@ def run(model_dir: Path, args: argparse.Namespace, chunk: int | None) -> Trace:
         decoders = [engine.add_request(row.tolist(), decode_params) for row in short]
         while min(r.num_output_tokens for r in decoders) < args.warmup_tokens:
             engine.step()
-        trace = Trace(arrivals=[[] for _ in decoders])
         seen = [r.num_output_tokens for r in decoders]
         t_arrival = time.perf_counter()
-        for i, r in enumerate(decoders):
-            trace.arrivals[i].append(t_arrival)  # the gap includes the wait from here on
+        trace = Trace(arrivals=[[(t_arrival, -1)] for _ in decoders])
         long_req = engine.add_request(long_prompt, long_params)
         while engine.has_unfinished():
             t0 = time.perf_counter()
             engine.step()
             now = time.perf_counter()
             batch = scheduled[-1]
+            n = 0
             if long_req in batch.requests:
                 n = batch.num_new_tokens[batch.requests.index(long_req)]
-                if n > 1:
-                    trace.long_prompt_steps.append((n, now - t0))
-            elif not any(r.is_finished for r in decoders):
-                trace.decode_only_steps.append(now - t0)
-            if long_req.num_output_tokens and not trace.prefill_done:
-                trace.prefill_done = now - t_arrival
+            in_batch = sum(1 for r in decoders if r in batch.requests)
+            trace.steps.append((now - t0, n if n > 1 else 0, in_batch))
+            if long_req.num_output_tokens and not trace.ttft:
+                trace.ttft = now - t_arrival
             for i, r in enumerate(decoders):
                 if r.num_output_tokens > seen[i]:
                     seen[i] = r.num_output_tokens
-                    trace.arrivals[i].append(now)
+                    trace.arrivals[i].append((now, len(trace.steps) - 1))
         assert all(r.num_output_tokens == decode_params.max_tokens for r in decoders)
     return trace
+
+
+def timeline(model_dir: Path, args: argparse.Namespace) -> None:
+    """Print which request computed how many tokens in each step (recorded from ``schedule``)."""
+    from vibe_sgl_lite import ModelRunner, SamplingParams
+    from vibe_sgl_lite.scheduler import ScheduledBatch
+
+    chunk, budget = 8, 12
+    with ModelRunner(
+        model_dir,
+        page_size=4,
+        max_total_tokens=1024,
+        chunked_prefill_size=chunk,
+        max_prefill_tokens=budget,
+        enable_prefix_cache=False,
+    ) as runner:
+        engine = runner.engine
+        assert engine is not None
+        steps: list[ScheduledBatch] = []
+        schedule = engine.scheduler.schedule
+
+        def recording_schedule() -> ScheduledBatch:
+            steps.append(schedule())
+            return steps[-1]
+
+        engine.scheduler.schedule = recording_schedule  # type: ignore[method-assign]
+        g = torch.Generator().manual_seed(0)
+
+        def ids(n: int) -> list[int]:
+            return torch.randint(1, args.vocab, (n,), generator=g).tolist()
+
+        def params(n: int) -> SamplingParams:
+            return SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
+
+        reqs = [engine.add_request(ids(6), params(9)), engine.add_request(ids(5), params(9))]
+        arrivals = {0: "A, B arrive (prompts of 6 and 5 tokens)"}
+        engine.step()
+        engine.step()
+        reqs += [engine.add_request(ids(30), params(3)), engine.add_request(ids(10), params(3))]
+        arrivals[2] = "C (30 tokens) and D (10 tokens) arrive"
+        while engine.has_unfinished():
+            engine.step()
+
+    print(
+        f"chunked_prefill_size={chunk}, max_prefill_tokens={budget}. P<n>: a prefill chunk of n "
+        "tokens; P<n>*: the prompt's last chunk (samples the first token); d: a decode token; "
+        ".: waiting"
+    )
+    names = "".join(f"  {chr(ord('A') + i):>4}" for i in range(len(reqs)))
+    header = f"step{names}   prefill  decode   total"
+    print(header)
+    print("-" * len(header))
+    arrived_at = [0, 0, 2, 2]
+    last_step = [max(i for i, b in enumerate(steps) if r in b.requests) for r in reqs]
+    for i, batch in enumerate(steps):
+        cells, prefill, decode = [], 0, 0
+        for req, arrived, last in zip(reqs, arrived_at, last_step):
+            if req in batch.requests:
+                n = batch.num_new_tokens[batch.requests.index(req)]
+                before = _computed_before(steps, i, req)
+                if before >= req.num_prompt_tokens:
+                    decode += n
+                    cell = "d"
+                else:
+                    prefill += n
+                    cell = f"P{n}" + ("*" if before + n >= req.num_prompt_tokens else "")
+            else:
+                cell = "." if arrived <= i < last else ""
+            cells.append(f"  {cell:>4}")
+        note = f"   <- {arrivals[i]}" if i in arrivals else ""
+        print(
+            f"{i + 1:>4}{''.join(cells)}   {prefill:>7}  {decode:>6}  {prefill + decode:>6}{note}"
+        )
+
+
+def _computed_before(steps: list[Any], index: int, req: Any) -> int:
+    """Tokens of ``req`` computed in the steps before ``steps[index]`` (no preemption here)."""
+    return sum(
+        n
+        for batch in steps[:index]
+        for r, n in zip(batch.requests, batch.num_new_tokens)
+        if r is req
+    )
 
 
 def main() -> None:
@@ -153,11 +250,15 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--timeline", action="store_true", help="print a step-by-step timeline only")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         max_positions = max(9216, args.prompt_len + 1024)
         model_dir = build_model(Path(tmp), args.hidden, args.layers, args.vocab, max_positions)
+        if args.timeline:
+            timeline(model_dir, args)
+            return
         whole = run(model_dir, args, None)
         chunked = run(model_dir, args, args.chunk)
 
@@ -171,28 +272,26 @@ def main() -> None:
     )
     print()
     print(
-        f"{'chunked_prefill_size':>20}  {'max gap':>9}  {'median gap':>10}  "
-        f"{'long-prompt steps':>17}  {'slowest such step':>17}  {'its TTFT':>9}"
+        f"{'chunked_prefill_size':>20}  {'max gap':>8}  {'median gap':>10}  "
+        f"{'prompt steps':>12}  {'their time: median / max':>24}  {'prompt TTFT':>11}"
     )
     for name, t in (("None", whole), (str(args.chunk), chunked)):
-        slowest = max(s for _, s in t.long_prompt_steps)
+        gaps = [g for g, _ in t.gaps()]
+        steps = t.prompt_steps()
         print(
-            f"{name:>20}  {max(t.gaps()):8.3f}s  {statistics.median(t.gaps()):9.3f}s  "
-            f"{len(t.long_prompt_steps):>17}  {slowest:16.3f}s  {t.prefill_done:8.2f}s"
+            f"{name:>20}  {max(gaps):7.3f}s  {statistics.median(gaps):9.3f}s  {len(steps):>12}  "
+            f"{statistics.median(steps):14.3f}s / {max(steps):6.3f}s  {t.ttft:10.2f}s"
         )
-    chunk_steps = [s for _, s in chunked.long_prompt_steps]
     print()
+    for name, t in (("unchunked", whole), ("chunked", chunked)):
+        gap, step = max(t.gaps())
+        print(f"largest gap {name:>9}: {gap:.3f} s, ended by {t.describe(step)}")
+    decode_only = [s for s, n, d in whole.steps if n == 0 and d == args.num_decoders]
+    print(f"a decode-only step takes {statistics.median(decode_only):.3f} s (median)")
+    ratio = max(g for g, _ in whole.gaps()) / max(g for g, _ in chunked.gaps())
     print(
-        f"one {args.prompt_len}-token prefill step: {whole.long_prompt_steps[0][1]:.3f} s; "
-        f"a {args.chunk}-token chunk step: median {statistics.median(chunk_steps):.3f} s, "
-        f"max {max(chunk_steps):.3f} s (later chunks attend to a longer prefix)"
-    )
-    print(f"decode-only step (no prefill): median {statistics.median(whole.decode_only_steps):.3f} s")
-    print(
-        f"largest decode stall: {max(whole.gaps()):.3f} s unchunked vs "
-        f"{max(chunked.gaps()):.3f} s chunked ({max(whole.gaps()) / max(chunked.gaps()):.1f}x "
-        f"shorter); bounded by the slowest chunk step: "
-        f"{max(chunked.gaps()) <= max(chunk_steps) * 1.05 + 0.005}"
+        f"the largest stall is {ratio:.1f}x shorter with chunks of {args.chunk}: one chunk's "
+        f"step instead of the whole {args.prompt_len}-token prefill"
     )
 
 

@@ -77,7 +77,7 @@ def main() -> None:
             tok = engine.tokenizer
             first = runner.generate_outputs(WAVE_1, params)
             for prompt, out in zip(WAVE_1, first):
-                print(f"wave 1: {prompt!r} -> {out.text!r}  cached {out.num_cached_tokens}")
+                print(f"wave 1: {prompt!r} -> {out.token_ids}, {out.num_cached_tokens} cached")
             turn_2 = first[0].prompt_token_ids + first[0].token_ids + tok.encode(FOLLOW_UP)
             running = [
                 engine.add_request(turn_2, params),
@@ -94,7 +94,10 @@ def main() -> None:
             def decode(ids: Sequence[int]) -> str:
                 """Text of each token; ``<id>`` for the byte soup a random model generates."""
                 pieces = [str(tok.decode([t])) for t in ids]
-                return "".join(p if p.isprintable() else f"<{t}>" for t, p in zip(ids, pieces))
+                return "".join(
+                    p if p.isprintable() and "\ufffd" not in p else f"<{t}>"
+                    for t, p in zip(ids, pieces)
+                )
 
             cache = engine.cache
             dot = cache.to_dot(decode=decode)
@@ -107,7 +110,7 @@ def main() -> None:
     dot_path = args.out / "radix_tree.dot"
     dot_path.write_text(dot)
     print(
-        f"\npage_size=4; pages held by the tree: {stats['num_cached_pages']}; "
+        f"\npage_size=4; pages held only by the tree (get_stats num_cached_pages): {stats['num_cached_pages']}; "
         f"hit rate so far: {stats['cache_hit_rate']:.1%}\n"
     )
     print(tree)

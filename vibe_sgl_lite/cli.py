@@ -1,4 +1,4 @@
-"""Command line: ``vibe-sgl-lite generate [--model DIR] PROMPT [--max-tokens N] ...``.
+"""Command line: ``vibe-sgl-lite generate [--model DIR|FILE.gguf] PROMPT [--max-tokens N] ...``.
 
 Flags are the Python names with dashes (``--max-tokens``, ``--page-size``, ...). With no
 ``--model`` the small Shakespeare model shipped in the package is used.
@@ -21,7 +21,7 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
         "--model-path",
         dest="model_path",
         default=None,
-        help="Hugging Face model folder (default: the bundled tiny-shakespeare)",
+        help="Hugging Face model folder or .gguf file (default: the bundled tiny-shakespeare)",
     )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")

@@ -193,8 +193,10 @@ def test_deltas_add_up_to_full_decode(tok: Tokenizer, ids: list[int], skip: bool
 
 
 def _reference_cut(text: str, stops: list[str]) -> str:
-    hits = [text.find(s) for s in stops if s in text]
-    return text[: min(hits)] if hits else text
+    """Cut before the stop string that *completes* first (then the one that starts first):
+    what a stream sees as it grows, so the result cannot depend on how text was split."""
+    hits = [(text.find(s) + len(s), text.find(s)) for s in stops if s in text]
+    return text[: min(hits)[1]] if hits else text
 
 
 def _run_matcher(stops: list[str], deltas: list[str]) -> tuple[list[str], bool]:
@@ -227,8 +229,10 @@ def test_false_alarm_is_released() -> None:
     assert matcher.flush() == "<"
 
 
-def test_earliest_stop_wins_and_overlapping_prefixes() -> None:
-    assert _run_matcher(["bc", "abcd"], ["xab", "cd"]) == (["x", "", ""], True)
+def test_first_completed_stop_wins_and_overlapping_prefixes() -> None:
+    # "bc" completes before "abcd" would: the text is cut before "bc".
+    assert _run_matcher(["bc", "abcd"], ["xab", "cd"]) == (["x", "a", ""], True)
+    assert _run_matcher(["bc", "abcd"], ["xabcd"]) == (["xa"], True)
     assert _run_matcher(["bc", "abcd"], ["xab", "ce"]) == (["x", "a", ""], True)
     assert _run_matcher(["aab"], ["a", "a", "a", "b", "z"]) == (["", "", "a", "", ""], True)
 

@@ -49,7 +49,7 @@ class Engine:
         self.config = config
         self.device = torch.device(config.device)
         torch.manual_seed(config.seed)
-        self.model_config = mc = ModelConfig.from_model_dir(model_path)
+        self.model_config = mc = ModelConfig.from_path(model_path)  # folder or .gguf
         self.tokenizer = Tokenizer.from_pretrained(model_path)
         self.eos_token_ids = self.tokenizer.eos_token_ids | set(mc.eos_token_ids)
 

@@ -2,8 +2,8 @@
 
 Three pieces live here:
 
-* ``Tokenizer`` wraps a Hugging Face tokenizer loaded from a local model folder and gathers every
-  id that should end generation.
+* ``Tokenizer`` wraps a Hugging Face tokenizer loaded from a local model folder (or the one a
+  ``.gguf`` file carries) and gathers every id that should end generation.
 * ``IncrementalDetokenizer`` turns a growing stream of ids into text deltas without ever emitting
   half of a multi-byte character.
 * ``StopStringMatcher`` cuts the text at user-supplied stop strings, even when a stop string is
@@ -56,7 +56,11 @@ class Tokenizer:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str]) -> Tokenizer:
-        """Load from a local folder; never touches the network."""
+        """Load from a local folder or a llama.cpp ``.gguf`` file; never touches the network."""
+        from vibe_sgl_lite.models.gguf import is_gguf_file
+
+        if is_gguf_file(path):
+            return cls._from_gguf(Path(path))
         folder = Path(path)
         if not folder.is_dir() or not any((folder / f).is_file() for f in TOKENIZER_FILES):
             raise ValueError(f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {folder}")
@@ -68,6 +72,20 @@ class Tokenizer:
             folder / "config.json"
         )
         return cls(hf_tokenizer, extra)
+
+    @classmethod
+    def _from_gguf(cls, file: Path) -> Tokenizer:
+        """The tokenizer a GGUF file carries (vocabulary, merges, chat template), rebuilt by
+        transformers; the end ids are every eos/eot/eom id the file's metadata names."""
+        from vibe_sgl_lite.models.gguf import eos_token_ids
+
+        try:
+            hf_tokenizer = AutoTokenizer.from_pretrained(
+                str(file.parent), gguf_file=file.name, local_files_only=True
+            )
+        except (OSError, ValueError, ImportError) as exc:
+            raise ValueError(f"could not load a tokenizer from {file}: {exc}") from exc
+        return cls(hf_tokenizer, eos_token_ids(file))
 
     @property
     def eos_token_ids(self) -> set[int]:
@@ -160,7 +178,11 @@ class IncrementalDetokenizer:
 
 
 class StopStringMatcher:
-    """Cuts streamed text at the first occurrence of any stop string.
+    """Cuts streamed text before the first stop string to *complete* (vLLM's behaviour).
+
+    "First to complete" (smallest end, then earliest start) is what a stream can decide as text
+    arrives: with stops ``["a", "baa"]`` the text ``"ba..."`` stops at ``"b"`` as soon as the
+    ``"a"`` arrives, whether or not ``"baa"`` would have followed.
 
     Only a short tail of text is ever pending: the longest suffix that could still grow into a
     stop string. Everything before it is safe to show, since no stop string can start there, so
@@ -183,11 +205,11 @@ class StopStringMatcher:
         if self.stopped:
             return "", True
         text = self._pending + delta
-        cut = min((i for i in (text.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
+        hits = [(i + len(s), i) for s, i in ((s, text.find(s)) for s in self._stops) if i >= 0]
+        if hits:
             self.stopped = True
             self._pending = ""
-            return text[:cut], True
+            return text[: min(hits)[1]], True
         held = self._held_back_length(text)
         self._pending = text[len(text) - held :]
         return text[: len(text) - held], False

@@ -11,6 +11,7 @@ expert count has two spellings too: ``num_experts`` (Qwen3-MoE on the Hub) and
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,26 @@ class ModelConfig:
             decoder_sparse_step=int(cfg.get("decoder_sparse_step") or 1),
             mlp_only_layers=[int(i) for i in cfg.get("mlp_only_layers") or []],
             raw=cfg,
+        )
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str]) -> ModelConfig:
+        """The config of whatever ``path`` names: a Hugging Face folder or a llama.cpp ``.gguf``.
+
+        The one entry point the engine and the loader use, so both accept the same paths and a
+        wrong path fails with the same message."""
+        from vibe_sgl_lite.models.gguf import gguf_config, is_gguf_file
+
+        p = Path(path)
+        if p.is_dir():
+            return cls.from_model_dir(p)
+        if is_gguf_file(p):
+            return cls.from_dict(gguf_config(p))
+        if not p.exists():
+            raise FileNotFoundError(f"model path {p} does not exist")
+        raise ValueError(
+            f"model path {p} is neither a model folder (config.json + *.safetensors) nor a "
+            "GGUF file (.gguf, starting with the GGUF magic bytes)"
         )
 
     @classmethod

