@@ -232,7 +232,7 @@ def test_false_alarm_is_released() -> None:
 def test_first_completed_stop_wins_and_overlapping_prefixes() -> None:
     # "bc" completes before "abcd" would: the text is cut before "bc".
     assert _run_matcher(["bc", "abcd"], ["xab", "cd"]) == (["x", "a", ""], True)
-    assert _run_matcher(["bc", "abcd"], ["xabcd"]) == (["xa"], True)
+    assert _run_matcher(["bc", "abcd"], ["xabcd"]) == (["xa", ""], True)
     assert _run_matcher(["bc", "abcd"], ["xab", "ce"]) == (["x", "a", ""], True)
     assert _run_matcher(["aab"], ["a", "a", "a", "b", "z"]) == (["", "", "a", "", ""], True)
 

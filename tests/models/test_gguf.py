@@ -45,8 +45,9 @@ from vibe_sgl_lite.models.gguf import iter_gguf_tensors
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Prefill logits of the 135M model (30 layers, |logit| up to ~30) in fp32: the weights are the
-# same dequantised floats on both sides, only the order of the float32 sums differs.
-SMOLLM2_ATOL = 2e-3
+# same dequantised floats on both sides, only the order of the float32 sums differs (measured:
+# 4e-5).
+SMOLLM2_ATOL = 5e-4
 PARITY_PROMPTS = ["The capital of France is", "def fibonacci(n):"]
 GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
 
