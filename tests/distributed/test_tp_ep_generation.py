@@ -80,8 +80,6 @@ def test_torchrun_launch_matches_single_process(qwen3_dir: Path, tmp_path: Path)
     import subprocess
     import sys
 
-    from vibe_sgl_lite.distributed.parallel_state import find_free_port
-
     script = Path(__file__).resolve().parents[2] / "examples" / "torchrun_tp.py"
     proc = subprocess.run(
         [
@@ -90,8 +88,7 @@ def test_torchrun_launch_matches_single_process(qwen3_dir: Path, tmp_path: Path)
             "torch.distributed.run",
             "--nproc-per-node",
             "2",
-            "--master-port",
-            str(find_free_port()),
+            "--standalone",
             str(script),
             "--model",
             str(qwen3_dir),
