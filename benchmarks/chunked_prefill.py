@@ -11,9 +11,10 @@ request whose output grew. It does this twice, in the same run:
   prefilled ``--chunk`` tokens per step, each step also carrying one decode token of every
   running request (a Sarathi-style mixed batch).
 
-It prints the largest gap between two consecutive output tokens of the decoding requests, the
-typical (median) gap, and the step times of the steps that carried the long prompt, so one can
-see the largest gap is one chunk's step, not the whole prompt's.
+It prints the largest gap between two consecutive output tokens of the decoding requests (and
+the step that ended it), the median gap, and the times of the steps that carried the long
+prompt, so one can see that the largest stall is one step of a chunk's size, not the whole
+prompt's prefill.
 
     python benchmarks/chunked_prefill.py                    # 16 decoders, 8192-token prompt
     python benchmarks/chunked_prefill.py --prompt-len 2048  # quicker
@@ -21,7 +22,8 @@ see the largest gap is one chunk's step, not the whole prompt's.
 
 ``--timeline`` instead runs a tiny workload (two decoding requests, then a 30-token and a
 10-token prompt, ``chunked_prefill_size=8``, ``max_prefill_tokens=12``) and prints what
-``Scheduler.schedule()`` returned at every step: the table of ``docs/chunked_prefill_and_policies.md``.
+``Scheduler.schedule()`` returned at every step (the table in
+``docs/chunked_prefill_and_policies.md``).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def build_model(out: Path, hidden: int, layers: int, vocab: int, max_positions: 
 class Trace:
     """What one run recorded, from the long prompt's arrival on."""
 
-    # One entry per step: (seconds, prefill tokens of the long prompt in it, decoders in it).
+    # One entry per step: (seconds, tokens of the long request in it, decoders in it).
     steps: list[tuple[float, int, int]] = field(default_factory=list)
     # Per decoding request: (time, index of the step that produced it), starting with
     # (arrival of the long prompt, -1), so the first gap includes the wait from then on.
@@ -86,8 +88,13 @@ class Trace:
 
     def describe(self, step: int) -> str:
         seconds, n, decoders = self.steps[step]
-        what = f"a {n}-token prefill" if n > 1 else "no prefill"
-        return f"step {step + 1} ({what} + {decoders} decodes, {seconds:.3f} s)"
+        if n > 1:
+            what = f"{n} prompt tokens + {decoders} decodes"
+        elif n == 1:
+            what = f"{decoders} decodes + 1 decode of the long request"
+        else:
+            what = f"{decoders} decodes"
+        return f"step {step + 1} ({what}, {seconds:.3f} s)"
 
 
 def run(model_dir: Path, args: argparse.Namespace, chunk: int | None) -> Trace:
@@ -144,7 +151,7 @@ def run(model_dir: Path, args: argparse.Namespace, chunk: int | None) -> Trace:
             if long_req in batch.requests:
                 n = batch.num_new_tokens[batch.requests.index(long_req)]
             in_batch = sum(1 for r in decoders if r in batch.requests)
-            trace.steps.append((now - t0, n if n > 1 else 0, in_batch))
+            trace.steps.append((now - t0, n, in_batch))
             if long_req.num_output_tokens and not trace.ttft:
                 trace.ttft = now - t_arrival
             for i, r in enumerate(decoders):
@@ -199,7 +206,7 @@ def timeline(model_dir: Path, args: argparse.Namespace) -> None:
     print(
         f"chunked_prefill_size={chunk}, max_prefill_tokens={budget}. P<n>: a prefill chunk of n "
         "tokens; P<n>*: the prompt's last chunk (samples the first token); d: a decode token; "
-        ".: waiting"
+        ".: waiting; blank: not arrived yet, or finished"
     )
     names = "".join(f"  {chr(ord('A') + i):>4}" for i in range(len(reqs)))
     header = f"step{names}   prefill  decode   total"
@@ -250,8 +257,13 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads; 0: torch's default (all cores)"
+    )
     p.add_argument("--timeline", action="store_true", help="print a step-by-step timeline only")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         max_positions = max(9216, args.prompt_len + 1024)
@@ -287,11 +299,14 @@ def main() -> None:
         gap, step = max(t.gaps())
         print(f"largest gap {name:>9}: {gap:.3f} s, ended by {t.describe(step)}")
     decode_only = [s for s, n, d in whole.steps if n == 0 and d == args.num_decoders]
-    print(f"a decode-only step takes {statistics.median(decode_only):.3f} s (median)")
+    print(
+        f"a step of the {args.num_decoders} decodes alone takes "
+        f"{statistics.median(decode_only):.3f} s (median)"
+    )
     ratio = max(g for g, _ in whole.gaps()) / max(g for g, _ in chunked.gaps())
     print(
-        f"the largest stall is {ratio:.1f}x shorter with chunks of {args.chunk}: one chunk's "
-        f"step instead of the whole {args.prompt_len}-token prefill"
+        f"largest stall {ratio:.1f}x shorter with chunks of {args.chunk}; unchunked, it is the "
+        f"whole {args.prompt_len}-token prefill step"
     )
 
 

@@ -105,7 +105,12 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads; 0: torch's default (all cores)"
+    )
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     prompts = make_prompts(args)
     unique = args.system_len + args.num_requests * args.question_len

@@ -110,8 +110,8 @@ def main() -> None:
     dot_path = args.out / "radix_tree.dot"
     dot_path.write_text(dot)
     print(
-        f"\npage_size=4; pages held only by the tree (get_stats num_cached_pages): {stats['num_cached_pages']}; "
-        f"hit rate so far: {stats['cache_hit_rate']:.1%}\n"
+        f"\npage_size=4; num_cached_pages={stats['num_cached_pages']} (held only by the tree); "
+        f"cache_hit_rate={stats['cache_hit_rate']:.1%}\n"
     )
     print(tree)
     print(f"\nwrote {dot_path}")

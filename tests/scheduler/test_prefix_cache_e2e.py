@@ -156,3 +156,20 @@ def test_stats_include_timings(qwen3_dir: Path) -> None:
         stats = runner.get_stats()
     assert set(out.metrics) == {"queue_time", "time_to_first_token", "time_per_output_token"}
     assert stats["mean_time_to_first_token"] > 0 and stats["mean_time_per_output_token"] > 0
+
+
+def test_dfs_weight_admits_cached_prefixes_first(qwen3_dir: Path) -> None:
+    """Children (cached prefixes) before the root's cold requests, heavier subtrees first."""
+    from vibe_sgl_lite.scheduler import DFSWeightScheduler
+
+    scheduler = DFSWeightScheduler()
+    with ModelRunner(qwen3_dir, page_size=4, max_total_tokens=1024, scheduler=scheduler) as runner:
+        runner.generate_outputs([PROMPTS[0], PROMPTS[6]], GREEDY)  # cache two prefixes
+        engine = runner.engine
+        assert engine is not None
+        cold = engine.add_request([350, 351, 352, 353, 354], GREEDY)
+        light = engine.add_request(PROMPTS[6][:4] + [9, 9, 9], GREEDY)
+        heavy = [engine.add_request(SYSTEM + [i, i], GREEDY) for i in range(2)]
+        assert scheduler.policy_order() == heavy + [light, cold]
+        while engine.has_unfinished():
+            engine.step()

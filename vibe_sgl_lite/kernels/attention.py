@@ -10,9 +10,11 @@ The store happens before the reads, for all sequences of the batch: a request ma
 pages that another request of the same batch is writing in this very forward (the prefix cache
 relies on this to share a prompt prefix inside one batch). Any backend must keep that order.
 
-The torch backend splits the batch into two groups that batch well: decode rows (one query
-token each) and prefill rows (several). Each group gathers its KV through a precomputed index
-``[rows, max_kv]`` and runs one ``scaled_dot_product_attention`` with a boolean mask:
+The torch backend splits the batch into groups of rows that pad well together: decode rows (one
+query token each) and prefill rows (several), each bucketed by the next power of two of their
+KV length (and query length), so no row is padded to more than twice its size even when an
+8k-token prompt shares a step with short ones. Each group gathers its KV through a precomputed
+index ``[rows, max_kv]`` and runs one ``scaled_dot_product_attention`` with a boolean mask:
 
     query i of a row with kv_len L and q_len Q sits at position L - Q + i
     key j is visible  <=>  j <= L - Q + i
@@ -81,15 +83,21 @@ def build_row_group(batch: ForwardBatch, rows: list[int]) -> RowGroup:
     return RowGroup(q_index, kv_slots.reshape(-1), mask.unsqueeze(1), valid, q_index[valid])
 
 
+def _next_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
 class TorchPagedAttention:
     """The reference backend: gather through page tables, then ``scaled_dot_product_attention``."""
 
     name = "torch"
 
     def prepare(self, batch: ForwardBatch) -> list[RowGroup]:
-        decode = [i for i, n in enumerate(batch.query_lens_cpu) if n == 1]
-        prefill = [i for i, n in enumerate(batch.query_lens_cpu) if n > 1]
-        return [build_row_group(batch, rows) for rows in (decode, prefill) if rows]
+        buckets: dict[tuple[int, int], list[int]] = {}
+        for i, (q_len, kv_len) in enumerate(zip(batch.query_lens_cpu, batch.seq_lens_cpu)):
+            key = (_next_pow2(q_len), _next_pow2(kv_len))
+            buckets.setdefault(key, []).append(i)
+        return [build_row_group(batch, rows) for rows in buckets.values()]
 
     def forward(
         self,

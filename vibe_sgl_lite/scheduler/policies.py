@@ -1,10 +1,11 @@
 """Scheduling policies: each one is only an order of the waiting queue.
 
 The mechanism (budgets, pages, chunks, preemption) is ``Scheduler``'s; a policy overrides
-``order_waiting`` and nothing else, so a research policy is a dozen lines:
+``policy_order`` and nothing else (``order_waiting`` adds the starvation guard on top), so a
+research policy is a few lines:
 
     class ShortestPromptFirst(Scheduler):
-        def order_waiting(self):
+        def policy_order(self):
             return sorted(self.waiting, key=lambda r: len(r.token_ids))
 
     ModelRunner(path, scheduler=ShortestPromptFirst())
@@ -77,12 +78,17 @@ class DFSWeightScheduler(Scheduler):
                 weight[id(ancestor)] += 1
                 root = ancestor
         order: list[Request] = []
-        stack = [root] if root is not None else []
-        while stack:
-            node = stack.pop()
-            order.extend(at_node[id(node)])
+
+        def visit(node: RadixNode) -> None:
+            # Children first, heaviest first, then the node's own requests (SGLang's order):
+            # requests with the longest cached prefixes run before those that share less.
             children = [c for c in node.children.values() if weight[id(c)] > 0]
-            stack.extend(sorted(children, key=lambda c: weight[id(c)]))  # heaviest popped first
+            for child in sorted(children, key=lambda c: -weight[id(c)]):
+                visit(child)
+            order.extend(at_node[id(node)])
+
+        if root is not None:
+            visit(root)
         return order
 
 
