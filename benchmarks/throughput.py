@@ -4,7 +4,7 @@ Builds a random-weight Qwen3 (default ~30M parameters) in a temporary folder, th
 ``--num-prompts`` completions of ``--output-len`` tokens from prompts of ``--prompt-len``
 tokens with each engine (greedy, EOS ignored), and prints tokens/s and the ratio.
 
-    python benchmarks/throughput.py --dtype bfloat16 --num-prompts 32
+    python benchmarks/throughput.py --threads 1 --num-prompts 32
 """
 
 from __future__ import annotations
@@ -53,8 +53,11 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--vocab", type=int, default=8192)
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
 
     from transformers import AutoModelForCausalLM
