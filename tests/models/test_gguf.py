@@ -15,7 +15,9 @@ Three kinds of check:
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,9 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from tests.model_factory import (
+    CHAT_TEMPLATE,
+    SPECIAL_TOKENS,
+    TOKENIZER_CORPUS,
     build_llama,
     build_qwen2,
     build_qwen3,
@@ -38,6 +43,7 @@ from tests.model_factory import (
 )
 from vibe_sgl_lite import ModelRunner, SamplingParams
 from vibe_sgl_lite.batch import BatchRow, ForwardBatch
+from vibe_sgl_lite.core.tokenizer import Tokenizer
 from vibe_sgl_lite.kernels import TorchPagedAttention
 from vibe_sgl_lite.memory import KVPool
 from vibe_sgl_lite.models import ModelConfig, load_model
@@ -68,7 +74,7 @@ def smollm2_path() -> Path:
 
 
 @pytest.fixture(scope="module")
-def smollm2_runner(smollm2_path: Path) -> Any:
+def smollm2_runner(smollm2_path: Path) -> Iterator[ModelRunner]:
     with ModelRunner(smollm2_path, max_total_tokens=512) as runner:
         yield runner
 
@@ -77,17 +83,20 @@ def _transformers_from_gguf(path: Path) -> Any:
     """transformers' own reading of the file, in fp32.
 
     ``AutoModelForCausalLM.from_pretrained(folder, gguf_file=...)`` insists on ``accelerate``,
-    which is not a dependency here; for Llama it only wraps the two public steps below (config
-    from the metadata, then ``load_gguf_checkpoint``, which dequantises and un-permutes q/k)."""
+    which is not a dependency here; for a Llama file it amounts to the steps below (config from
+    the metadata, then ``load_gguf_checkpoint``, which dequantises and un-permutes q/k)."""
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.device("meta"):  # no random init: every weight comes from the file
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     # SmolLM2 ties the LM head to the embedding: the file has no output.weight
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
-    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    model.tie_weights()
+    model.model.rotary_emb = type(model.model.rotary_emb)(config)  # its buffers were on meta
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
     return model.eval()
 
 
@@ -116,16 +125,23 @@ def _logits_of(model: torch.nn.Module, cfg: ModelConfig, prompts: list[list[int]
 
 
 @pytest.mark.integration
-def test_smollm2_gguf_answers_paris(smollm2_runner: Any) -> None:
+def test_smollm2_gguf_answers_paris(smollm2_runner: ModelRunner) -> None:
     text = smollm2_runner.generate("The capital of France is", temperature=0, max_tokens=8)
     assert "Paris" in text, text
+    # the chat template comes from the file too
+    tok = smollm2_runner.tokenizer
+    chat = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
+    answer = smollm2_runner.generate(
+        tok.encode(chat, add_special_tokens=False), temperature=0, max_tokens=12
+    )
+    assert "Paris" in answer, answer
     # <|im_end|>, the file's eos, ends chat turns
     assert smollm2_runner.tokenizer.hf.convert_ids_to_tokens(2) == "<|im_end|>"
     assert 2 in smollm2_runner.engine.eos_token_ids
 
 
 @pytest.mark.integration
-def test_smollm2_gguf_matches_transformers(smollm2_path: Path, smollm2_runner: Any) -> None:
+def test_smollm2_gguf_matches_transformers(smollm2_path: Path, smollm2_runner: ModelRunner) -> None:
     hf = _transformers_from_gguf(smollm2_path)
     tok = smollm2_runner.tokenizer
     prompts = [tok.encode(p) for p in PARITY_PROMPTS]
@@ -169,10 +185,28 @@ def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     )
 
 
+def _add_tokenizer(writer: gguf.GGUFWriter, hf_dir: Path) -> None:
+    """The folder's byte-level BPE as llama.cpp stores a "gpt2" tokenizer, ``<|im_end|>`` as the
+    end-of-turn id besides the eos."""
+    model = json.loads((hf_dir / "tokenizer.json").read_text())["model"]
+    vocab: dict[str, int] = model["vocab"]
+    tokens = sorted(vocab, key=vocab.__getitem__)
+    kinds = gguf.TokenType
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([kinds.CONTROL if t in SPECIAL_TOKENS else kinds.NORMAL for t in tokens])
+    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in model["merges"]])
+    writer.add_eos_token_id(vocab["<|endoftext|>"])
+    writer.add_eot_token_id(vocab["<|im_end|>"])
+    writer.add_chat_template(CHAT_TEMPLATE)
+
+
 def write_gguf(
     hf_dir: Path, out: Path, arch: str, storage: str = "F32", extra_tensors: tuple[str, ...] = ()
 ) -> Path:
-    """Convert a tiny transformers folder into a GGUF the way llama.cpp's converter would.
+    """Convert a tiny transformers folder (model and tokenizer) into a GGUF the way llama.cpp's
+    converter would.
 
     ``storage`` is the ggml type of the 2-D weights (norms stay F32, as llama.cpp keeps them)."""
     cfg = ModelConfig.from_model_dir(hf_dir)
@@ -192,7 +226,7 @@ def write_gguf(
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_rope_freq_base(cfg.rope_theta)
     writer.add_vocab_size(cfg.vocab_size)
-    writer.add_eos_token_id(cfg.eos_token_ids[0])
+    _add_tokenizer(writer, hf_dir)
     if cfg.num_experts:
         writer.add_expert_count(cfg.num_experts)
         writer.add_expert_used_count(cfg.num_experts_per_tok)
@@ -262,13 +296,13 @@ def test_tiny_gguf_config_matches_the_folder(tiny_case: tuple[Path, Path]) -> No
         "rope_theta",
         "rope_scaling",
         "tie_word_embeddings",
-        "eos_token_ids",
         "num_experts",
         "num_experts_per_tok",
         "moe_intermediate_size",
     ]
     assert {f: getattr(ours, f) for f in fields} == {f: getattr(ref, f) for f in fields}
     assert ours.rms_norm_eps == pytest.approx(ref.rms_norm_eps)
+    assert ours.eos_token_ids == [*ref.eos_token_ids, 2]  # + the end-of-turn id <|im_end|>
     if ref.num_experts:
         assert ours.norm_topk_prob and ours.is_sparse_layer(0)
     else:
@@ -281,6 +315,49 @@ def test_tiny_gguf_logits_match_transformers(tiny_case: tuple[Path, Path]) -> No
     ours = prefill_logits(gguf_file, LOGIT_PROMPTS)
     ref = hf_prefill_logits(load_hf(hf_dir), LOGIT_PROMPTS)
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.integration
+def test_tiny_gguf_greedy_matches_transformers(tiny_case: tuple[Path, Path]) -> None:
+    hf_dir, gguf_file = tiny_case
+    hf = load_hf(hf_dir)
+    with ModelRunner(gguf_file, page_size=4, max_total_tokens=512) as runner:
+        prompts = [runner.tokenizer.encode(p) for p in TOKENIZER_CORPUS[:3]]
+        outputs = runner.generate_outputs(prompts, GREEDY)
+    for ids, out in zip(prompts, outputs):
+        assert out.token_ids == hf_greedy(hf, ids, GREEDY.max_tokens)
+
+
+@pytest.mark.unit
+def test_tokenizer_from_gguf_matches_the_folder(tmp_path: Path, tokenizer_dir: Path) -> None:
+    # A llama file: transformers rebuilds a Qwen file's tokenizer with Qwen's own pre-tokenizer
+    # regex, which the toy byte-level BPE here was not trained with.
+    hf_dir = build_llama(tmp_path / "hf", tokenizer_dir)
+    gguf_file = write_gguf(hf_dir, tmp_path / "m.gguf", "llama")
+    ours, ref = Tokenizer.from_pretrained(gguf_file), Tokenizer.from_pretrained(hf_dir)
+    for text in TOKENIZER_CORPUS:
+        assert ours.encode(text) == ref.encode(text)
+        assert ours.decode(ours.encode(text)) == text
+    messages = [{"role": "user", "content": "hi"}]
+    assert ours.apply_chat_template(messages) == ref.apply_chat_template(messages)
+    # the file's eos and its end-of-turn id both end generation
+    assert ours.eos_token_ids == {
+        ref.hf.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")
+    }
+
+
+@pytest.mark.distributed
+def test_tiny_gguf_under_tensor_and_expert_parallelism(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """Every rank dequantises whole tensors and keeps its slice: TP (and EP) need nothing else."""
+    # Qwen3-MoE with TP=2 attention and EP=2 experts: every parallel layer kind in one spawn.
+    builder, kwargs, arch = TINY["qwen3moe"]
+    hf_dir = builder(tmp_path / "hf", tokenizer_dir, **kwargs)
+    gguf_file = write_gguf(hf_dir, tmp_path / "moe.gguf", arch)
+    prompts = [list(range(10, 40)), [5, 6, 7]]
+    reference = [hf_greedy(load_hf(hf_dir), p, GREEDY.max_tokens) for p in prompts]
+    with ModelRunner(gguf_file, page_size=4, max_total_tokens=512, tp_size=2, ep_size=2) as runner:
+        outputs = runner.generate_outputs(prompts, GREEDY)
+    assert [o.token_ids for o in outputs] == reference
 
 
 @pytest.mark.unit

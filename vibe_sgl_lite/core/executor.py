@@ -16,6 +16,7 @@ import torch
 
 from vibe_sgl_lite.batch.forward_batch import BatchRow, ForwardBatch
 from vibe_sgl_lite.core.config import EngineConfig
+from vibe_sgl_lite.distributed.parallel_state import ParallelConfig
 from vibe_sgl_lite.kernels.attention import AttentionBackend
 from vibe_sgl_lite.memory.kv_pool import KVPool
 from vibe_sgl_lite.models.loader import load_model, resolve_dtype
@@ -33,8 +34,12 @@ def kv_cache_dtype(config: EngineConfig) -> torch.dtype:
     return resolve_dtype(config.dtype if config.kv_cache_dtype == "auto" else config.kv_cache_dtype)
 
 
-class LocalExecutor:
-    """The model, its KV pool and the attention backend, all in this process."""
+class ModelShard:
+    """The model (or this rank's shard of it), its KV pool and the attention backend.
+
+    ``parallel`` cuts the model for tensor/expert parallelism (``distributed/``); without it the
+    whole model lives here.
+    """
 
     def __init__(
         self,
@@ -42,27 +47,36 @@ class LocalExecutor:
         config: EngineConfig,
         num_pages: int,
         attention: AttentionBackend,
+        parallel: ParallelConfig | None = None,
+        device: torch.device | None = None,
     ) -> None:
-        self.device = torch.device(config.device)
-        self.page_size = config.page_size
-        self.model, mc = load_model(model_path, config.dtype, config.device)
+        self.device = device if device is not None else torch.device(config.device)
+        self.page_size, self.attention = config.page_size, attention
+        self.model, mc = load_model(model_path, config.dtype, str(self.device), parallel=parallel)
         self.kv_pool = KVPool(
             mc.num_hidden_layers,
             num_pages,
             config.page_size,
-            mc.num_key_value_heads,
+            int(getattr(self.model, "num_local_kv_heads")),
             mc.head_dim,
             kv_cache_dtype(config),
             self.device,
         )
-        self.attention = attention
 
     @torch.inference_mode()
-    def execute(self, rows: Sequence[BatchRow]) -> torch.Tensor:
+    def forward(self, rows: Sequence[BatchRow]) -> torch.Tensor:
+        """One forward over ``rows``; float32 logits ``[num sampling rows, vocab]``."""
         batch = ForwardBatch.build(rows, self.page_size, self.device)
         batch.attn_metadata = self.attention.prepare(batch)
         logits: torch.Tensor = self.model(batch, self.kv_pool, self.attention)
         return logits
+
+
+class LocalExecutor(ModelShard):
+    """The whole model in this process."""
+
+    def execute(self, rows: Sequence[BatchRow]) -> torch.Tensor:
+        return self.forward(rows)
 
     def close(self) -> None:
         pass

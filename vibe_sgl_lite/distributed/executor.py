@@ -31,8 +31,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vibe_sgl_lite.batch.forward_batch import BatchRow, ForwardBatch
+from vibe_sgl_lite.batch.forward_batch import BatchRow
 from vibe_sgl_lite.core.config import EngineConfig
+from vibe_sgl_lite.core.executor import ModelShard
 from vibe_sgl_lite.distributed.parallel_state import (
     ParallelConfig,
     ParallelGroup,
@@ -77,46 +78,22 @@ def parallel_config(config: EngineConfig, rank: int, size: int) -> ParallelConfi
     )
 
 
-class RankShard:
+def rank_shard(
+    model_path: str,
+    config: EngineConfig,
+    num_pages: int,
+    attention: AttentionBackend,
+    rank: int,
+    size: int,
+) -> ModelShard:
     """What one rank holds: its shard of the model and a KV pool of its KV heads."""
-
-    def __init__(
-        self,
-        model_path: str,
-        config: EngineConfig,
-        num_pages: int,
-        attention: AttentionBackend,
-        rank: int,
-        size: int,
-    ) -> None:
-        from vibe_sgl_lite.core.executor import kv_cache_dtype
-        from vibe_sgl_lite.memory.kv_pool import KVPool
-        from vibe_sgl_lite.models.loader import load_model
-
-        cuda = config.device.startswith("cuda")
-        self.device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if cuda else "cpu")
-        self.page_size, self.attention = config.page_size, attention
-        parallel = parallel_config(config, rank, size)
-        self.model, mc = load_model(model_path, config.dtype, str(self.device), parallel=parallel)
-        self.kv_pool = KVPool(
-            mc.num_hidden_layers,
-            num_pages,
-            config.page_size,
-            int(getattr(self.model, "num_local_kv_heads")),
-            mc.head_dim,
-            kv_cache_dtype(config),
-            self.device,
-        )
-
-    @torch.inference_mode()
-    def forward(self, rows: Sequence[BatchRow]) -> torch.Tensor:
-        batch = ForwardBatch.build(rows, self.page_size, self.device)
-        batch.attn_metadata = self.attention.prepare(batch)
-        logits: torch.Tensor = self.model(batch, self.kv_pool, self.attention)
-        return logits
+    cuda = config.device.startswith("cuda")
+    device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if cuda else "cpu")
+    parallel = parallel_config(config, rank, size)
+    return ModelShard(model_path, config, num_pages, attention, parallel, device)
 
 
-def serve(shard: RankShard, conn: Connection | None) -> None:
+def serve(shard: ModelShard, conn: Connection | None) -> None:
     """The worker loop: rank 0 takes each step's rows from ``conn`` (the engine) and broadcasts
     them; every rank runs its shard; rank 0 sends the logits back. Ends on a "stop" message."""
     while True:
@@ -142,7 +119,7 @@ def worker_main(args: WorkerArgs, conn: Connection | None) -> None:
         timeout=timedelta(seconds=120),
     )
     try:
-        shard = RankShard(
+        shard = rank_shard(
             args.model_path,
             args.config,
             args.num_pages,
@@ -276,7 +253,7 @@ class TorchrunExecutor:
         self.rank = dist.get_rank()
         agreed: list[Any] = [num_pages]  # every rank must index the same pages
         dist.broadcast_object_list(agreed, src=0)
-        self.shard = RankShard(str(model_path), config, agreed[0], attention, self.rank, size)
+        self.shard = rank_shard(str(model_path), config, agreed[0], attention, self.rank, size)
         self.is_driver = self.rank == 0
         if not self.is_driver:
             serve(self.shard, None)

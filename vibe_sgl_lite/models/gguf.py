@@ -122,22 +122,6 @@ def _reader(path: Path) -> Any:
     return _gguf_module().GGUFReader(str(path))
 
 
-def _field_value(field: Any) -> Any:
-    """A metadata value as Python: str, int/float/bool, or a list of them.
-
-    Written against ``ReaderField.parts``/``data``/``types`` (present since gguf 0.10) rather than
-    ``ReaderField.contents()``, which newer releases only have."""
-    value_type = _gguf_module().GGUFValueType
-    main = field.types[0]
-    if main == value_type.ARRAY:
-        if field.types[-1] == value_type.STRING:
-            return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
-        return [field.parts[i].tolist()[0] for i in field.data]
-    if main == value_type.STRING:
-        return bytes(field.parts[field.data[0]]).decode("utf-8")
-    return field.parts[field.data[0]].tolist()[0]
-
-
 @functools.lru_cache(maxsize=4)
 def _metadata(path: str, mtime_ns: int, size: int) -> tuple[dict[str, Any], tuple[str, ...]]:
     """``(scalar metadata, tensor names)``, cached: the engine asks for the config, the tokenizer's
@@ -151,7 +135,7 @@ def _metadata(path: str, mtime_ns: int, size: int) -> tuple[dict[str, Any], tupl
         if field.types and field.types[0] == value_type.ARRAY and len(field.data) > 64:
             meta[key] = len(field.data)
         else:
-            meta[key] = _field_value(field)
+            meta[key] = field.contents()
     return meta, tuple(t.name for t in reader.tensors)
 
 
