@@ -30,42 +30,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.model_factory
-
-
-def build_model(out: Path, hidden: int, layers: int, vocab: int, max_positions: int) -> Path:
-    """A random Qwen3 with ``hidden // 64`` heads of 64 and one KV head per 256 hidden."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    from tests.model_factory import build_tokenizer
-
-    tok_dir = build_tokenizer(out / "tok")
-    config = Qwen3Config(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=hidden * 3,
-        num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 64),
-        num_key_value_heads=max(1, hidden // 256),
-        head_dim=64,
-        max_position_embeddings=max_positions,
-        eos_token_id=0,
-    )
-    torch.manual_seed(0)
-    model_dir = out / "model"
-    Qwen3ForCausalLM(config).save_pretrained(str(model_dir))
-    for f in tok_dir.iterdir():
-        (model_dir / f.name).write_bytes(f.read_bytes())
-    return model_dir
+from common import add_common_args, apply_threads, random_qwen3
 
 
 @dataclass
@@ -253,21 +224,13 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=8192, help="the long prompt")
     p.add_argument("--chunk", type=int, default=512, help="chunked_prefill_size of the 2nd run")
     p.add_argument("--page-size", type=int, default=16)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument(
-        "--threads", type=int, default=0, help="torch threads; 0: torch's default (all cores)"
-    )
+    add_common_args(p, hidden=128, layers=2, vocab=4096)
     p.add_argument("--timeline", action="store_true", help="print a step-by-step timeline only")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        max_positions = max(9216, args.prompt_len + 1024)
-        model_dir = build_model(Path(tmp), args.hidden, args.layers, args.vocab, max_positions)
+    max_positions = max(9216, args.prompt_len + 1024)
+    with random_qwen3(args, max_positions=max_positions) as model_dir:
         if args.timeline:
             timeline(model_dir, args)
             return

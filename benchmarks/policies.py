@@ -23,40 +23,11 @@ identical across policies (the order changes when a request runs, never what it 
 from __future__ import annotations
 
 import argparse
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.model_factory
-
-
-def build_model(out: Path, hidden: int, layers: int, vocab: int, max_positions: int) -> Path:
-    """A random Qwen3 with ``hidden // 64`` heads of 64 and one KV head per 256 hidden."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    from tests.model_factory import build_tokenizer
-
-    tok_dir = build_tokenizer(out / "tok")
-    config = Qwen3Config(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=hidden * 3,
-        num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 64),
-        num_key_value_heads=max(1, hidden // 256),
-        head_dim=64,
-        max_position_embeddings=max_positions,
-        eos_token_id=0,
-    )
-    torch.manual_seed(0)
-    model_dir = out / "model"
-    Qwen3ForCausalLM(config).save_pretrained(str(model_dir))
-    for f in tok_dir.iterdir():
-        (model_dir / f.name).write_bytes(f.read_bytes())
-    return model_dir
+from common import add_common_args, apply_threads, random_qwen3
 
 
 def make_prompts(args: argparse.Namespace) -> tuple[list[list[int]], list[str]]:
@@ -109,25 +80,17 @@ def main() -> None:
     )
     p.add_argument("--policies", default="fcfs,lpm,dfs-weight,random")
     p.add_argument("--page-size", type=int, default=16)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument(
-        "--threads", type=int, default=0, help="torch threads; 0: torch's default (all cores)"
-    )
+    add_common_args(p, hidden=128, layers=2, vocab=4096)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
 
     prompts, labels = make_prompts(args)
     own = args.suffix_len + args.output_len + args.page_size
     pool = args.max_total_tokens or 2 * args.prefix_len + args.max_running * own
     unique = args.groups * args.prefix_len + len(prompts) * args.suffix_len
     results: dict[str, tuple[dict[str, float | int], float, list[list[int]]]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        max_positions = max(2048, args.prefix_len + args.suffix_len + args.output_len + 64)
-        model_dir = build_model(Path(tmp), args.hidden, args.layers, args.vocab, max_positions)
+    max_positions = max(2048, args.prefix_len + args.suffix_len + args.output_len + 64)
+    with random_qwen3(args, max_positions=max_positions) as model_dir:
         for policy in args.policies.split(","):
             results[policy] = run(model_dir, prompts, args, policy, pool)
 

@@ -22,40 +22,11 @@ numerics there, not the cache.
 from __future__ import annotations
 
 import argparse
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.model_factory
-
-
-def build_model(out: Path, hidden: int, layers: int, vocab: int, max_positions: int) -> Path:
-    """A random Qwen3 with ``hidden // 64`` heads of 64 and one KV head per 256 hidden."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    from tests.model_factory import build_tokenizer
-
-    tok_dir = build_tokenizer(out / "tok")
-    config = Qwen3Config(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=hidden * 3,
-        num_hidden_layers=layers,
-        num_attention_heads=hidden // 64,
-        num_key_value_heads=max(1, hidden // 256),
-        head_dim=64,
-        max_position_embeddings=max_positions,
-        eos_token_id=0,
-    )
-    torch.manual_seed(0)
-    model_dir = out / "model"
-    Qwen3ForCausalLM(config).save_pretrained(str(model_dir))
-    for f in tok_dir.iterdir():
-        (model_dir / f.name).write_bytes(f.read_bytes())
-    return model_dir
+from common import add_common_args, apply_threads, random_qwen3
 
 
 def make_prompts(args: argparse.Namespace) -> list[list[int]]:
@@ -101,22 +72,14 @@ def main() -> None:
     p.add_argument("--question-len", type=int, default=32)
     p.add_argument("--output-len", type=int, default=32)
     p.add_argument("--page-size", type=int, default=16)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument(
-        "--threads", type=int, default=0, help="torch threads; 0: torch's default (all cores)"
-    )
+    add_common_args(p, hidden=256, layers=4, vocab=4096)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
 
     prompts = make_prompts(args)
     unique = args.system_len + args.num_requests * args.question_len
     max_positions = max(2048, args.system_len + args.question_len + args.output_len + 64)
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_model(Path(tmp), args.hidden, args.layers, args.vocab, max_positions)
+    with random_qwen3(args, max_positions=max_positions) as model_dir:
         on_s, on_computed, on_hits, on_ids = run(model_dir, prompts, args, True)
         off_s, off_computed, _, off_ids = run(model_dir, prompts, args, False)
 

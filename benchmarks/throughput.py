@@ -10,39 +10,10 @@ tokens with each engine (greedy, EOS ignored), and prints tokens/s and the ratio
 from __future__ import annotations
 
 import argparse
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.model_factory
-
-
-def build_model(out: Path, hidden: int, layers: int, vocab: int) -> Path:
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    from tests.model_factory import build_tokenizer
-
-    tok_dir = build_tokenizer(out / "tok")
-    config = Qwen3Config(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=hidden * 3,
-        num_hidden_layers=layers,
-        num_attention_heads=hidden // 64,
-        num_key_value_heads=max(1, hidden // 256),
-        head_dim=64,
-        max_position_embeddings=4096,
-        eos_token_id=0,
-    )
-    torch.manual_seed(0)
-    model_dir = out / "model"
-    Qwen3ForCausalLM(config).save_pretrained(str(model_dir))
-    for f in tok_dir.iterdir():
-        (model_dir / f.name).write_bytes(f.read_bytes())
-    return model_dir
+from common import add_common_args, apply_threads, random_qwen3
 
 
 def main() -> None:
@@ -50,22 +21,16 @@ def main() -> None:
     p.add_argument("--num-prompts", type=int, default=32)
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--output-len", type=int, default=64)
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--vocab", type=int, default=8192)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    add_common_args(p, hidden=512, layers=8, vocab=8192)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     dtype = getattr(torch, args.dtype)
 
     from transformers import AutoModelForCausalLM
 
     from vibe_sgl_lite import ModelRunner, SamplingParams
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_model(Path(tmp), args.hidden, args.layers, args.vocab)
+    with random_qwen3(args, max_positions=4096) as model_dir:
         g = torch.Generator().manual_seed(0)
         prompts = torch.randint(1, args.vocab, (args.num_prompts, args.prompt_len), generator=g)
         total = args.num_prompts * args.output_len
