@@ -488,6 +488,8 @@ def save_model(out: Path, model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenize
     for param in model.parameters():
         param.data = param.data.to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
+    # safetensors may create the file owner-only (0600); a shipped asset must be world-readable.
+    (out / "model.safetensors").chmod(0o644)
     tokenizer.save_pretrained(out)
     # transformers 5 records its class name "TokenizersBackend", which 4.x cannot resolve;
     # "PreTrainedTokenizerFast" loads the same tokenizer.json in both (5.x keeps it as an alias).
