@@ -57,9 +57,10 @@ class RowGroup:
 
     q_index: torch.Tensor  # [G * max_q] flat token index of each (row, query) slot
     kv_slots: torch.Tensor  # [G * max_kv] pool slot of each (row, key) position
-    mask: torch.Tensor  # [G, 1, max_q, max_kv] True where the key is visible
+    mask: torch.Tensor | None  # [G, 1, max_q, max_kv] True where visible; None: all visible
     valid: torch.Tensor  # [num_valid] positions in ``q_index`` that are real tokens
     out_index: torch.Tensor  # [num_valid] their flat token index: ``q_index[valid]``
+    shape: tuple[int, int, int]  # (G, max_q, max_kv)
 
 
 def build_row_group(batch: ForwardBatch, rows: list[int]) -> RowGroup:
@@ -80,7 +81,10 @@ def build_row_group(batch: ForwardBatch, rows: list[int]) -> RowGroup:
     mask |= ~q_valid[:, :, None] & (kj == 0)[None, None, :]  # padding rows: avoid all-masked NaNs
     valid = q_valid.view(-1).nonzero().squeeze(1)
     q_index = q_index.reshape(-1)
-    return RowGroup(q_index, kv_slots.reshape(-1), mask.unsqueeze(1), valid, q_index[valid])
+    # Decode rows of equal length see every key: no mask lets SDPA take its fastest kernel.
+    dense_mask = None if bool(mask.all()) else mask.unsqueeze(1)
+    shape = (len(rows), max_q, max_kv)
+    return RowGroup(q_index, kv_slots.reshape(-1), dense_mask, valid, q_index[valid], shape)
 
 
 def _next_pow2(n: int) -> int:
@@ -118,7 +122,7 @@ class TorchPagedAttention:
         num_heads, head_dim = q.shape[1], q.shape[2]
         gqa = num_heads != k.shape[1]
         for g in groups:
-            rows, _, max_q, max_kv = g.mask.shape
+            rows, max_q, max_kv = g.shape
             qg = q.index_select(0, g.q_index).view(rows, max_q, num_heads, head_dim)
             kg = k_cache.index_select(0, g.kv_slots).view(rows, max_kv, -1, head_dim)
             vg = v_cache.index_select(0, g.kv_slots).view(rows, max_kv, -1, head_dim)
