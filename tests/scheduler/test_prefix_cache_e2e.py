@@ -173,3 +173,17 @@ def test_dfs_weight_admits_cached_prefixes_first(qwen3_dir: Path) -> None:
         assert scheduler.policy_order() == heavy + [light, cold]
         while engine.has_unfinished():
             engine.step()
+
+
+@pytest.mark.parametrize("chunk", [None, 16, 5])
+def test_shared_prefix_in_one_batch_is_computed_once_with_chunking(
+    qwen3_dir: Path, reference: list[list[int]], chunk: int | None
+) -> None:
+    """A request waits while another still prefills the pages they share, then reuses them."""
+    with ModelRunner(
+        qwen3_dir, page_size=4, max_total_tokens=1024, chunked_prefill_size=chunk
+    ) as runner:
+        outs = runner.generate_outputs(PROMPTS[:4], GREEDY)
+        assert [o.token_ids for o in outs] == reference[:4]
+        assert [o.num_cached_tokens for o in outs] == [0, 48, 48, 48]
+        assert runner.get_stats()["num_prefill_tokens_computed"] == len(SYSTEM) + 4 * 3

@@ -20,9 +20,10 @@ oldest first, whatever the policy says (see ``scheduler/policies.py``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
-from vibe_sgl_lite.cache.base import NoPrefixCache, PrefixCache
+from vibe_sgl_lite.cache.base import NoPrefixCache, PrefixCache, PrefixMatch
 from vibe_sgl_lite.core.config import EngineConfig
 from vibe_sgl_lite.core.request import Request, RequestState
 from vibe_sgl_lite.memory.page_allocator import PageAllocator
@@ -115,7 +116,10 @@ class Scheduler:
             for req in self.order_waiting():
                 if len(self.running) >= self.config.max_running_requests or budget <= 0:
                     break
-                n = self._admit(req, budget, batch)
+                match = self.cache.match_prefix(req.token_ids[:-1])  # leave >= 1 to compute
+                if self._prefix_in_flight(req, match.num_tokens):
+                    continue
+                n = self._admit(req, match, budget, batch)
                 if n == 0:
                     break
                 budget -= n
@@ -149,9 +153,27 @@ class Scheduler:
         req.page_table.extend(self.allocator.alloc(max(need, 0)))
         return True
 
-    def _admit(self, req: Request, budget: int, batch: ScheduledBatch) -> int:
+    def _prefix_in_flight(self, req: Request, num_matched: int) -> bool:
+        """Is a running request still prefilling whole pages that ``req`` shares beyond its match?
+
+        Admitting ``req`` now would compute those pages a second time; a few steps later they are
+        in the cache. (Pages completed in the current step are already in the tree, so this only
+        happens with chunked prefill.) The wait ends when that prefill ends or is preempted.
+        """
+        if isinstance(self.cache, NoPrefixCache):
+            return False
+        page_size = self.config.page_size
+        limit = len(req.token_ids) - 1
+        for other in self.running:
+            if other.num_uncomputed_tokens <= 1:
+                continue  # decoding: its prompt pages are in the tree already
+            shared = len(os.path.commonprefix([req.token_ids[:limit], other.token_ids]))
+            if (shared // page_size) * page_size > num_matched:
+                return True
+        return False
+
+    def _admit(self, req: Request, match: PrefixMatch, budget: int, batch: ScheduledBatch) -> int:
         """Move ``req`` from waiting to running; returns the tokens it computes now (0: not now)."""
-        match = self.cache.match_prefix(req.token_ids[:-1])  # leave >= 1 token to compute
         n = self._chunk(len(req.token_ids) - match.num_tokens, budget)
         if n == 0:
             return 0
