@@ -9,7 +9,8 @@ Every step (``schedule``) has two phases:
    from its prompt and the tokens it had already produced (greedy output does not change).
 2. **Waiting requests**, in the policy's order (``order_waiting``), are admitted while there is a
    free running slot, prefill budget (``max_prefill_tokens`` per step) and pages. An admitted
-   request first reuses the longest cached prefix of its tokens.
+   request first reuses the longest cached prefix of its tokens; one whose shared prefix another
+   request is still prefilling (in chunks) waits for it instead of computing it twice.
 
 Subclasses only choose the order of the waiting queue (``scheduler/policies.py``); the
 mechanism (budgets, pages, chunks, preemption) lives here, once.
