@@ -101,3 +101,25 @@ def test_torchrun_launch_matches_single_process(qwen3_dir: Path, tmp_path: Path)
     with ModelRunner(qwen3_dir, max_total_tokens=2048) as runner:
         expected = runner.generate("ROMEO:", max_tokens=24, temperature=0)
     assert expected in proc.stdout
+
+
+def test_no_orphan_workers_after_interpreter_exit(qwen3_dir: Path) -> None:
+    """A script that never calls close(): its workers still go away when it exits."""
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "from vibe_sgl_lite import ModelRunner\n"
+        f"r = ModelRunner({str(qwen3_dir)!r}, tp_size=2, max_total_tokens=256)\n"
+        "print(*[p.pid for p in r.engine.executor.procs])\n"
+        "print(r.generate([5, 6, 7], temperature=0, max_tokens=2) is not None)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pids = [int(p) for p in proc.stdout.split("\n")[0].split()]
+    assert len(pids) == 2
+    deadline = time.time() + 30
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        time.sleep(0.5)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
