@@ -255,9 +255,10 @@ class TorchrunExecutor:
         dist.broadcast_object_list(agreed, src=0)
         self.shard = rank_shard(str(model_path), config, agreed[0], attention, self.rank, size)
         self.is_driver = self.rank == 0
+        self._closed = False
         if not self.is_driver:
             serve(self.shard, None)
-        self._closed = not self.is_driver
+            self._leave_group()
 
     def execute(self, rows: Sequence[BatchRow]) -> torch.Tensor:
         dist.broadcast_object_list([("forward", list(rows))], src=0)
@@ -266,4 +267,10 @@ class TorchrunExecutor:
     def close(self) -> None:
         if not self._closed:
             dist.broadcast_object_list([("stop", None)], src=0)
-            self._closed = True
+            self._leave_group()
+
+    def _leave_group(self) -> None:
+        """Every rank leaves together: a rank exiting while Gloo threads still talk aborts."""
+        dist.barrier()
+        dist.destroy_process_group()
+        self._closed = True
