@@ -231,7 +231,7 @@ def prefill_logits(
     batch = ForwardBatch.build(rows, page_size, torch.device("cpu"))
     batch.sample_indices = torch.arange(batch.num_tokens)  # every position, not just the last
     backend = TorchPagedAttention()
-    batch.attn_metadata = backend.prepare(batch)
+    backend.prepare(batch)
     with torch.no_grad():
         return model(batch, pool, backend)
 

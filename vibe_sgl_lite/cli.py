@@ -1,79 +1,88 @@
 """Command line: ``vibe-sgl-lite generate [--model DIR|FILE.gguf] PROMPT [--max-tokens N] ...``.
 
-Flags are the Python names with dashes (``--max-tokens``, ``--page-size``, ...). With no
-``--model`` the small Shakespeare model shipped in the package is used.
+Every engine setting (``EngineConfig``) and every sampling field (``SamplingParams``) is a flag:
+the Python name with dashes (``--page-size``, ``--max-tokens``, ...), with the dataclass's default
+and help text. The one exception is ``SamplingParams.seed``, spelled ``--sampling-seed`` because
+``--seed`` is the runner's. With no ``--model`` the small Shakespeare model shipped in the
+package is used.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import types
+import typing
 from collections.abc import Sequence
 from typing import Any
 
-from vibe_sgl_lite.core.config import SCHEDULE_POLICIES
+from vibe_sgl_lite.config import EngineConfig
+from vibe_sgl_lite.sampling import SamplingParams
+
+SAMPLING_FLAG_NAMES = {"seed": "sampling_seed"}
+"""Sampling fields whose flag differs from their name (``--seed`` is the engine's)."""
 
 
-def _engine_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+def add_dataclass_flags(
+    parser: argparse._ActionsContainer, cls: type, renamed: dict[str, str] | None = None
+) -> dict[str, str]:
+    """One ``--flag`` per field of dataclass ``cls``; returns ``{dest: field name}``.
+
+    The field's type gives the flag's kind: ``bool`` -> ``--x/--no-x``, ``list[T]`` -> a
+    repeatable flag, ``T | None`` -> an optional ``T``. Help text and choices come from the
+    field's metadata (``config.setting``) when it has them.
+    """
+    hints = typing.get_type_hints(cls)
+    dests: dict[str, str] = {}
+    for f in dataclasses.fields(cls):
+        dest = (renamed or {}).get(f.name, f.name)
+        dests[dest] = f.name
+        kind, repeat = _flag_type(hints[f.name])
+        help_text = f.metadata.get("help") or f"SamplingParams.{f.name}"
+        kwargs: dict[str, Any] = dict(dest=dest, default=f.default, help=help_text)
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = kind
+            kwargs["choices"] = f.metadata.get("choices")
+            kwargs["action"] = "append" if repeat else "store"
+            kwargs["default"] = None if repeat else f.default
+        parser.add_argument("--" + dest.replace("_", "-"), **kwargs)
+    return dests
+
+
+def _flag_type(hint: Any) -> tuple[type, bool]:
+    """``(element type, repeatable)`` of a field annotation such as ``int | None``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        lists = [a for a in args if typing.get_origin(a) is list]
+        if lists:
+            return typing.get_args(lists[0])[0], True
+        return args[0], False
+    if typing.get_origin(hint) is list:
+        return typing.get_args(hint)[0], True
+    return hint, False
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str], dict[str, str]]:
+    """The parser, and the flag destinations of the engine and the sampling settings."""
+    parser = argparse.ArgumentParser(prog="vibe-sgl-lite", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser(
+        "generate",
+        help="generate a completion of one or more prompts",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    gen.add_argument("prompt", nargs="*", default=["ROMEO:"], help="prompt(s); default 'ROMEO:'")
+    gen.add_argument(
         "--model",
         "--model-path",
         dest="model_path",
         default=None,
         help="Hugging Face model folder or .gguf file (default: the bundled tiny-shakespeare)",
     )
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--page-size", type=int, default=16)
-    p.add_argument("--max-total-tokens", type=int, default=None)
-    p.add_argument("--max-running-requests", type=int, default=256)
-    p.add_argument("--max-prefill-tokens", type=int, default=8192)
-    p.add_argument("--chunked-prefill-size", type=int, default=None)
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--schedule-policy", default="fcfs", choices=list(SCHEDULE_POLICIES))
-    p.add_argument("--enable-prefix-cache", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--attention-backend", default="torch")
-    p.add_argument("--kv-cache-dtype", default="auto")
-
-
-def _sampling_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=-1)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--frequency-penalty", type=float, default=0.0)
-    p.add_argument("--presence-penalty", type=float, default=0.0)
-    p.add_argument(
-        "--sampling-seed",
-        dest="sampling_seed",
-        type=int,
-        default=None,
-        help="seed of this request's sampling (SamplingParams.seed)",
-    )
-    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    p.add_argument("--ignore-eos", action="store_true")
-
-
-ENGINE_KEYS = (
-    "model_path dtype device seed page_size max_total_tokens max_running_requests "
-    "max_prefill_tokens chunked_prefill_size max_model_len schedule_policy enable_prefix_cache "
-    "attention_backend kv_cache_dtype"
-).split()
-SAMPLING_KEYS = (
-    "max_tokens temperature top_k top_p min_p repetition_penalty frequency_penalty "
-    "presence_penalty stop ignore_eos"
-).split()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vibe-sgl-lite", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="generate a completion of one or more prompts")
-    gen.add_argument("prompt", nargs="*", default=["ROMEO:"], help="prompt(s); default 'ROMEO:'")
     gen.add_argument(
         "--stream",
         action=argparse.BooleanOptionalAction,
@@ -81,35 +90,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="print text as it is generated (one prompt only)",
     )
     gen.add_argument("--stats", action="store_true", help="print engine statistics as JSON")
-    _engine_flags(gen)
-    _sampling_flags(gen)
-    return parser
+    engine = add_dataclass_flags(gen.add_argument_group("engine settings"), EngineConfig)
+    sampling = add_dataclass_flags(
+        gen.add_argument_group("sampling"), SamplingParams, SAMPLING_FLAG_NAMES
+    )
+    return parser, engine, sampling
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from vibe_sgl_lite.core.runner import ModelRunner
-
-    engine_kwargs: dict[str, Any] = {k: getattr(args, k) for k in ENGINE_KEYS}
-    sampling: dict[str, Any] = {k: getattr(args, k) for k in SAMPLING_KEYS}
-    sampling["seed"] = args.sampling_seed
+    parser, engine_dests, sampling_dests = build_parser()
+    args = parser.parse_args(argv)
     try:
-        with ModelRunner(**engine_kwargs) as runner:
-            if len(args.prompt) == 1 and args.stream:
-                print(args.prompt[0], end="", flush=True)
-                for piece in runner.generate_stream(args.prompt[0], **sampling):
-                    print(piece, end="", flush=True)
-                print()
-            else:
-                texts = runner.generate_batch(args.prompt, use_tqdm=False, **sampling)
-                for prompt, text in zip(args.prompt, texts):
-                    print(prompt + text)
-                    print("-" * 40)
-            if args.stats:
-                print(json.dumps(runner.get_stats(), indent=2))
-    except (ValueError, FileNotFoundError) as exc:
+        # Both checked before the model loads: a typo fails in milliseconds, not after a load.
+        config = EngineConfig(**{name: getattr(args, d) for d, name in engine_dests.items()})
+        sampling = {name: getattr(args, d) for d, name in sampling_dests.items()}
+        SamplingParams(**sampling)
+        return _generate(args, config, sampling)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def _generate(args: argparse.Namespace, config: EngineConfig, sampling: dict[str, Any]) -> int:
+    from vibe_sgl_lite.core.runner import ModelRunner
+
+    with ModelRunner(args.model_path, **dataclasses.asdict(config)) as runner:
+        if len(args.prompt) == 1 and args.stream:
+            print(args.prompt[0], end="", flush=True)
+            try:
+                for piece in runner.generate_stream(args.prompt[0], **sampling):
+                    print(piece, end="", flush=True)
+            finally:
+                print()  # an error or Ctrl-C is reported on a line of its own
+        else:
+            texts = runner.generate_batch(args.prompt, use_tqdm=False, **sampling)
+            for prompt, text in zip(args.prompt, texts):
+                print(prompt + text)
+                print("-" * 40)
+        if args.stats:
+            print(json.dumps(runner.get_stats(), indent=2))
     return 0
 
 

@@ -179,7 +179,7 @@ def test_stop_token_ids_and_eos(
         assert out.finish_reason == "stop"
         assert out.token_ids == ref[: ref.index(ref[3]) + 1]
         # EOS ends generation unless ignore_eos: make the reference's 3rd token the EOS.
-        runner.engine.eos_token_ids = {ref[2]}  # type: ignore[union-attr]
+        runner.engine.outputs.eos_token_ids = {ref[2]}  # type: ignore[union-attr]
         out = runner.generate_outputs(
             prompt_ids[0], SamplingParams(temperature=0, max_tokens=MAX_NEW)
         )[0]

@@ -13,6 +13,7 @@ from torch import nn
 
 from vibe_sgl_lite.distributed.parallel_state import ParallelGroup, find_free_port
 from vibe_sgl_lite.distributed.tensor_parallel import (
+    ExpertParallelMoeBlock,
     ParallelLMHead,
     RowParallelLinear,
     VocabParallelEmbedding,
@@ -38,7 +39,8 @@ def _check_layers(rank: int, port: int, failures: "mp.Queue[str]") -> None:
         x = torch.randn(5, 8)
 
         dense = nn.Linear(8, 6, bias=True)
-        row = RowParallelLinear(4, 6, True, group)
+        row = RowParallelLinear(rank * 4, 4, 6, True, group)
+        assert row.checkpoint_slices == {"weight": [(1, rank * 4, 4)]}
         row.weight.data.copy_(dense.weight[:, rank * 4 : (rank + 1) * 4])
         row.bias.data.copy_(dense.bias)  # type: ignore[union-attr]
         torch.testing.assert_close(row(x[:, rank * 4 : (rank + 1) * 4]), dense(x))
@@ -50,18 +52,18 @@ def _check_layers(rank: int, port: int, failures: "mp.Queue[str]") -> None:
         torch.testing.assert_close(vocab(ids), embed(ids))
 
         head = nn.Linear(8, 10, bias=False)
-        lm = ParallelLMHead(8, 5, group)
+        lm = ParallelLMHead(8, rank * 5, 5, group)
         lm.weight.data.copy_(head.weight[rank * 5 : (rank + 1) * 5])
         torch.testing.assert_close(lm(x), head(x))
 
         moe = SparseMoeBlock(8, 4, num_experts=4, top_k=2, norm_topk_prob=True)
         for p in moe.parameters():
             nn.init.normal_(p, std=0.5)
-        part = SparseMoeBlock(8, 4, 4, 2, True, expert_start=rank * 2, num_local_experts=2)
+        part = ExpertParallelMoeBlock(moe, group)
+        assert (part.expert_start, part.num_local_experts) == (rank * 2, 2)
         part.gate.weight.data.copy_(moe.gate.weight)
         part.w13.data.copy_(moe.w13[rank * 2 : rank * 2 + 2])
         part.w2.data.copy_(moe.w2[rank * 2 : rank * 2 + 2])
-        part.reduce = group
         torch.testing.assert_close(part(x), moe(x))
     except Exception as exc:  # reported to the parent, which fails the test
         failures.put(f"rank {rank}: {exc!r}")

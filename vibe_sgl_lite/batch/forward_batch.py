@@ -48,7 +48,6 @@ class ForwardBatch:
     page_size: int
     query_lens_cpu: list[int]
     seq_lens_cpu: list[int]
-    attn_metadata: Any = None
 
     @property
     def num_tokens(self) -> int:

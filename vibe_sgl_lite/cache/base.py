@@ -94,6 +94,8 @@ class PrefixCache(Protocol):
 
     def evictable_pages(self) -> int: ...
 
+    def referenced_pages(self) -> list[int]: ...
+
     @property
     def num_cached_pages(self) -> int: ...
 
@@ -143,6 +145,9 @@ class NoPrefixCache:
 
     def evictable_pages(self) -> int:
         return 0
+
+    def referenced_pages(self) -> list[int]:
+        return []
 
     @property
     def num_cached_pages(self) -> int:

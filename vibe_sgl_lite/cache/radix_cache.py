@@ -248,6 +248,10 @@ class RadixCache:
         refcount = self._allocator.refcount
         return sum(1 for n in self.nodes() if n.lock_ref == 0 for p in n.pages if refcount(p) == 1)
 
+    def referenced_pages(self) -> list[int]:
+        """Every page the tree holds a reference to (each node holds its pages once)."""
+        return [page for node in self.nodes() for page in node.pages]
+
     def to_dot(self, decode: Callable[[Sequence[int]], str] | None = None) -> str:
         """Graphviz ``dot`` text of the tree: each node shows its token count, the first tokens
         of its edge (as text if ``decode`` is given), ``lock_ref`` and pages; locked nodes are

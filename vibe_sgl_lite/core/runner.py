@@ -8,10 +8,14 @@
 
 Every call enqueues requests into one ``Engine`` and steps it until they finish, so requests of
 one call (and of concurrent streams) share every forward pass: continuous batching.
+
+The engine settings are ``EngineConfig``'s fields (``config.py``), passed as keyword arguments;
+``inspect.signature(ModelRunner)`` lists them with their defaults.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,12 +24,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from vibe_sgl_lite.cache.base import PrefixCache
-from vibe_sgl_lite.core.config import EngineConfig
+from vibe_sgl_lite.config import FIELDS, EngineConfig
 from vibe_sgl_lite.core.engine import Engine
-from vibe_sgl_lite.core.request import GenerationOutput, Request
+from vibe_sgl_lite.core.output import GenerationOutput
 from vibe_sgl_lite.kernels.attention import AttentionBackend
 from vibe_sgl_lite.sampling import SamplingParams
-from vibe_sgl_lite.scheduler.scheduler import Scheduler
+from vibe_sgl_lite.scheduler import Request, Scheduler
 
 Prompt = str | Sequence[int]
 
@@ -44,54 +48,35 @@ def default_model_path() -> Path:
 
 
 class ModelRunner:
+    """Generation from Python: ``ModelRunner(model_path=None, *, cache=None, scheduler=None,
+    **settings)``, where ``settings`` are ``EngineConfig``'s fields (``page_size=16``, ...).
+
+    ``cache``, ``scheduler`` and ``attention_backend`` also take objects (a ``PrefixCache``, a
+    ``Scheduler`` subclass, an ``AttentionBackend``): the research hooks.
+    """
+
     def __init__(
         self,
         model_path: str | Path | None = None,
         *,
-        dtype: str = "float32",
-        device: str = "cpu",
-        seed: int = 0,
-        page_size: int = 16,
-        max_total_tokens: int | None = None,
-        max_running_requests: int = 256,
-        max_prefill_tokens: int = 8192,
-        chunked_prefill_size: int | None = None,
-        max_model_len: int | None = None,
-        schedule_policy: str = "fcfs",
-        enable_prefix_cache: bool = True,
         cache: PrefixCache | None = None,
         scheduler: Scheduler | None = None,
-        attention_backend: str | AttentionBackend = "torch",
-        kv_cache_dtype: str = "auto",
-        mem_fraction: float = 0.3,
-        tp_size: int = 1,
-        ep_size: int = 1,
+        **settings: Any,
     ) -> None:
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
-        self.config = EngineConfig(
-            dtype=dtype,
-            device=device,
-            seed=seed,
-            page_size=page_size,
-            max_total_tokens=max_total_tokens,
-            max_running_requests=max_running_requests,
-            max_prefill_tokens=max_prefill_tokens,
-            chunked_prefill_size=chunked_prefill_size,
-            max_model_len=max_model_len,
-            schedule_policy=schedule_policy,
-            enable_prefix_cache=enable_prefix_cache or cache is not None,
-            attention_backend=attention_backend if isinstance(attention_backend, str) else "torch",
-            kv_cache_dtype=kv_cache_dtype,
-            mem_fraction=mem_fraction,
-            tp_size=tp_size,
-            ep_size=ep_size,
-        )
+        backend: AttentionBackend | None = None
+        if not isinstance(settings.get("attention_backend", ""), str):
+            backend = settings.pop("attention_backend")
+            settings["attention_backend"] = type(backend).__name__
+        if cache is not None:
+            settings["enable_prefix_cache"] = True
+        self.config = EngineConfig.from_kwargs(**settings)
         self.engine: Engine | None = Engine(
             self.model_path,
             self.config,
             scheduler=scheduler,
             cache=cache,
-            attention_backend=attention_backend,
+            attention_backend=backend,
         )
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -213,7 +198,7 @@ class ModelRunner:
                 live[i] = engine.add_request(prompt, params, priorities[i] if priorities else 0)
             except ValueError as exc:
                 ids = list(prompt) if not isinstance(prompt, str) else []
-                outputs[i] = GenerationOutput(ids, [], "", "error", error=str(exc))
+                outputs[i] = GenerationOutput.failed(ids, str(exc))
         bar = tqdm(total=len(live), disable=not use_tqdm, desc="generate", unit="req")
         try:
             while any(not r.is_finished for r in live.values()):
@@ -225,8 +210,7 @@ class ModelRunner:
                 if not req.is_finished:
                     engine.abort(req)
         for i, req in live.items():
-            outputs[i] = req.to_output()
-        engine.finished_requests.clear()
+            outputs[i] = engine.outputs.to_output(req)
         return [o for o in outputs if o is not None]
 
     @staticmethod
@@ -261,3 +245,21 @@ class ModelRunner:
             raise RuntimeError("flush_cache: requests are still running")
         engine.cache.flush()
         return True
+
+
+def _signature() -> inspect.Signature:
+    """``ModelRunner``'s signature with every ``EngineConfig`` field spelled out, for ``help()``,
+    IDEs and ``inspect``; the settings themselves are checked by ``EngineConfig``."""
+    params = [
+        inspect.Parameter("model_path", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+        inspect.Parameter("cache", inspect.Parameter.KEYWORD_ONLY, default=None),
+        inspect.Parameter("scheduler", inspect.Parameter.KEYWORD_ONLY, default=None),
+    ]
+    params += [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
+        for name, f in FIELDS.items()
+    ]
+    return inspect.Signature(params)
+
+
+ModelRunner.__signature__ = _signature()  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ hanging.
 
 from __future__ import annotations
 
+import functools
 import os
 import traceback
 import weakref
@@ -32,28 +33,18 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from vibe_sgl_lite.batch.forward_batch import BatchRow
-from vibe_sgl_lite.core.config import EngineConfig
-from vibe_sgl_lite.core.executor import ModelShard
+from vibe_sgl_lite.config import EngineConfig
 from vibe_sgl_lite.distributed.parallel_state import (
     ParallelConfig,
     ParallelGroup,
     find_free_port,
 )
+from vibe_sgl_lite.distributed.tensor_parallel import shard_model
 from vibe_sgl_lite.kernels.attention import AttentionBackend
+from vibe_sgl_lite.models.worker import ModelWorker
 
 READY_TIMEOUT_S = 300.0
 POLL_S = 0.05
-
-
-def world_size(config: EngineConfig) -> int:
-    """Ranks needed: attention over ``tp_size``; experts over ``ep_size`` on the same ranks."""
-    tp, ep = config.tp_size, config.ep_size
-    if ep > 1 and tp > 1 and ep != tp:
-        raise ValueError(
-            f"ep_size must be 1, equal to tp_size, or used with tp_size=1; got tp_size={tp}, "
-            f"ep_size={ep}"
-        )
-    return max(tp, ep)
 
 
 @dataclass
@@ -78,22 +69,23 @@ def parallel_config(config: EngineConfig, rank: int, size: int) -> ParallelConfi
     )
 
 
-def rank_shard(
+def rank_worker(
     model_path: str,
     config: EngineConfig,
     num_pages: int,
     attention: AttentionBackend,
     rank: int,
     size: int,
-) -> ModelShard:
+) -> ModelWorker:
     """What one rank holds: its shard of the model and a KV pool of its KV heads."""
     cuda = config.device.startswith("cuda")
     device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if cuda else "cpu")
     parallel = parallel_config(config, rank, size)
-    return ModelShard(model_path, config, num_pages, attention, parallel, device)
+    shard = functools.partial(shard_model, parallel=parallel)
+    return ModelWorker(model_path, config, num_pages, attention, shard=shard, device=device)
 
 
-def serve(shard: ModelShard, conn: Connection | None) -> None:
+def serve(shard: ModelWorker, conn: Connection | None) -> None:
     """The worker loop: rank 0 takes each step's rows from ``conn`` (the engine) and broadcasts
     them; every rank runs its shard; rank 0 sends the logits back. Ends on a "stop" message."""
     while True:
@@ -119,7 +111,7 @@ def worker_main(args: WorkerArgs, conn: Connection | None) -> None:
         timeout=timedelta(seconds=120),
     )
     try:
-        shard = rank_shard(
+        shard = rank_worker(
             args.model_path,
             args.config,
             args.num_pages,
@@ -144,6 +136,8 @@ def worker_main(args: WorkerArgs, conn: Connection | None) -> None:
 class MultiprocessExecutor:
     """``ModelExecutor`` over ``world_size`` worker processes (see the module docstring)."""
 
+    is_driver = True
+
     def __init__(
         self,
         model_path: str | Path,
@@ -151,7 +145,7 @@ class MultiprocessExecutor:
         num_pages: int,
         attention: AttentionBackend,
     ) -> None:
-        self.world_size = world_size(config)
+        self.world_size = config.world_size
         ctx = mp.get_context("spawn")
         self.conn, child_conn = ctx.Pipe()
         port = find_free_port()
@@ -241,7 +235,7 @@ class TorchrunExecutor:
         num_pages: int,
         attention: AttentionBackend,
     ) -> None:
-        size = world_size(config)
+        size = config.world_size
         if int(os.environ["WORLD_SIZE"]) != size:
             raise ValueError(
                 f"torchrun started {os.environ['WORLD_SIZE']} processes but tp_size/ep_size need "
@@ -253,7 +247,7 @@ class TorchrunExecutor:
         self.rank = dist.get_rank()
         agreed: list[Any] = [num_pages]  # every rank must index the same pages
         dist.broadcast_object_list(agreed, src=0)
-        self.shard = rank_shard(str(model_path), config, agreed[0], attention, self.rank, size)
+        self.shard = rank_worker(str(model_path), config, agreed[0], attention, self.rank, size)
         self.is_driver = self.rank == 0
         self._closed = False
         if not self.is_driver:
@@ -274,3 +268,12 @@ class TorchrunExecutor:
         dist.barrier()
         dist.destroy_process_group()
         self._closed = True
+
+
+def start_parallel_executor(
+    model_path: str | Path, config: EngineConfig, num_pages: int, attention: AttentionBackend
+) -> MultiprocessExecutor | TorchrunExecutor:
+    """Under ``torchrun``, join its processes; otherwise start ``world_size`` workers."""
+    if launched_by_torchrun():
+        return TorchrunExecutor(model_path, config, num_pages, attention)
+    return MultiprocessExecutor(model_path, config, num_pages, attention)

@@ -21,10 +21,11 @@ all-to-all. (An all-to-all dispatch moves only ``top_k/E`` of the tokens but nee
 exchange to bring results back; at the batch sizes of this engine the single all-reduce is the
 simpler and equally cheap choice.)
 
-Sharding happens on a model built on the ``meta`` device, before any memory is allocated: each
-sharded module is created at its local shape and carries ``tp_slices``: for each of its
-parameters, one ``(dim, start, length)`` per checkpoint tensor it is filled from, which the
-loader uses to read only that slice from safetensors. (Tied embeddings are re-tied by the
+Sharding happens on a model built on the ``meta`` device, before any memory is allocated (the
+loader calls ``shard_model`` through its ``shard`` argument): each sharded module is created at
+its local shape and carries ``checkpoint_slices`` (``models.weights.ShardedModule``): for each
+of its parameters, one ``(dim, start, length)`` per checkpoint tensor it is filled from, which
+the loader uses to read only that slice from safetensors. (Tied embeddings are re-tied by the
 loader after materialisation.)
 """
 
@@ -35,20 +36,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from vibe_sgl_lite.distributed.parallel_state import ParallelConfig, ParallelGroup, split_evenly
+from vibe_sgl_lite.models.decoder import DecoderForCausalLM, DecoderLayer
 from vibe_sgl_lite.models.layers import Attention, GatedMLP, MergedLinear
 from vibe_sgl_lite.models.moe import SparseMoeBlock
+from vibe_sgl_lite.models.weights import Slice
 
-Slice = tuple[int, int, int]  # (dim, start, length) of a checkpoint tensor
+
+class ColumnParallelLinear(MergedLinear):
+    """A merged projection (q/k/v or gate/up) holding this rank's output rows of each part."""
+
+    def __init__(self, in_features: int, slices: list[Slice], bias: bool) -> None:
+        super().__init__(in_features, [length for _, _, length in slices], bias=bias)
+        self.checkpoint_slices = {"weight": slices, "bias": slices}
 
 
 class RowParallelLinear(nn.Linear):
     """``y = all_reduce(x_local @ W_local^T) + b``: input features split over the group."""
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool, group: ParallelGroup
+        self, start: int, in_features: int, out_features: int, bias: bool, group: ParallelGroup
     ) -> None:
         super().__init__(in_features, out_features, bias=bias)
         self.group = group
+        self.checkpoint_slices = {"weight": [(1, start, in_features)]}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.group.all_reduce(F.linear(x, self.weight))
@@ -61,6 +71,7 @@ class VocabParallelEmbedding(nn.Embedding):
     def __init__(self, vocab_start: int, num_local: int, dim: int, group: ParallelGroup) -> None:
         super().__init__(num_local, dim)
         self.vocab_start, self.group = vocab_start, group
+        self.checkpoint_slices = {"weight": [(0, vocab_start, num_local)]}
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         local = ids - self.vocab_start
@@ -72,9 +83,10 @@ class VocabParallelEmbedding(nn.Embedding):
 class ParallelLMHead(nn.Linear):
     """Logits of this rank's vocab slice, gathered along the vocab so every rank has them all."""
 
-    def __init__(self, hidden: int, num_local: int, group: ParallelGroup) -> None:
+    def __init__(self, hidden: int, vocab_start: int, num_local: int, group: ParallelGroup) -> None:
         super().__init__(hidden, num_local, bias=False)
         self.group = group
+        self.checkpoint_slices = {"weight": [(0, vocab_start, num_local)]}
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.group.all_gather(F.linear(h, self.weight), dim=-1)
@@ -91,22 +103,29 @@ def kv_heads_of_rank(num_kv_heads: int, tp: ParallelGroup) -> tuple[int, int]:
     return tp.rank * num_kv_heads // tp.size, 1
 
 
-def _set_slices(module: nn.Module, slices: dict[str, list[Slice]]) -> None:
-    """Tell the loader which slice of each checkpoint tensor fills ``module``'s parameters."""
-    setattr(module, "tp_slices", slices)
+class ExpertParallelMoeBlock(SparseMoeBlock):
+    """This rank's experts of a ``SparseMoeBlock``; the all-reduce sums every rank's share."""
 
+    def __init__(self, moe: SparseMoeBlock, group: ParallelGroup) -> None:
+        start, n = split_evenly(moe.num_experts, group.size, group.rank)
+        super().__init__(
+            moe.hidden_size,
+            moe.intermediate_size,
+            moe.num_experts,
+            moe.top_k,
+            moe.norm_topk_prob,
+            expert_start=start,
+            num_local_experts=n,
+        )
+        self.group = group
 
-def _merged(in_features: int, slices: list[Slice], bias: bool, on: torch.device) -> MergedLinear:
-    layer = MergedLinear(in_features, [length for _, _, length in slices], bias=bias).to(on)
-    _set_slices(layer, {"weight": slices, "bias": slices})
-    return layer
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.group.all_reduce(super().forward(x))
 
 
 def _row_parallel(old: nn.Linear, start: int, length: int, tp: ParallelGroup) -> RowParallelLinear:
-    layer = RowParallelLinear(length, old.out_features, old.bias is not None, tp)
-    layer.to(old.weight.device)
-    _set_slices(layer, {"weight": [(1, start, length)]})
-    return layer
+    layer = RowParallelLinear(start, length, old.out_features, old.bias is not None, tp)
+    return layer.to(old.weight.device)
 
 
 def shard_attention(attn: Attention, tp: ParallelGroup) -> None:
@@ -116,7 +135,7 @@ def shard_attention(attn: Attention, tp: ParallelGroup) -> None:
     slices = [(0, q_start * d, num_q * d), (0, kv_start * d, num_kv * d)] * 1
     slices.append((0, kv_start * d, num_kv * d))
     device = attn.qkv_proj.weight.device
-    attn.qkv_proj = _merged(hidden, slices, attn.qkv_proj.bias is not None, device)
+    attn.qkv_proj = ColumnParallelLinear(hidden, slices, attn.qkv_proj.bias is not None).to(device)
     attn.o_proj = _row_parallel(attn.o_proj, q_start * d, num_q * d, tp)
     attn.num_heads, attn.num_kv_heads = num_q, num_kv
     attn.q_size, attn.kv_size = num_q * d, num_kv * d
@@ -126,49 +145,37 @@ def shard_mlp(mlp: GatedMLP, tp: ParallelGroup) -> None:
     start, n = split_evenly(mlp.intermediate_size, tp.size, tp.rank)
     hidden = mlp.gate_up_proj.in_features
     device = mlp.gate_up_proj.weight.device
-    mlp.gate_up_proj = _merged(
-        hidden, [(0, start, n), (0, start, n)], mlp.gate_up_proj.bias is not None, device
-    )
+    slices = [(0, start, n), (0, start, n)]
+    mlp.gate_up_proj = ColumnParallelLinear(hidden, slices, mlp.gate_up_proj.bias is not None)
+    mlp.gate_up_proj.to(device)
     mlp.down_proj = _row_parallel(mlp.down_proj, start, n, tp)
     mlp.intermediate_size = n
 
 
-def shard_experts(moe: SparseMoeBlock, ep: ParallelGroup) -> None:
-    start, n = split_evenly(moe.num_experts, ep.size, ep.rank)
-    moe.expert_start, moe.num_local_experts = start, n
-    device = moe.w13.device
-    moe.w13 = nn.Parameter(torch.empty(n, *moe.w13.shape[1:], device=device))
-    moe.w2 = nn.Parameter(torch.empty(n, *moe.w2.shape[1:], device=device))
-    moe.reduce = ep
-
-
-def shard_model(model: nn.Module, parallel: ParallelConfig) -> None:
+def shard_model(model: DecoderForCausalLM, parallel: ParallelConfig) -> None:
     """Replace ``model``'s layers by this rank's shards, in place (see the module docstring)."""
     tp, ep = parallel.tp, parallel.ep
-    for module in list(model.modules()):
-        if isinstance(module, Attention) and tp.size > 1:
-            shard_attention(module, tp)
-        elif isinstance(module, GatedMLP) and tp.size > 1:
-            shard_mlp(module, tp)
-        elif isinstance(module, SparseMoeBlock):
+    for layer in model.layers:
+        assert isinstance(layer, DecoderLayer)
+        if tp.size > 1:
+            shard_attention(layer.self_attn, tp)
+        if isinstance(layer.mlp, SparseMoeBlock):
             if tp.size > 1 and ep.size != tp.size:
                 raise ValueError(
                     "a mixture-of-experts model under tensor parallelism needs ep_size == tp_size "
                     f"(experts split by expert id), got tp_size={tp.size}, ep_size={ep.size}"
                 )
             if ep.size > 1:
-                shard_experts(module, ep)
+                layer.mlp = ExpertParallelMoeBlock(layer.mlp, ep).to(layer.mlp.w13.device)
+        elif isinstance(layer.mlp, GatedMLP) and tp.size > 1:
+            shard_mlp(layer.mlp, tp)
     if tp.size > 1:
         _shard_vocab(model, tp)
 
 
-def _shard_vocab(model: nn.Module, tp: ParallelGroup) -> None:
-    embed: nn.Embedding = model.embed_tokens  # type: ignore[assignment]
-    head: nn.Linear = model.lm_head  # type: ignore[assignment]
+def _shard_vocab(model: DecoderForCausalLM, tp: ParallelGroup) -> None:
+    embed, head = model.embed_tokens, model.lm_head
     start, n = split_evenly(embed.num_embeddings, tp.size, tp.rank)
     device = embed.weight.device
-    new_embed = VocabParallelEmbedding(start, n, embed.embedding_dim, tp).to(device)
-    _set_slices(new_embed, {"weight": [(0, start, n)]})
-    new_head = ParallelLMHead(head.in_features, n, tp).to(device)
-    _set_slices(new_head, {"weight": [(0, start, n)]})
-    model.embed_tokens, model.lm_head = new_embed, new_head
+    model.embed_tokens = VocabParallelEmbedding(start, n, embed.embedding_dim, tp).to(device)
+    model.lm_head = ParallelLMHead(head.in_features, start, n, tp).to(device)

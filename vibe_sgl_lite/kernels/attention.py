@@ -32,10 +32,15 @@ from vibe_sgl_lite.batch.forward_batch import ForwardBatch
 
 
 class AttentionBackend(Protocol):
-    """What a model layer needs from an attention implementation."""
+    """What a model layer needs from an attention implementation.
 
-    def prepare(self, batch: ForwardBatch) -> object:
-        """Build per-step metadata once; the engine stores it in ``batch.attn_metadata``."""
+    ``ModelWorker.forward`` calls ``prepare(batch)`` once per step, before the model runs; the
+    backend keeps whatever it derives from the batch (index tensors, masks, kernel launch
+    parameters) on itself, and every layer's ``forward`` of that step reuses it.
+    """
+
+    def prepare(self, batch: ForwardBatch) -> None:
+        """Build this step's metadata once, for every layer's ``forward`` to reuse."""
         ...
 
     def forward(
@@ -96,12 +101,15 @@ class TorchPagedAttention:
 
     name = "torch"
 
-    def prepare(self, batch: ForwardBatch) -> list[RowGroup]:
+    def __init__(self) -> None:
+        self.groups: list[RowGroup] = []  # this step's row groups, built by ``prepare``
+
+    def prepare(self, batch: ForwardBatch) -> None:
         buckets: dict[tuple[int, int], list[int]] = {}
         for i, (q_len, kv_len) in enumerate(zip(batch.query_lens_cpu, batch.seq_lens_cpu)):
             key = (_next_pow2(q_len), _next_pow2(kv_len))
             buckets.setdefault(key, []).append(i)
-        return [build_row_group(batch, rows) for rows in buckets.values()]
+        self.groups = [build_row_group(batch, rows) for rows in buckets.values()]
 
     def forward(
         self,
@@ -117,11 +125,10 @@ class TorchPagedAttention:
         # advanced-indexing assignment and gather.
         k_cache.index_copy_(0, batch.slot_mapping, k.to(k_cache.dtype))
         v_cache.index_copy_(0, batch.slot_mapping, v.to(v_cache.dtype))
-        groups: list[RowGroup] = batch.attn_metadata
         out = torch.empty_like(q)
         num_heads, head_dim = q.shape[1], q.shape[2]
         gqa = num_heads != k.shape[1]
-        for g in groups:
+        for g in self.groups:
             rows, max_q, max_kv = g.shape
             qg = q.index_select(0, g.q_index).view(rows, max_q, num_heads, head_dim)
             kg = k_cache.index_select(0, g.kv_slots).view(rows, max_kv, -1, head_dim)
@@ -139,7 +146,7 @@ class TorchPagedAttention:
         return out
 
 
-ATTENTION_BACKENDS: dict[str, type] = {"torch": TorchPagedAttention}
+ATTENTION_BACKENDS: dict[str, type[AttentionBackend]] = {"torch": TorchPagedAttention}
 
 
 def get_attention_backend(name_or_backend: str | AttentionBackend) -> AttentionBackend:

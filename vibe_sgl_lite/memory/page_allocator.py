@@ -47,9 +47,6 @@ class PageAllocator:
     def num_used(self) -> int:
         return self.num_pages - len(self._free)
 
-    def can_alloc(self, n: int) -> bool:
-        return n <= len(self._free)
-
     def alloc(self, n: int) -> list[int]:
         """Take ``n`` free pages; each comes back with refcount 1."""
         if n < 0:
@@ -82,7 +79,8 @@ class PageAllocator:
         return self._refcount[page]
 
     def check_invariants(self) -> None:
-        """Assert invariants 1 and 3 (used by tests and by ``Engine`` in debug mode)."""
+        """Assert invariants 1 and 3: run by the property tests, and by ``Engine`` after every
+        step when ``VIBE_SGL_LITE_CHECK_INVARIANTS=1`` (which also checks invariant 2)."""
         free = set(self._free)
         assert len(free) == len(self._free), "a page appears twice in the free list"
         for p, rc in enumerate(self._refcount):

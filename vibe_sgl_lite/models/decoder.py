@@ -12,17 +12,21 @@ There is no batch dimension and no padding: ``ForwardBatch`` describes which of 
 belong to which sequence, and the attention backend reads earlier tokens from the paged KV pool.
 
 An architecture of this family is a subclass that sets a few class attributes (``qk_norm``,
-``qkv_bias``, ``o_bias``) and, if its feed-forward differs, overrides ``build_mlp``; see
-``docs/adding_a_model.md``.
+``qkv_bias``, ``o_bias``) and, if its feed-forward differs, overrides
+``DecoderForCausalLM.build_mlp``; see ``docs/adding_a_model.md``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from vibe_sgl_lite.batch.forward_batch import ForwardBatch
+from vibe_sgl_lite.kernels.attention import AttentionBackend
+from vibe_sgl_lite.memory.kv_pool import KVPool
 from vibe_sgl_lite.models.config import ModelConfig
 from vibe_sgl_lite.models.layers import Attention, GatedMLP, RMSNorm, RotaryEmbedding
 from vibe_sgl_lite.models.weights import load_packed_weights
@@ -31,8 +35,9 @@ from vibe_sgl_lite.models.weights import load_packed_weights
 class DecoderLayer(nn.Module):
     """Pre-norm residual block: attention, then a feed-forward (dense or mixture of experts).
 
-    ``qkv_bias``/``o_bias`` default to the config's ``attention_bias``; ``mlp`` defaults to
-    ``build_mlp(config)``, a dense SwiGLU. ``forward``: ``h: [T, hidden] -> [T, hidden]``.
+    ``qkv_bias``/``o_bias`` default to the config's ``attention_bias``; ``mlp`` is the
+    feed-forward the model chose for this layer (``DecoderForCausalLM.build_mlp``).
+    ``forward``: ``h: [T, hidden] -> [T, hidden]``.
     """
 
     def __init__(
@@ -43,7 +48,7 @@ class DecoderLayer(nn.Module):
         qk_norm: bool,
         qkv_bias: bool | None = None,
         o_bias: bool | None = None,
-        mlp: nn.Module | None = None,
+        mlp: nn.Module,
     ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -58,17 +63,14 @@ class DecoderLayer(nn.Module):
             qk_norm_eps=config.rms_norm_eps if qk_norm else None,
         )
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = mlp if mlp is not None else self.build_mlp(config)
-
-    def build_mlp(self, config: ModelConfig) -> nn.Module:
-        return GatedMLP(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.mlp = mlp
 
     def forward(
         self,
         h: torch.Tensor,
-        batch: Any,
+        batch: ForwardBatch,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
-        backend: Any,
+        backend: AttentionBackend,
     ) -> torch.Tensor:
         h = h + self.self_attn(self.input_layernorm(h), batch, kv_cache, backend)
         return h + self.mlp(self.post_attention_layernorm(h))
@@ -153,7 +155,9 @@ class DecoderForCausalLM(nn.Module):
         assert isinstance(attn, Attention)
         return attn.num_kv_heads
 
-    def forward(self, batch: Any, kv_pool: Any, backend: Any) -> torch.Tensor:
+    def forward(
+        self, batch: ForwardBatch, kv_pool: KVPool, backend: AttentionBackend
+    ) -> torch.Tensor:
         """Run one flat batch; returns float32 logits ``[len(batch.sample_indices), vocab]``."""
         h = self.embed_tokens(batch.input_ids)
         for i, layer in enumerate(self.layers):
@@ -161,6 +165,8 @@ class DecoderForCausalLM(nn.Module):
         h = self.norm(h[batch.sample_indices])
         return self.lm_head(h).float()
 
-    def load_weights(self, weights: Any) -> None:
-        """Copy checkpoint tensors ``(hf_name, tensor)`` into our (partly merged) parameters."""
+    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """Copy checkpoint tensors ``(hf_name, tensor)`` into our (partly merged) parameters.
+
+        A tensor is a ``torch.Tensor`` or the loader's ``LazyTensor`` (read only when copied)."""
         load_packed_weights(self, weights, prefix_map={"model.": ""})

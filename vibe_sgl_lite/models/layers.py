@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vibe_sgl_lite.batch.forward_batch import ForwardBatch
+from vibe_sgl_lite.kernels.attention import AttentionBackend
+
 
 class RMSNorm(nn.Module):
     """``x / rms(x) * weight``, computed in float32 like transformers does, then cast back."""
@@ -166,9 +169,9 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        batch: Any,
+        batch: ForwardBatch,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
-        backend: Any,
+        backend: AttentionBackend,
     ) -> torch.Tensor:
         """``x: [T, hidden]`` -> ``[T, hidden]``; ``kv_cache`` is this layer's slice of the pool."""
         T = x.shape[0]

@@ -10,21 +10,19 @@ memory stays close to the size of the model itself.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from torch import nn
 
-from vibe_sgl_lite.distributed.parallel_state import ParallelConfig
+from vibe_sgl_lite.config import DTYPES
 from vibe_sgl_lite.models.config import ModelConfig
+from vibe_sgl_lite.models.decoder import DecoderForCausalLM
 from vibe_sgl_lite.models.gguf import iter_gguf_tensors
 from vibe_sgl_lite.models.layers import RotaryEmbedding
 from vibe_sgl_lite.models.registry import get_model_class
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -98,32 +96,29 @@ def iter_safetensors(model_dir: Path) -> Iterator[tuple[str, LazyTensor]]:
 def load_model(
     model_dir: str | Path,
     dtype: str | torch.dtype = "float32",
-    device: str = "cpu",
-    parallel: ParallelConfig | None = None,
-) -> tuple[nn.Module, ModelConfig]:
+    device: str | torch.device = "cpu",
+    shard: Callable[[DecoderForCausalLM], None] | None = None,
+) -> tuple[DecoderForCausalLM, ModelConfig]:
     """Build the registered class for ``model_dir`` and fill it with the checkpoint's weights.
 
     ``model_dir`` is a Hugging Face folder or a llama.cpp ``.gguf`` file (dequantised to ``dtype``
     while loading, see ``models/gguf.py``).
 
-    The model is built on the ``meta`` device (no memory), cut to this rank's shard when
-    ``parallel`` says so, then materialised on ``device`` and loaded tensor by tensor.
+    The model is built on the ``meta`` device (no memory), cut in place by ``shard`` (tensor
+    and expert parallelism: ``distributed.tensor_parallel.shard_model`` for one rank), then
+    materialised on ``device`` and loaded tensor by tensor.
     """
     model_dir = Path(model_dir)
     config = ModelConfig.from_path(model_dir)  # a folder or a .gguf file; errors otherwise
     cls = get_model_class(config.architecture)
     torch_dtype = resolve_dtype(dtype)
     with torch.device("meta"):
-        model = cls(config)  # type: ignore[call-arg]
-    if parallel is not None and parallel.is_parallel:
-        from vibe_sgl_lite.distributed.tensor_parallel import shard_model
-
-        shard_model(model, parallel)
+        model = cls(config)
+    if shard is not None:
+        shard(model)
     model.to_empty(device=device)
     model.to(dtype=torch_dtype)
-    tie_weights = getattr(model, "tie_weights", None)
-    if callable(tie_weights):
-        tie_weights()
+    model.tie_weights()
     for module in model.modules():
         if isinstance(module, RotaryEmbedding):
             module.build()
@@ -132,5 +127,5 @@ def load_model(
         weights = iter_safetensors(model_dir)
     else:
         weights = iter_gguf_tensors(model_dir, torch_dtype)
-    model.load_weights(weights)  # type: ignore[operator]
+    model.load_weights(weights)
     return model.eval().requires_grad_(False), config

@@ -15,14 +15,14 @@ one sort and two matmuls per active expert, with no loop over tokens:
 
 Expert parallelism needs only ``expert_start``/``num_local_experts``: a rank holds experts
 ``expert_start .. expert_start + num_local_experts - 1``, loads only their tensors, and
-``forward_local`` returns just their contribution; summing the partial outputs of all ranks gives
-``forward``'s result. The router is small and replicated, so every rank routes every token.
+``forward`` returns just their contribution; summing the partial outputs of all ranks (what
+``distributed.tensor_parallel.ExpertParallelMoeBlock`` adds) gives the full result. The router
+is small and replicated, so every rank routes every token.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,6 @@ class SparseMoeBlock(nn.Module):
         self.hidden_size, self.intermediate_size = hidden_size, moe_intermediate_size
         self.num_experts, self.top_k, self.norm_topk_prob = num_experts, top_k, norm_topk_prob
         self.expert_start, self.num_local_experts = expert_start, local
-        self.reduce: Any = None  # under expert parallelism: the group that sums partial outputs
         # The router sees every expert, whichever of them this block holds.
         self.gate = nn.Linear(hidden_size, num_experts, bias=False)
         self.w13 = nn.Parameter(torch.empty(local, 2 * moe_intermediate_size, hidden_size))
@@ -107,10 +106,9 @@ class SparseMoeBlock(nn.Module):
         return torch.zeros_like(x).index_add_(0, tokens, ys)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Route every token, then run all experts (this block holds them all unless under EP)."""
+        """Route every token, then run this block's experts (all of them unless under EP)."""
         topk_ids, topk_weights = self.route(x)
-        out = self.forward_local(x, topk_ids, topk_weights)
-        return self.reduce.all_reduce(out) if self.reduce is not None else out
+        return self.forward_local(x, topk_ids, topk_weights)
 
     def checkpoint_view(
         self, name: str, tensor: torch.Tensor

@@ -4,14 +4,12 @@
     h = h + GatedMLP(RMSNorm(h))        SwiGLU
 
 ``attention_bias`` (false in every released Qwen3) adds a bias to q/k/v and o, as in transformers.
-The decoder itself lives in ``decoder.py``; ``DecoderLayer`` is re-exported here for older imports.
+The decoder itself lives in ``decoder.py``.
 """
 
 from __future__ import annotations
 
-from vibe_sgl_lite.models.decoder import DecoderForCausalLM, DecoderLayer
-
-__all__ = ["DecoderLayer", "Qwen3ForCausalLM"]
+from vibe_sgl_lite.models.decoder import DecoderForCausalLM
 
 
 class Qwen3ForCausalLM(DecoderForCausalLM):

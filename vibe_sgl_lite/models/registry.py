@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from torch import nn
-
+from vibe_sgl_lite.models.decoder import DecoderForCausalLM
 from vibe_sgl_lite.models.llama import LlamaForCausalLM
 from vibe_sgl_lite.models.qwen2 import Qwen2ForCausalLM
 from vibe_sgl_lite.models.qwen3 import Qwen3ForCausalLM
 from vibe_sgl_lite.models.qwen3_moe import Qwen3MoeForCausalLM
 
-MODEL_REGISTRY: dict[str, type[nn.Module]] = {
+MODEL_REGISTRY: dict[str, type[DecoderForCausalLM]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
@@ -17,12 +16,12 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
 }
 
 
-def register_model(architecture: str, cls: type[nn.Module]) -> None:
+def register_model(architecture: str, cls: type[DecoderForCausalLM]) -> None:
     """Let user code add an architecture without editing the engine."""
     MODEL_REGISTRY[architecture] = cls
 
 
-def get_model_class(architecture: str) -> type[nn.Module]:
+def get_model_class(architecture: str) -> type[DecoderForCausalLM]:
     try:
         return MODEL_REGISTRY[architecture]
     except KeyError:

@@ -4,7 +4,9 @@ Our models merge some projections (``q/k/v -> qkv_proj``, ``gate/up -> gate_up_p
 the ``model.`` prefix. ``PACKED`` says where each checkpoint tensor lands; everything else maps one
 to one, except below a module that stores many checkpoint tensors in one parameter in its own way
 (the stacked experts of ``SparseMoeBlock``): such a module implements ``CheckpointViews`` and the
-loader asks it where each of its tensors goes.
+loader asks it where each of its tensors goes. A module cut for tensor parallelism
+(``distributed/tensor_parallel.py``) implements ``ShardedModule``: it says which slice of each
+checkpoint tensor it holds, and only that slice is read.
 
 Every parameter element must be written exactly once, with exactly the checkpoint tensor's shape:
 a missing or mis-shaped tensor is an error that names it.
@@ -28,6 +30,21 @@ PACKED: dict[str, tuple[str, int]] = {
     "gate_proj": ("gate_up_proj", 0),
     "up_proj": ("gate_up_proj", 1),
 }
+
+
+Slice = tuple[int, int, int]
+"""``(dim, start, length)``: the part of a checkpoint tensor that one rank holds."""
+
+
+@runtime_checkable
+class ShardedModule(Protocol):
+    """A module holding only a slice of each checkpoint tensor that fills it.
+
+    ``checkpoint_slices[param]`` lists one ``Slice`` per checkpoint tensor that fills parameter
+    ``param`` (one for a plain layer; one per merged projection for a ``MergedLinear``).
+    """
+
+    checkpoint_slices: dict[str, list[Slice]]
 
 
 @runtime_checkable
@@ -117,7 +134,8 @@ def load_packed_weights(
                 assert isinstance(module, MergedLinear)
                 dest = dest.narrow(0, module.shard_offset(shard), module.shard_sizes[shard])
         owner_name, _, leaf = name.rpartition(".")
-        slices = getattr(modules[owner_name], "tp_slices", {}).get(leaf)
+        module = modules[owner_name]
+        slices = module.checkpoint_slices.get(leaf) if isinstance(module, ShardedModule) else None
         if slices is not None:  # a tensor-parallel shard: read only this rank's slice
             dim, start, length = slices[shard or 0]
             if tensor.shape[dim] < start + length:

@@ -8,11 +8,14 @@ shape error. Every failure here is therefore a ``ValueError`` of the form
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from numbers import Integral, Real
 from typing import Any
+
+from vibe_sgl_lite.utils.settings import setting
 
 MAX_LOGPROBS = 20
 
@@ -47,20 +50,20 @@ class SamplingParams:
     normalised to lists in ``__post_init__``, so downstream code always sees ``list``.
     """
 
-    max_tokens: int = 128
-    temperature: float = 1.0
-    top_k: int = -1
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    ignore_eos: bool = False
-    logprobs: int | None = None
-    skip_special_tokens: bool = True
+    max_tokens: int = setting(128, "most tokens to generate")
+    temperature: float = setting(1.0, "softmax temperature; 0 = greedy (argmax)")
+    top_k: int = setting(-1, "keep the k most likely tokens; -1 or 0 = all")
+    top_p: float = setting(1.0, "keep the smallest set of tokens with this total probability")
+    min_p: float = setting(0.0, "drop tokens less likely than min_p times the most likely")
+    repetition_penalty: float = setting(1.0, "divide logits of seen tokens (HF semantics)")
+    frequency_penalty: float = setting(0.0, "subtract per occurrence in the output (OpenAI)")
+    presence_penalty: float = setting(0.0, "subtract once if present in the output (OpenAI)")
+    seed: int | None = setting(None, "seed of this request's sampling")
+    stop: str | list[str] | None = setting(None, "stop string(s), cut from the text")
+    stop_token_ids: list[int] | None = setting(None, "token ids that end the request")
+    ignore_eos: bool = setting(False, "keep generating after an end-of-sequence token")
+    logprobs: int | None = setting(None, "return the top-n log-probabilities of each token")
+    skip_special_tokens: bool = setting(True, "leave special tokens out of the text")
 
     def __post_init__(self) -> None:
         self.max_tokens = _int("max_tokens", self.max_tokens, ">= 1", lambda v: v >= 1)
@@ -107,6 +110,20 @@ class SamplingParams:
         ):
             raise ValueError(f"stop_token_ids must be None or a list of integers >= 0, got {ids!r}")
         return [int(t) for t in items]
+
+    @property
+    def stop_strings(self) -> list[str]:
+        """``stop`` as a list (``__post_init__`` normalises it; this keeps the type honest)."""
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def validated_copy(self) -> SamplingParams:
+        """A copy checked again from scratch: what the engine keeps for a request.
+
+        A dataclass can be changed after construction (``params.top_p = 2.0``); copying at
+        enqueue time re-runs every check and gives the request parameters that later changes to
+        the caller's object cannot reach.
+        """
+        return dataclasses.replace(self)
 
     @property
     def is_greedy(self) -> bool:

@@ -8,6 +8,7 @@ from vibe_sgl_lite.scheduler.policies import (
     PriorityScheduler,
     RandomScheduler,
 )
+from vibe_sgl_lite.scheduler.request import Request, RequestState
 from vibe_sgl_lite.scheduler.scheduler import ScheduledBatch, Scheduler
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
@@ -32,6 +33,8 @@ __all__ = [
     "PREFIX_AWARE_MAX_WAITING",
     "PriorityScheduler",
     "RandomScheduler",
+    "Request",
+    "RequestState",
     "SCHEDULERS",
     "ScheduledBatch",
     "Scheduler",

@@ -33,20 +33,18 @@ import random
 from collections import defaultdict
 
 from vibe_sgl_lite.cache.base import RadixNode
-from vibe_sgl_lite.core.request import Request
+from vibe_sgl_lite.scheduler.request import Request
 from vibe_sgl_lite.scheduler.scheduler import Scheduler
 
 PREFIX_AWARE_MAX_WAITING = 128
 
 
 class FCFSScheduler(Scheduler):
-    policy_name = "fcfs"
+    """Arrival order: ``Scheduler``'s own ``policy_order``."""
 
 
 class LPMScheduler(Scheduler):
     """Longest prefix match first: requests that reuse the most cached KV run first."""
-
-    policy_name = "lpm"
 
     def policy_order(self) -> list[Request]:
         if len(self.waiting) > PREFIX_AWARE_MAX_WAITING:
@@ -62,8 +60,6 @@ class DFSWeightScheduler(Scheduler):
     the number of waiting requests in its subtree; visiting children by decreasing weight keeps
     requests that share a prefix together, so the shared pages stay cached while they run.
     """
-
-    policy_name = "dfs-weight"
 
     def policy_order(self) -> list[Request]:
         if len(self.waiting) > PREFIX_AWARE_MAX_WAITING:
@@ -93,14 +89,12 @@ class DFSWeightScheduler(Scheduler):
 
 
 class PriorityScheduler(Scheduler):
-    policy_name = "priority"
 
     def policy_order(self) -> list[Request]:
         return sorted(self.waiting, key=lambda r: (r.priority, r.arrival_order))
 
 
 class RandomScheduler(Scheduler):
-    policy_name = "random"
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()

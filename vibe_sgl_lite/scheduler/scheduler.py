@@ -25,9 +25,9 @@ import os
 from dataclasses import dataclass, field
 
 from vibe_sgl_lite.cache.base import NoPrefixCache, PrefixCache, PrefixMatch
-from vibe_sgl_lite.core.config import EngineConfig
-from vibe_sgl_lite.core.request import Request, RequestState
+from vibe_sgl_lite.config import EngineConfig
 from vibe_sgl_lite.memory.page_allocator import PageAllocator
+from vibe_sgl_lite.scheduler.request import Request, RequestState
 
 
 @dataclass
@@ -45,7 +45,6 @@ class ScheduledBatch:
 class Scheduler:
     """FCFS continuous batching with chunked prefill, prefix reuse and preemption."""
 
-    policy_name = "fcfs"
     max_wait_steps = 256
 
     def __init__(self) -> None:

@@ -16,10 +16,10 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
+from vibe_sgl_lite.cache.base import RadixNode
 from vibe_sgl_lite.sampling import SamplingParams, TokenLogprobs
 
 
@@ -27,21 +27,6 @@ class RequestState(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
     FINISHED = "finished"
-
-
-@dataclass
-class GenerationOutput:
-    """What the user gets back for one prompt."""
-
-    prompt_token_ids: list[int]
-    token_ids: list[int]
-    text: str
-    finish_reason: str | None  # "stop", "length", or "error" (then ``error`` says why)
-    num_cached_tokens: int = 0
-    logprobs: list[TokenLogprobs] | None = None
-    error: str | None = None
-    request_id: int = -1
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -59,14 +44,12 @@ class Request:
     page_table: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0
-    cache_node: Any = None  # the prefix-cache node this request keeps locked
+    cache_node: RadixNode | None = None  # the prefix-cache node this request keeps locked
     finish_reason: str | None = None
     logprobs: list[TokenLogprobs] = field(default_factory=list)
 
     text: str = ""  # text released so far (stop strings cut, incomplete UTF-8 held back)
     pending_text: str = ""  # released but not yet taken by a streaming reader
-    detokenizer: Any = None
-    stop_matcher: Any = None
 
     arrival_time: float = field(default_factory=time.perf_counter)
     first_scheduled_time: float | None = None
@@ -110,15 +93,3 @@ class Request:
                     self.num_output_tokens - 1
                 )
         return out
-
-    def to_output(self) -> GenerationOutput:
-        return GenerationOutput(
-            prompt_token_ids=list(self.prompt_ids),
-            token_ids=self.output_ids,
-            text=self.text,
-            finish_reason=self.finish_reason,
-            num_cached_tokens=self.first_admission_cached_tokens or 0,
-            logprobs=self.logprobs if self.params.logprobs is not None else None,
-            request_id=self.request_id,
-            metrics=self.metrics(),
-        )

@@ -1,0 +1,143 @@
+"""``EngineConfig``: every engine setting, defined once, with SGLang/vLLM names and help text.
+
+This dataclass is the single source of the engine's settings. ``ModelRunner``'s keyword
+arguments, the CLI's flags (``--page-size`` for ``page_size``, with the help text below) and the
+server's fields are all derived from its fields; adding a setting here adds it everywhere.
+
+It sits near the bottom of the package (below everything but ``utils``), because the scheduler,
+the model worker and the distributed executors all read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vibe_sgl_lite.utils.settings import setting
+
+SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight", "priority", "random")
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+KV_CACHE_DTYPES = ("auto", *DTYPES)
+
+
+@dataclass
+class EngineConfig:
+    """The engine's settings; validated on construction (``ValueError`` naming the field)."""
+
+    dtype: str = setting("float32", "weights and activations dtype", tuple(DTYPES))
+    device: str = setting("cpu", "torch device: cpu, cuda or cuda:N")
+    seed: int = setting(0, "seed of the runner (unseeded sampling derives from it)")
+    page_size: int = setting(16, "tokens per KV-cache page")
+    max_total_tokens: int | None = setting(
+        None, "KV pool size in tokens (default: mem_fraction of free memory)"
+    )
+    max_running_requests: int = setting(256, "most requests decoding at once")
+    max_prefill_tokens: int = setting(8192, "prefill tokens per step (decode tokens are extra)")
+    chunked_prefill_size: int | None = setting(
+        None, "longest prefill chunk in tokens (default: no chunking)"
+    )
+    max_model_len: int | None = setting(
+        None, "prompt + output limit in tokens (default: the model's max positions)"
+    )
+    schedule_policy: str = setting("fcfs", "order of the waiting queue", SCHEDULE_POLICIES)
+    enable_prefix_cache: bool = setting(True, "share KV pages of common prefixes (radix tree)")
+    attention_backend: str = setting("torch", "attention implementation")
+    kv_cache_dtype: str = setting(
+        "auto", "KV cache dtype ('auto': the model dtype)", KV_CACHE_DTYPES
+    )
+    mem_fraction: float = setting(
+        0.3, "share of free memory for the KV pool when max_total_tokens is not set"
+    )
+    tp_size: int = setting(1, "tensor-parallel degree (worker processes)")
+    ep_size: int = setting(1, "expert-parallel degree (mixture-of-experts models)")
+
+    def __post_init__(self) -> None:
+        for name in ("page_size", "max_running_requests", "max_prefill_tokens", "seed"):
+            _check_int(name, getattr(self, name), minimum=0 if name == "seed" else 1)
+        for name in ("max_total_tokens", "chunked_prefill_size", "max_model_len"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), minimum=1, or_none=True)
+        _check_int("tp_size", self.tp_size, minimum=1)
+        _check_int("ep_size", self.ep_size, minimum=1)
+        for name in ("dtype", "schedule_policy", "kv_cache_dtype"):
+            choices = FIELDS[name].metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
+                )
+        if not isinstance(self.enable_prefix_cache, bool):
+            raise ValueError(
+                f"enable_prefix_cache must be a bool, got {self.enable_prefix_cache!r}"
+            )
+        if not isinstance(self.attention_backend, str):
+            raise ValueError(f"attention_backend must be a string, got {self.attention_backend!r}")
+        if isinstance(self.mem_fraction, bool) or not (
+            isinstance(self.mem_fraction, (int, float)) and 0.0 < self.mem_fraction <= 0.95
+        ):
+            raise ValueError(f"mem_fraction must be in (0, 0.95], got {self.mem_fraction!r}")
+        if self.max_total_tokens is not None and self.max_total_tokens < self.page_size:
+            raise ValueError(
+                f"max_total_tokens must be >= page_size ({self.page_size}), "
+                f"got {self.max_total_tokens}"
+            )
+        check_device(self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def kv_torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype if self.kv_cache_dtype == "auto" else self.kv_cache_dtype]
+
+    @property
+    def world_size(self) -> int:
+        """Processes the model runs on: attention over ``tp_size``, experts over ``ep_size``
+        on the same ranks."""
+        tp, ep = self.tp_size, self.ep_size
+        if ep > 1 and tp > 1 and ep != tp:
+            raise ValueError(
+                "ep_size must be 1, equal to tp_size, or used with tp_size=1; "
+                f"got tp_size={tp}, ep_size={ep}"
+            )
+        return max(tp, ep)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> EngineConfig:
+        """Build from untrusted keyword arguments: an unknown name is a ``ValueError`` too."""
+        unknown = sorted(set(kwargs) - set(FIELDS))
+        if unknown:
+            raise ValueError(f"unknown engine setting {unknown[0]!r}; allowed: {', '.join(FIELDS)}")
+        return cls(**kwargs)
+
+
+FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(EngineConfig)}
+
+
+def _check_int(name: str, value: object, minimum: int, or_none: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" or None" if or_none else "")
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this torch cannot use, with the reason, before anything is loaded."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else "no visible GPU"
+        raise ValueError(
+            f"device {device!r} needs CUDA, but this torch ({torch.__version__}) has {build}; "
+            "use device='cpu', or install a CUDA build of torch (see the README)"
+        )

@@ -1,0 +1,62 @@
+"""``ModelWorker``: the model (or one rank's shard of it) with its KV pool: one forward per step.
+
+    rows of one step (BatchRow: token ids, start position, page table, sample?)
+      -> ForwardBatch.build                flat tensors, no padding        (batch/)
+      -> attention.prepare(batch)          per-step metadata, once         (kernels/)
+      -> model(batch, kv_pool, attention)  logits of the sampling rows     (models/)
+
+The engine's executors own one (``core/executor.py``: in this process) or one per worker process
+(``distributed/``: tensor and expert parallelism, where ``shard`` cuts the model to a rank's
+part before its weights are read).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from vibe_sgl_lite.batch.forward_batch import BatchRow, ForwardBatch
+from vibe_sgl_lite.config import EngineConfig
+from vibe_sgl_lite.kernels.attention import AttentionBackend
+from vibe_sgl_lite.memory.kv_pool import KVPool
+from vibe_sgl_lite.models.decoder import DecoderForCausalLM
+from vibe_sgl_lite.models.loader import load_model
+
+
+class ModelWorker:
+    def __init__(
+        self,
+        model_path: str | Path,
+        config: EngineConfig,
+        num_pages: int,
+        attention: AttentionBackend,
+        *,
+        shard: Callable[[DecoderForCausalLM], None] | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        self.device = device if device is not None else torch.device(config.device)
+        self.page_size = config.page_size
+        self.attention = attention
+        self.model, self.model_config = load_model(
+            model_path, config.dtype, self.device, shard=shard
+        )
+        mc = self.model_config
+        self.kv_pool = KVPool(
+            mc.num_hidden_layers,
+            num_pages,
+            config.page_size,
+            self.model.num_local_kv_heads,
+            mc.head_dim,
+            config.kv_torch_dtype,
+            self.device,
+        )
+
+    @torch.inference_mode()
+    def forward(self, rows: Sequence[BatchRow]) -> torch.Tensor:
+        """One forward over ``rows``; float32 logits ``[num sampling rows, vocab]``."""
+        batch = ForwardBatch.build(rows, self.page_size, self.device)
+        self.attention.prepare(batch)
+        logits: torch.Tensor = self.model(batch, self.kv_pool, self.attention)
+        return logits
