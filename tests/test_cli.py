@@ -61,3 +61,63 @@ def test_python_dash_m(qwen3_dir: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("hi")
+
+
+def test_every_engine_setting_is_a_flag() -> None:
+    from vibe_sgl_lite.cli import build_parser
+    from vibe_sgl_lite.config import FIELDS
+
+    parser, engine_dests, _ = build_parser()
+    assert set(engine_dests.values()) == set(FIELDS)
+    args = parser.parse_args(
+        ["generate", "--mem-fraction", "0.5", "--tp-size", "2", "--ep-size", "2", "--stop", "a"]
+    )
+    assert (args.mem_fraction, args.tp_size, args.ep_size, args.stop) == (0.5, 2, 2, ["a"])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--top-p", "2"], "top_p must be"),
+        (["--device", "gpu"], "device must be 'cpu', 'cuda' or 'cuda:N'"),
+        (["--mem-fraction", "0"], "mem_fraction must be"),
+    ],
+)
+def test_flags_are_checked_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    missing = tmp_path / "no-such-model"
+    assert main(["generate", "--model", str(missing), "hi", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "does not exist" not in err
+
+
+def test_max_model_len_beyond_the_model_is_refused(
+    qwen3_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["generate", "--model", str(qwen3_dir), "hi", "--max-model-len", "20000"]
+    assert main(args) == 2
+    assert "max_model_len must be <=" in capsys.readouterr().err
+
+
+def test_an_error_while_streaming_starts_its_own_line(
+    qwen3_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompt = "Once upon a time there was a tiny language model"
+    args = ["generate", "--model", str(qwen3_dir), prompt, "--max-model-len", "8"]
+    assert main(args + ["--max-total-tokens", "64"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == prompt + "\n"
+    assert captured.err.startswith("error: prompt has")
+
+
+def test_ctrl_c_is_one_line(
+    qwen3_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ModelRunner, "generate_stream", interrupted)
+    args = ["generate", "--model", str(qwen3_dir), "hi", "--max-total-tokens", "64"]
+    assert main(args) == 130
+    assert capsys.readouterr().err == "interrupted\n"
