@@ -50,7 +50,8 @@ def main() -> None:
         stats = runner.get_stats()
         print(
             f"\ncache_hit_rate={stats['cache_hit_rate']:.1%}  "
-            f"num_cached_pages={stats['num_cached_pages']} (held only by the tree)  "
+            f"num_cached_pages={stats['num_cached_pages']} "
+            f"({stats['num_evictable_pages']} held only by the tree)  "
             f"kv_pages_free={stats['kv_pages_free']}/{stats['kv_pages_total']}"
         )
 

@@ -110,7 +110,7 @@ def main() -> None:
     dot_path = args.out / "radix_tree.dot"
     dot_path.write_text(dot)
     print(
-        f"\npage_size=4; num_cached_pages={stats['num_cached_pages']} (held only by the tree); "
+        f"\npage_size=4; num_evictable_pages={stats['num_evictable_pages']} (held only by the tree); "
         f"cache_hit_rate={stats['cache_hit_rate']:.1%}\n"
     )
     print(tree)

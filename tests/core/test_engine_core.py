@@ -107,3 +107,18 @@ def test_every_setting_is_a_runner_keyword(qwen3_dir: Path) -> None:
         ModelRunner(qwen3_dir, page_sise=8)
     with pytest.raises(ValueError, match="mem_fraction"):
         ModelRunner(qwen3_dir, mem_fraction=0)
+
+
+def test_cached_and_evictable_pages(qwen3_dir: Path) -> None:
+    """``num_cached_pages``: pages the tree references; ``num_evictable_pages``: those held by
+    the tree alone. A running request's pages are cached but not evictable."""
+    with ModelRunner(qwen3_dir, max_total_tokens=256, page_size=4) as runner:
+        runner.generate("Once upon a time there was", max_tokens=6, ignore_eos=True)
+        stats = runner.get_stats()
+        assert stats["num_cached_pages"] > 0
+        assert stats["num_evictable_pages"] == stats["num_cached_pages"]
+        it = runner.generate_stream("Once upon a time there was", max_tokens=20, ignore_eos=True)
+        next(it)
+        stats = runner.get_stats()
+        assert 0 <= stats["num_evictable_pages"] < stats["num_cached_pages"]
+        it.close()
