@@ -273,10 +273,7 @@ class Engine:
 
     def abort(self, req: Request) -> None:
         """Drop a request wherever it is (a streaming client went away); frees its pages."""
-        if req in self.scheduler.running:
-            self.scheduler.finish(req)
-        elif req in self.scheduler.waiting:
-            self.scheduler.waiting.remove(req)
+        self.scheduler.abort(req)
         self.outputs.abort(req)
 
     def assert_invariants(self) -> None:

@@ -232,6 +232,13 @@ class Scheduler:
         self.add_request(req)
         self.num_preemptions += 1
 
+    def abort(self, req: Request) -> None:
+        """Take ``req`` out wherever it is; a running request's pages go as in ``finish``."""
+        if req in self.running:
+            self.finish(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+
     def finish(self, req: Request) -> None:
         """Retire a finished request: its computed tokens go to the prefix cache, pages freed."""
         self._cache_tokens(req, req.num_computed_tokens)
