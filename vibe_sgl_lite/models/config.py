@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+# Fields without a sensible default: every other field falls back to the usual value.
+REQUIRED_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
 
 
 @dataclass
@@ -66,9 +68,24 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> ModelConfig:
+        """Parse a ``config.json``-shaped dict; refuses what no registered model class can run.
+
+        The architecture is checked first, so an unsupported model (GPT-2 spells its fields
+        ``n_head``/``n_embd``) is reported as unsupported, with the list of supported ones,
+        instead of as a ``KeyError`` on the first field it spells differently."""
         archs = cfg.get("architectures") or []
         if not archs:
             raise ValueError("config.json has no 'architectures' entry")
+        # Imported here: the registry imports the model classes, which import this module.
+        from vibe_sgl_lite.models.registry import get_model_class
+
+        get_model_class(archs[0])
+        missing = [name for name in REQUIRED_FIELDS if cfg.get(name) is None]
+        if missing:
+            raise ValueError(
+                f"model config ({archs[0]}) lacks the required field(s) "
+                f"{', '.join(repr(m) for m in missing)}"
+            )
         heads = int(cfg["num_attention_heads"])
         head_dim = cfg.get("head_dim") or int(cfg["hidden_size"]) // heads
         rope_params = dict(cfg.get("rope_parameters") or {})

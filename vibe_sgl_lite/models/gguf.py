@@ -108,12 +108,22 @@ def is_gguf_file(path: str | os.PathLike[str]) -> bool:
 
 
 def _gguf_module() -> Any:
-    """The ``gguf`` package, imported on first use: it is an optional extra."""
+    """The ``gguf`` package, imported on first use: it is an optional extra.
+
+    Every GGUF entry point (config, tensors, ``ModelRunner``) reaches the package through here,
+    so a missing one fails as this one line instead of a ``ModuleNotFoundError`` deep inside a
+    load. An installed ``gguf`` that fails to import (for example a release older than 0.17
+    under numpy 2) is told apart: "install it" would send the user the wrong way."""
     try:
         import gguf
     except ImportError as exc:
+        if exc.name == "gguf":
+            raise ImportError(
+                "loading a .gguf file needs the 'gguf' package: pip install 'vibe-sgl-lite[gguf]'"
+            ) from exc
         raise ImportError(
-            "loading a .gguf file needs the 'gguf' package: pip install 'vibe-sgl-lite[gguf]'"
+            f"the installed 'gguf' package failed to import ({exc}); "
+            "pip install 'vibe-sgl-lite[gguf]' installs a supported version"
         ) from exc
     return gguf
 
