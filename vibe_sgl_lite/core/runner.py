@@ -27,6 +27,7 @@ from vibe_sgl_lite.cache.base import PrefixCache
 from vibe_sgl_lite.config import FIELDS, EngineConfig
 from vibe_sgl_lite.core.engine import Engine
 from vibe_sgl_lite.core.output import GenerationOutput
+from vibe_sgl_lite.core.tokenizer import Tokenizer
 from vibe_sgl_lite.kernels.attention import AttentionBackend
 from vibe_sgl_lite.sampling import SamplingParams
 from vibe_sgl_lite.scheduler import Request, Scheduler
@@ -105,7 +106,7 @@ class ModelRunner:
         return self.engine
 
     @property
-    def tokenizer(self) -> Any:
+    def tokenizer(self) -> Tokenizer:
         return self._engine.tokenizer
 
     # ---- generation --------------------------------------------------------------------------
