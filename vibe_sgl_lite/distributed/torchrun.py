@@ -1,0 +1,70 @@
+"""torchrun: the same code, one process per rank, possibly across machines."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from vibe_sgl_lite.batch.forward_batch import BatchRow
+from vibe_sgl_lite.config import EngineConfig
+from vibe_sgl_lite.distributed.rank import rank_worker, serve
+from vibe_sgl_lite.kernels.attention import AttentionBackend
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+class TorchrunExecutor:
+    """Under ``torchrun`` every process builds a ``ModelRunner``; rank 0 drives.
+
+    Rank 0's executor broadcasts each step's rows to the other ranks and runs its own shard; the
+    other ranks' ``ModelRunner`` constructors block in ``serve`` until rank 0 closes. The group
+    comes from torchrun's environment (``MASTER_ADDR``/``MASTER_PORT``), so multi-node works.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        config: EngineConfig,
+        num_pages: int,
+        attention: AttentionBackend,
+    ) -> None:
+        size = config.world_size
+        if int(os.environ["WORLD_SIZE"]) != size:
+            raise ValueError(
+                f"torchrun started {os.environ['WORLD_SIZE']} processes but tp_size/ep_size need "
+                f"{size}"
+            )
+        if not dist.is_initialized():
+            cuda = config.device.startswith("cuda")
+            dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
+        self.rank = dist.get_rank()
+        agreed: list[Any] = [num_pages]  # every rank must index the same pages
+        dist.broadcast_object_list(agreed, src=0)
+        self.shard = rank_worker(str(model_path), config, agreed[0], attention, self.rank, size)
+        self.is_driver = self.rank == 0
+        self._closed = False
+        if not self.is_driver:
+            serve(self.shard, None)
+            self._leave_group()
+
+    def execute(self, rows: Sequence[BatchRow]) -> torch.Tensor:
+        dist.broadcast_object_list([("forward", list(rows))], src=0)
+        return self.shard.forward(rows).cpu()
+
+    def close(self) -> None:
+        if not self._closed:
+            dist.broadcast_object_list([("stop", None)], src=0)
+            self._leave_group()
+
+    def _leave_group(self) -> None:
+        """Every rank leaves together: a rank exiting while Gloo threads still talk aborts."""
+        dist.barrier()
+        dist.destroy_process_group()
+        self._closed = True
