@@ -37,9 +37,13 @@ def add_dataclass_flags(
     hints = typing.get_type_hints(cls)
     dests: dict[str, str] = {}
     for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli", True):
+            continue
         dest = (renamed or {}).get(f.name, f.name)
         dests[dest] = f.name
         kind, repeat = _flag_type(hints[f.name])
+        if f.metadata.get("cli_type") is not None:
+            kind, repeat = f.metadata["cli_type"], False
         help_text = f.metadata.get("help") or f"SamplingParams.{f.name}"
         kwargs: dict[str, Any] = dict(dest=dest, default=f.default, help=help_text)
         if kind is bool:

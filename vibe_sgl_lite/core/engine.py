@@ -41,6 +41,8 @@ from vibe_sgl_lite.memory.page_allocator import PageAllocator
 from vibe_sgl_lite.models.config import ModelConfig
 from vibe_sgl_lite.models.worker import ModelWorker
 from vibe_sgl_lite.sampling import Sampler, SamplerOutput, SamplingParams
+from vibe_sgl_lite.sampling.builtin import builtin_plugins
+from vibe_sgl_lite.sampling.plugins import Plugin, PluginSet
 from vibe_sgl_lite.scheduler import ScheduledBatch, Scheduler, make_scheduler
 from vibe_sgl_lite.scheduler.request import Request
 from vibe_sgl_lite.utils.memory import available_memory_bytes
@@ -57,6 +59,7 @@ class Engine:
         scheduler: Scheduler | None = None,
         cache: PrefixCache | None = None,
         attention_backend: AttentionBackend | None = None,
+        plugins: Sequence[Plugin] = (),
     ) -> None:
         self.config = config
         self.device = torch.device(config.device)
@@ -77,6 +80,7 @@ class Engine:
         self.attention = attention_backend or get_attention_backend(config.attention_backend)
         self.executor = self._make_executor(model_path, num_pages)
         self.sampler = Sampler()
+        self.plugins = PluginSet([*builtin_plugins(self.tokenizer.hf), *plugins])
         self.outputs = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_model_len)
         self.check_invariants = os.environ.get(CHECK_INVARIANTS_ENV, "") not in ("", "0")
 
@@ -154,6 +158,7 @@ class Engine:
             mixed = (self.config.seed * 2654435761 + req_id) % 2**32
             seed = params.seed if params.seed is not None else mixed
             generator = torch.Generator(self.device).manual_seed(seed)
+        self.plugins.add_request(req_id, params, self.model_config.vocab_size)
         req = Request(req_id, prompt_ids, params, generator, arrival_order=req_id)
         req.priority = priority
         self.outputs.add_request(req)
@@ -200,14 +205,12 @@ class Engine:
         rows = self._build_rows(scheduled)
         logits = self.executor.execute(rows)
         sampling = [req for req, row in zip(scheduled.requests, rows) if row.sample]
-        sampled = self._sample(logits, sampling)
-        finished = [
-            req
-            for req, token, logprobs in zip(sampling, sampled.token_ids, sampled.logprobs)
-            if self.outputs.process(req, token, logprobs)
-        ]
+        controlled = self.plugins.process_logits(logits, sampling)
+        sampled = self._sample(controlled.logits, sampling, raw_logits=logits)
+        finished = self._process_outputs(sampling, sampled, controlled.errors)
         for req in finished:
             self.scheduler.finish(req)
+            self.plugins.release(req.request_id)
         if self.check_invariants:
             self.assert_invariants()
         return finished
@@ -240,7 +243,9 @@ class Engine:
         self.counters["num_steps"] += 1
         return rows
 
-    def _sample(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
+    def _sample(
+        self, logits: torch.Tensor, requests: list[Request], raw_logits: torch.Tensor
+    ) -> SamplerOutput:
         """One token per request from its row of ``logits [len(requests), vocab]``."""
         return self.sampler.sample(
             logits,
@@ -248,7 +253,22 @@ class Engine:
             [r.generator for r in requests],
             [r.prompt_ids for r in requests],
             [r.output_ids for r in requests],
+            raw_logits=raw_logits,
         )
+
+    def _process_outputs(
+        self, requests: list[Request], sampled: SamplerOutput, errors: dict[int, str]
+    ) -> list[Request]:
+        """Plugins' finish reasons, then ``OutputProcessor``; returns the finished requests."""
+        reasons = self.plugins.after_token(requests, sampled.token_ids, errors)
+        finished = []
+        for i, (req, token) in enumerate(zip(requests, sampled.token_ids)):
+            if i in errors:
+                self.outputs.fail(req, errors[i])
+                finished.append(req)
+            elif self.outputs.process(req, token, sampled.logprobs[i], reasons[i]):
+                finished.append(req)
+        return finished
 
     # ---- scoring -----------------------------------------------------------------------------
 
@@ -275,6 +295,7 @@ class Engine:
         """Drop a request wherever it is (a streaming client went away); frees its pages."""
         self.scheduler.abort(req)
         self.outputs.abort(req)
+        self.plugins.release(req.request_id)
 
     def assert_invariants(self) -> None:
         """Every page is free or held, and its reference count equals its holders: the
@@ -304,4 +325,5 @@ class Engine:
         admitted = self.scheduler.num_admitted_tokens
         stats["cache_hit_rate"] = self.scheduler.num_cached_tokens / admitted if admitted else 0.0
         stats.update(self.outputs.mean_timings())
+        stats.update(self.plugins.stats())
         return stats

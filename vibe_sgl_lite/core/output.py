@@ -36,7 +36,7 @@ class GenerationOutput:
     prompt_token_ids: list[int]
     token_ids: list[int]
     text: str
-    finish_reason: str | None  # "stop", "length", "abort", or "error" (then ``error`` says why)
+    finish_reason: str | None  # "stop", "length", "abort", a plugin's ("repetition", ...), "error"
     num_cached_tokens: int = 0
     logprobs: list[TokenLogprobs] | None = None
     error: str | None = None
@@ -88,8 +88,17 @@ class OutputProcessor:
     def add_request(self, req: Request) -> None:
         self._streams[req.request_id] = TextStream(self.tokenizer, req.params)
 
-    def process(self, req: Request, token: int, logprobs: TokenLogprobs | None) -> bool:
-        """Record one sampled token of ``req``; returns True when the request has finished."""
+    def process(
+        self,
+        req: Request,
+        token: int,
+        logprobs: TokenLogprobs | None,
+        plugin_reason: str | None = None,
+    ) -> bool:
+        """Record one sampled token of ``req``; returns True when the request has finished.
+
+        ``plugin_reason``: a generation-control plugin finishes the request with this token
+        (``"repetition"``, ``"entropy"``, a structured output that is complete: ``"stop"``)."""
         req.token_ids.append(token)
         if logprobs is not None:
             req.logprobs.append(logprobs)
@@ -97,8 +106,10 @@ class OutputProcessor:
             req.first_token_time = time.perf_counter()
         self.num_generated_tokens += 1
         params, stream = req.params, self._streams[req.request_id]
-        reason = None
-        if token in (params.stop_token_ids or ()) or (
+        reason = plugin_reason
+        if reason is not None:
+            _release(req, stream.add(token)[0])
+        elif token in (params.stop_token_ids or ()) or (
             not params.ignore_eos and token in self.eos_token_ids
         ):
             reason = "stop"  # the stop token's own text is not shown
@@ -123,6 +134,11 @@ class OutputProcessor:
         """End ``req`` without a finish of its own (a streaming client went away)."""
         self._end(req, req.finish_reason or "abort")
 
+    def fail(self, req: Request, error: str) -> None:
+        """End ``req`` with ``finish_reason="error"`` (a plugin raised on it); others go on."""
+        req.error = error
+        self._end(req, "error")
+
     def _end(self, req: Request, reason: str) -> None:
         req.state = RequestState.FINISHED
         req.finish_reason = reason
@@ -145,6 +161,7 @@ class OutputProcessor:
             finish_reason=req.finish_reason,
             num_cached_tokens=req.first_admission_cached_tokens or 0,
             logprobs=req.logprobs if req.params.logprobs is not None else None,
+            error=req.error,
             request_id=req.request_id,
             metrics=req.metrics(),
         )

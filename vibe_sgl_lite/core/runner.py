@@ -30,6 +30,7 @@ from vibe_sgl_lite.core.output import GenerationOutput
 from vibe_sgl_lite.core.tokenizer import Tokenizer
 from vibe_sgl_lite.kernels.attention import AttentionBackend
 from vibe_sgl_lite.sampling import SamplingParams
+from vibe_sgl_lite.sampling.plugins import Plugin
 from vibe_sgl_lite.scheduler import Request, Scheduler
 
 Prompt = str | Sequence[int]
@@ -53,7 +54,9 @@ class ModelRunner:
     **settings)``, where ``settings`` are ``EngineConfig``'s fields (``page_size=16``, ...).
 
     ``cache``, ``scheduler`` and ``attention_backend`` also take objects (a ``PrefixCache``, a
-    ``Scheduler`` subclass, an ``AttentionBackend``): the research hooks.
+    ``Scheduler`` subclass, an ``AttentionBackend``), and ``plugins`` generation-control
+    plugins that act on every request they apply to (``sampling/plugins.py``): the research
+    hooks.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class ModelRunner:
         *,
         cache: PrefixCache | None = None,
         scheduler: Scheduler | None = None,
+        plugins: Sequence[Plugin] = (),
         **settings: Any,
     ) -> None:
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
@@ -78,6 +82,7 @@ class ModelRunner:
             scheduler=scheduler,
             cache=cache,
             attention_backend=backend,
+            plugins=plugins,
         )
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -255,6 +260,7 @@ def _signature() -> inspect.Signature:
         inspect.Parameter("model_path", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
         inspect.Parameter("cache", inspect.Parameter.KEYWORD_ONLY, default=None),
         inspect.Parameter("scheduler", inspect.Parameter.KEYWORD_ONLY, default=None),
+        inspect.Parameter("plugins", inspect.Parameter.KEYWORD_ONLY, default=()),
     ]
     params += [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=f.default)

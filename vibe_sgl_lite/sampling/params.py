@@ -15,7 +15,8 @@ from dataclasses import dataclass, fields
 from numbers import Integral, Real
 from typing import Any
 
-from vibe_sgl_lite.utils.settings import setting
+from vibe_sgl_lite.sampling.plugins import Plugin
+from vibe_sgl_lite.utils.settings import json_arg, json_file_arg, setting, text_file_arg
 
 MAX_LOGPROBS = 20
 
@@ -42,6 +43,11 @@ def _bool(name: str, value: object) -> bool:
     return value
 
 
+def _token_key(key: object) -> object:
+    """JSON object keys are strings (OpenAI sends ``{"50256": -100}``): read digits as ints."""
+    return int(key) if isinstance(key, str) and key.isdigit() else key
+
+
 @dataclass
 class SamplingParams:
     """How to pick the next token of one request; see ``Sampler`` for the order of operations.
@@ -64,6 +70,31 @@ class SamplingParams:
     ignore_eos: bool = setting(False, "keep generating after an end-of-sequence token")
     logprobs: int | None = setting(None, "return the top-n log-probabilities of each token")
     skip_special_tokens: bool = setting(True, "leave special tokens out of the text")
+
+    # Generation control (sampling/plugins.py and the built-in plugins).
+    logit_bias: dict[int, float] | None = setting(
+        None, "token id -> bias in [-100, 100] added to its logit (OpenAI)", cli_type=json_arg
+    )
+    allowed_token_ids: list[int] | None = setting(None, "only these token ids may be sampled")
+    bad_words: list[str] | None = setting(None, "words (token sequences) never generated")
+    repeat_check: bool = setting(False, "stop when the output loops (finish_reason 'repetition')")
+    repeat_check_window: int = setting(1024, "recent tokens scanned for repeated blocks")
+    repeat_block_size: int = setting(64, "tokens per block compared by repeat_check")
+    repeat_min_blocks: int = setting(16, "identical blocks in the window that stop the request")
+    enable_entropy_early_exit: bool = setting(
+        False, "stop when the next-token entropy stays low (finish_reason 'entropy')"
+    )
+    entropy_threshold: float = setting(0.1, "entropy (nats) below which a step counts as low")
+    min_tokens_before_exit: int = setting(32, "tokens generated before entropy exit may stop")
+    entropy_exit_steps: int = setting(4, "consecutive low-entropy steps that stop the request")
+    json_schema: str | dict[str, Any] | None = setting(
+        None, "constrain the output to JSON matching this schema", cli_type=json_file_arg
+    )
+    regex: str | None = setting(None, "constrain the output to match this regular expression")
+    grammar: str | None = setting(
+        None, "constrain the output to this grammar (Lark/GBNF)", cli_type=text_file_arg
+    )
+    plugins: list[Plugin] | None = setting(None, "per-request plugins (Python only)", cli=False)
 
     def __post_init__(self) -> None:
         self.max_tokens = _int("max_tokens", self.max_tokens, ">= 1", lambda v: v >= 1)
@@ -93,6 +124,90 @@ class SamplingParams:
                 lambda v: 0 <= v <= MAX_LOGPROBS,
             )
         self.skip_special_tokens = _bool("skip_special_tokens", self.skip_special_tokens)
+        self._check_controls()
+
+    def _check_controls(self) -> None:
+        """The generation-control fields (ranges that need no vocabulary; the plugins check
+        token ids and compile grammars when the engine queues the request)."""
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, dict):
+                raise ValueError(
+                    f"logit_bias must be a dict {{token_id: bias}}, got {self.logit_bias!r}"
+                )
+            self.logit_bias = {
+                _int("logit_bias token id", _token_key(k), ">= 0", lambda v: v >= 0): _real(
+                    f"logit_bias[{k}]", v, "in [-100, 100]", lambda b: -100 <= b <= 100
+                )
+                for k, v in self.logit_bias.items()
+            }
+        if self.allowed_token_ids is not None:
+            ids = self.allowed_token_ids
+            if not isinstance(ids, (list, tuple)) or not ids:
+                raise ValueError(
+                    f"allowed_token_ids must be a non-empty list of token ids, got {ids!r}"
+                )
+            self.allowed_token_ids = [
+                _int("allowed_token_ids", t, ">= 0", lambda v: v >= 0) for t in ids
+            ]
+        if self.bad_words is not None:
+            words = self.bad_words
+            if not isinstance(words, (list, tuple)) or not all(
+                isinstance(w, str) and w for w in words
+            ):
+                raise ValueError(f"bad_words must be a list of non-empty strings, got {words!r}")
+            self.bad_words = list(words)
+        self.repeat_check = _bool("repeat_check", self.repeat_check)
+        self.repeat_block_size = _int(
+            "repeat_block_size", self.repeat_block_size, ">= 1", lambda v: v >= 1
+        )
+        self.repeat_min_blocks = _int(
+            "repeat_min_blocks", self.repeat_min_blocks, ">= 2", lambda v: v >= 2
+        )
+        need = self.repeat_block_size * self.repeat_min_blocks
+        self.repeat_check_window = _int(
+            "repeat_check_window",
+            self.repeat_check_window,
+            f">= repeat_block_size * repeat_min_blocks ({need})",
+            lambda v: v >= need,
+        )
+        self.enable_entropy_early_exit = _bool(
+            "enable_entropy_early_exit", self.enable_entropy_early_exit
+        )
+        self.entropy_threshold = _real(
+            "entropy_threshold", self.entropy_threshold, "> 0", lambda v: v > 0
+        )
+        self.min_tokens_before_exit = _int(
+            "min_tokens_before_exit", self.min_tokens_before_exit, ">= 0", lambda v: v >= 0
+        )
+        self.entropy_exit_steps = _int(
+            "entropy_exit_steps", self.entropy_exit_steps, ">= 1", lambda v: v >= 1
+        )
+        constraints = [
+            n for n in ("json_schema", "regex", "grammar") if getattr(self, n) is not None
+        ]
+        if len(constraints) > 1:
+            raise ValueError(
+                f"json_schema, regex and grammar are exclusive; got {', '.join(constraints)}"
+            )
+        if self.json_schema is not None and not isinstance(self.json_schema, (str, dict)):
+            raise ValueError(
+                f"json_schema must be a JSON string or a dict, got {self.json_schema!r}"
+            )
+        for name in ("regex", "grammar"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        if self.plugins is not None:
+            if not isinstance(self.plugins, (list, tuple)) or not all(
+                isinstance(p, Plugin) for p in self.plugins
+            ):
+                raise ValueError(f"plugins must be a list of Plugin objects, got {self.plugins!r}")
+            self.plugins = list(self.plugins)
+
+    @property
+    def structured(self) -> bool:
+        """Whether a json_schema, regex or grammar constrains the output."""
+        return self.json_schema is not None or self.regex is not None or self.grammar is not None
 
     @staticmethod
     def _normalise_stop(stop: object) -> list[str]:

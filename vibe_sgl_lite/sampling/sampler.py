@@ -169,12 +169,14 @@ class Sampler:
         generators: Sequence[torch.Generator | None],
         prompt_ids: Sequence[Sequence[int]],
         output_ids: Sequence[Sequence[int]],
+        raw_logits: torch.Tensor | None = None,
     ) -> SamplerOutput:
         """Pick one token per row of ``logits`` (``[B, V]``, any float dtype, used as float32).
 
         ``params``, ``generators``, ``prompt_ids`` and ``output_ids`` have one entry per row;
         ``output_ids`` are the tokens generated before this step. A non-greedy row draws from
-        its generator, which must live on ``logits.device``.
+        its generator, which must live on ``logits.device``. ``raw_logits``: the model's logits
+        before plugins changed them (logprobs score the model); default ``logits``.
         """
         batch = logits.shape[0]
         per_row: dict[str, Sequence[object]] = {
@@ -193,7 +195,8 @@ class Sampler:
             probs = sampling_probs(penalised[rows], [params[i] for i in rows])
             drawn = [draw(row_probs, generators[i]) for row_probs, i in zip(probs, rows)]
             tokens[rows] = torch.stack(drawn)
-        return SamplerOutput(tokens.tolist(), self._logprobs(logits, params, tokens))
+        raw = logits if raw_logits is None else raw_logits
+        return SamplerOutput(tokens.tolist(), self._logprobs(raw, params, tokens))
 
     @staticmethod
     def _logprobs(

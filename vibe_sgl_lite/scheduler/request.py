@@ -46,6 +46,7 @@ class Request:
     num_cached_tokens: int = 0
     cache_node: RadixNode | None = None  # the prefix-cache node this request keeps locked
     finish_reason: str | None = None
+    error: str | None = None  # why, when finish_reason == "error"
     logprobs: list[TokenLogprobs] = field(default_factory=list)
 
     text: str = ""  # text released so far (stop strings cut, incomplete UTF-8 held back)

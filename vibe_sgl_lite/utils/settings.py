@@ -7,7 +7,10 @@ docs read them from the field's metadata, so a setting is written down exactly o
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import field
+from pathlib import Path
 from typing import Any
 
 
@@ -15,10 +18,35 @@ def setting(
     default: Any = None,
     help: str = "",
     choices: tuple[str, ...] | None = None,
-    default_factory: Any = None,
+    *,
+    cli: bool = True,
+    cli_type: Callable[[str], Any] | None = None,
 ) -> Any:
-    """A dataclass field with ``metadata = {"help": help, "choices": choices}``."""
-    metadata = {"help": help, "choices": choices}
-    if default_factory is not None:
-        return field(default_factory=default_factory, metadata=metadata)
+    """A dataclass field that documents itself.
+
+    ``metadata``: ``help`` and ``choices`` (help text, allowed values), ``cli`` (False: no flag,
+    for values only Python can pass) and ``cli_type`` (how a flag's text becomes the value when
+    the field's type alone cannot say, e.g. a JSON file).
+    """
+    metadata = {"help": help, "choices": choices, "cli": cli, "cli_type": cli_type}
     return field(default=default, metadata=metadata)
+
+
+def json_arg(text: str) -> Any:
+    """A flag holding JSON text (``--logit-bias '{"42": -100}'``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc}): {text!r}") from None
+
+
+def json_file_arg(text: str) -> Any:
+    """A flag naming a JSON file, or holding JSON text itself."""
+    path = Path(text)
+    return json_arg(path.read_text() if path.is_file() else text)
+
+
+def text_file_arg(text: str) -> str:
+    """A flag naming a text file (a grammar), or holding the text itself."""
+    path = Path(text)
+    return path.read_text() if path.is_file() else text
