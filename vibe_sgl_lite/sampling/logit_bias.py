@@ -8,8 +8,9 @@ Per step, for the rows of requests that use any of the three, as tensor ops on `
                        (a one-token word is banned outright); each word is tokenised as written
                        and with a leading space, as vLLM does, so both spellings are caught
 
-Index tensors are built once per request (when it is queued) and concatenated per step: one
-``index_put_`` for the biases and one for the masks, however many rows use them.
+Index tensors are built once per request (its first step) and concatenated per step: one
+``index_put_`` each for the biases, the allowed-token mask and the bans, however many rows use
+them.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from vibe_sgl_lite.sampling.plugins import Plugin, PluginRow
 
 @dataclass
 class _Rules:
-    bias_ids: list[int]
-    bias_values: list[float]
-    allowed_ids: list[int] | None
+    bias_ids: torch.Tensor  # [n] long
+    bias_values: torch.Tensor  # [n] float32
+    allowed_ids: torch.Tensor | None  # [m] long
     bad_words: list[list[int]]  # token sequences, each non-empty
 
 
@@ -52,7 +53,7 @@ class LogitBias(Plugin):
             if bad:
                 raise ValueError(f"{field} token ids must be in [0, {vocab_size}), got {bad[0]}")
 
-    def _rules_of(self, row: PluginRow) -> _Rules:
+    def _rules_of(self, row: PluginRow, device: torch.device) -> _Rules:
         rules = self._rules.get(row.request_id)
         if rules is None:
             params = row.params
@@ -63,39 +64,49 @@ class LogitBias(Plugin):
                     if ids and ids not in words:
                         words.append(ids)
             bias = params.logit_bias or {}
-            rules = _Rules(list(bias), list(bias.values()), params.allowed_token_ids, words)
+            allowed = params.allowed_token_ids
+            rules = _Rules(
+                torch.tensor(list(bias), dtype=torch.long, device=device),
+                torch.tensor(list(bias.values()), dtype=torch.float32, device=device),
+                None if allowed is None else torch.tensor(allowed, device=device),
+                words,
+            )
             self._rules[row.request_id] = rules
         return rules
 
     def process_logits(self, logits: torch.Tensor, rows: Sequence[PluginRow]) -> torch.Tensor:
-        bias_rows: list[int] = []
-        bias_ids: list[int] = []
-        bias_values: list[float] = []
+        device = logits.device
+        bias_rows: list[torch.Tensor] = []
+        bias_ids: list[torch.Tensor] = []
+        bias_values: list[torch.Tensor] = []
+        allow_rows: list[torch.Tensor] = []
+        allow_ids: list[torch.Tensor] = []
         ban_rows: list[int] = []
         ban_ids: list[int] = []
-        allowed = torch.zeros_like(logits, dtype=torch.bool)
-        restricted: list[int] = []
         for r, row in enumerate(rows):
-            rules = self._rules_of(row)
-            bias_rows += [r] * len(rules.bias_ids)
-            bias_ids += rules.bias_ids
-            bias_values += rules.bias_values
+            rules = self._rules_of(row, device)
+            if len(rules.bias_ids):
+                bias_rows.append(torch.full_like(rules.bias_ids, r))
+                bias_ids.append(rules.bias_ids)
+                bias_values.append(rules.bias_values)
             if rules.allowed_ids is not None:
-                restricted.append(r)
-                allowed[r, rules.allowed_ids] = True
+                allow_rows.append(torch.full_like(rules.allowed_ids, r))
+                allow_ids.append(rules.allowed_ids)
             output = row.output_ids
             for word in rules.bad_words:
                 head = word[:-1]
                 if not head or (len(output) >= len(head) and output[-len(head) :] == head):
                     ban_rows.append(r)
                     ban_ids.append(word[-1])
-        device = logits.device
         if bias_ids:
-            index = (torch.tensor(bias_rows, device=device), torch.tensor(bias_ids, device=device))
-            logits.index_put_(index, logits.new_tensor(bias_values), accumulate=True)
-        if restricted:
-            rows_t = torch.tensor(restricted, device=device)
-            logits[rows_t] = logits[rows_t].masked_fill(~allowed[rows_t], float("-inf"))
+            index = (torch.cat(bias_rows), torch.cat(bias_ids))
+            logits.index_put_(index, torch.cat(bias_values).to(logits.dtype), accumulate=True)
+        if allow_ids:
+            restricted = torch.cat([r[:1] for r in allow_rows])  # one index per restricted row
+            allowed = torch.zeros_like(logits, dtype=torch.bool)
+            true = torch.tensor(True, device=device)
+            allowed.index_put_((torch.cat(allow_rows), torch.cat(allow_ids)), true)
+            logits.masked_fill_(~allowed & _rows_mask(logits, restricted), float("-inf"))
         if ban_ids:
             index = (torch.tensor(ban_rows, device=device), torch.tensor(ban_ids, device=device))
             logits.index_put_(index, logits.new_tensor(float("-inf")).expand(len(ban_ids)))
@@ -107,3 +118,10 @@ class LogitBias(Plugin):
 
     def stats(self) -> dict[str, float]:
         return {"rows": self.num_masked_rows}
+
+
+def _rows_mask(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``[R, 1]`` bool: True for the listed rows."""
+    mask = torch.zeros(logits.shape[0], 1, dtype=torch.bool, device=logits.device)
+    mask[rows] = True
+    return mask

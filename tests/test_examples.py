@@ -1,0 +1,27 @@
+"""Examples that document an interface run as written (``examples/plugin.py``: the plugin
+walk-through of docs/controlling_generation.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_plugin_example_ends_every_line_with_its_own_reason() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "plugin.py")], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    texts = [line.rsplit(" ", 1) for line in lines[:3]]  # repr(text), finish_reason
+    assert len(lines) == 4 and all(reason == "end_of_line" for _, reason in texts)
+    assert all(eval(text).endswith("\n") and "\n" not in eval(text)[:-1] for text, _ in texts)
+    assert lines[3] == "{'one_line.finished': 3, 'one_line.errors': 0}"
+    assert sum(1 for _ in (EXAMPLES / "plugin.py").open()) < 40
