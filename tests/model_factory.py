@@ -240,3 +240,65 @@ def hf_prefill_logits(model: Any, prompts: list[list[int]]) -> torch.Tensor:
     """transformers' logits for each prompt run alone, concatenated like ``prefill_logits``."""
     with torch.no_grad():
         return torch.cat([model(torch.tensor([ids])).logits[0] for ids in prompts])
+
+
+def build_looping_qwen3(
+    out_dir: Path,
+    tokenizer_dir: Path,
+    cycles: list[list[int]],
+    *,
+    scale: float = 4.0,
+    scales: dict[int, float] | None = None,
+    hidden_size: int = 64,
+) -> Path:
+    """A Qwen3 whose greedy output loops: after token ``cycle[i]`` comes ``cycle[i + 1]``
+    (wrapping), for each cycle in ``cycles`` (distinct token ids, at most ``hidden_size``).
+
+    Hand-set weights, built with transformers' own classes: ``o_proj`` and ``down_proj`` are
+    zero, so every layer adds nothing and each position sees only its own token; the ``n``-th
+    cycle token embeds as the one-hot ``e_n`` (RMSNorm makes it ``sqrt(hidden) * e_n``), and
+    ``lm_head[next, n] = scale``. The next-token logits of a cycle token are therefore
+    ``scale * sqrt(hidden)`` (8 * scale at hidden 64) for its successor and 0 for the other
+    tokens: with the default scale 4 the softmax is one-hot to ~1e-12 (entropy ~1e-10 nats);
+    ``scales[token]`` overrides the scale of that token's transition (0.1 gives an almost flat
+    distribution, entropy ~ln(vocab), whose argmax is still the successor). Tokens outside the
+    cycles embed as 0 and predict nothing in particular: end a prompt with a cycle token.
+    """
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    order = [t for cycle in cycles for t in cycle]
+    assert len(set(order)) == len(order) <= hidden_size, "cycle tokens must be distinct, <= hidden"
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    config = Qwen3Config(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=1024,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.norm.weight.fill_(1.0)
+        embed, head = model.model.embed_tokens.weight, model.lm_head.weight
+        embed.zero_()
+        head.zero_()
+        for cycle in cycles:
+            for i, token in enumerate(cycle):
+                n = order.index(token)
+                embed[token, n] = 1.0
+                head[cycle[(i + 1) % len(cycle)], n] = (scales or {}).get(token, scale)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir))
+    tok.save_pretrained(str(out_dir))
+    return out_dir
