@@ -121,3 +121,18 @@ def test_ctrl_c_is_one_line(
     args = ["generate", "--model", str(qwen3_dir), "hi", "--max-total-tokens", "64"]
     assert main(args) == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_generation_control_flags(qwen3_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with ModelRunner(qwen3_dir, max_total_tokens=256) as runner:
+        token = runner.tokenizer.encode(" time", add_special_tokens=False)[0]
+        expected = runner.generate(
+            "hi", max_tokens=4, temperature=0, ignore_eos=True, logit_bias={token: 100}
+        )
+        repeated = runner.tokenizer.decode([token] * 4)
+    args = ["generate", "--model", str(qwen3_dir), "hi", "--max-tokens", "4", "--temperature", "0"]
+    flags = ["--ignore-eos", "--logit-bias", f'{{"{token}": 100}}', "--repeat-check"]
+    flags += ["--repeat-block-size", "1", "--repeat-min-blocks", "8", "--repeat-check-window", "8"]
+    assert main(args + flags + ["--max-total-tokens", "256"]) == 0
+    assert capsys.readouterr().out == "hi" + expected + "\n"
+    assert expected == repeated

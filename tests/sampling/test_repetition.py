@@ -145,7 +145,7 @@ def test_settings_are_validated() -> None:
     with pytest.raises(ValueError, match="repeat_block_size"):
         RepetitionStop(block_size=0)
     with pytest.raises(ValueError, match="repeat_check_window"):  # a runner's W, a request's b, m
-        RepetitionStop(window=100).validate(SamplingParams(), vocab_size=10)
+        RepetitionStop(window=100).add_request(0, SamplingParams(), vocab_size=10)
 
 
 # ---- end to end on a looping model ------------------------------------------------------------

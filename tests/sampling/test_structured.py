@@ -7,7 +7,6 @@ parse. The mask itself is checked token by token against an independent llguidan
 
 from __future__ import annotations
 
-import gc
 import json
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +22,7 @@ from transformers import AutoTokenizer
 from vibe_sgl_lite import ModelRunner, SamplingParams
 from vibe_sgl_lite.cli import main
 from vibe_sgl_lite.sampling.plugins import Plugin, PluginRow
+from vibe_sgl_lite.sampling.repetition import RepetitionStop
 from vibe_sgl_lite.sampling.structured import JSON_DEFAULTS, StructuredOutput, constraint_of
 
 SCHEMA: dict[str, Any] = {
@@ -107,13 +107,13 @@ def test_constrained_outputs_always_parse(runner: ModelRunner, case: str) -> Non
     after = runner.get_stats()
     delta = {k: after[k] - before[k] for k in after if k.startswith("structured_output.")}
     assert delta["structured_output.requests"] == len(SEEDS)
-    assert delta["structured_output.compiled"] == len(SEEDS)  # in validate, not again
+    assert delta["structured_output.compiled"] == len(SEEDS)  # in add_request, not again
     assert delta["structured_output.masked_rows"] == sum(len(o.token_ids) for o in outputs)
     eos_ids = runner.tokenizer.eos_token_ids  # "stop" by the grammar, or by an EOS it allowed
     by_eos = sum(o.token_ids[-1] in eos_ids for o in outputs)
     assert delta["structured_output.finished"] + by_eos == len(SEEDS)
     plugin = structured_plugin(runner)
-    assert not plugin._states and not plugin._pending  # released at the end
+    assert not plugin._states  # released at the end
 
 
 def test_greedy_unchanged_by_a_constraint_that_admits_everything(runner: ModelRunner) -> None:
@@ -154,7 +154,7 @@ def test_mask_is_exactly_the_matchers_allowed_tokens(tokenizer_dir: Path) -> Non
         Row(3, SamplingParams(regex=REGEX, ignore_eos=True), output_ids=done),
         Row(4, SamplingParams(grammar="start: <[*]>*")),
     ]
-    plugin.validate(rows[0].params, vocab)  # the others are compiled (and replayed) on first use
+    plugin.add_request(0, rows[0].params, vocab)  # the others: compiled (and replayed) on first use
     logits = plugin.process_logits(torch.randn(len(rows), vocab) * 10, rows)
     allowed = [set(torch.isfinite(row).nonzero().flatten().tolist()) for row in logits]
 
@@ -175,7 +175,7 @@ def test_after_token_stops_when_the_grammar_is_complete(tokenizer_dir: Path) -> 
     hf = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     plugin = StructuredOutput(hf)
     params = SamplingParams(regex="ab(c|d)")
-    plugin.validate(params, len(hf))
+    plugin.add_request(7, params, len(hf))
     tokens = hf.encode("abc", add_special_tokens=False)
     row = Row(7, params)
     reasons = []
@@ -200,15 +200,13 @@ def test_after_token_stops_when_the_grammar_is_complete(tokenizer_dir: Path) -> 
     assert not plugin._states
 
 
-def test_validated_but_never_queued_matcher_is_dropped(tokenizer_dir: Path) -> None:
-    hf = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    plugin = StructuredOutput(hf)
-    params = SamplingParams(regex=REGEX)
-    plugin.validate(params, len(hf))
-    assert len(plugin._pending) == 1
-    del params  # another plugin rejected the request: the engine drops its params copy
-    gc.collect()
-    assert not plugin._pending
+def test_a_request_another_plugin_rejects_keeps_no_matcher(runner: ModelRunner) -> None:
+    plugin = structured_plugin(runner)
+    with pytest.raises(ValueError, match="logit_bias token ids"):
+        runner.generate("hi", regex=REGEX, logit_bias={10**7: 1.0})
+    with pytest.raises(ValueError, match="repeat_check_window"):
+        runner.generate("hi", regex=REGEX, plugins=[RepetitionStop(window=8)])
+    assert not plugin._states
 
 
 def test_json_defaults_are_compact_and_a_schema_can_override_them(tokenizer_dir: Path) -> None:

@@ -44,7 +44,7 @@ class LogitBias(Plugin):
     def applies(self, params: SamplingParams) -> bool:
         return bool(params.logit_bias or params.allowed_token_ids or params.bad_words)
 
-    def validate(self, params: SamplingParams, vocab_size: int) -> None:
+    def add_request(self, request_id: int, params: SamplingParams, vocab_size: int) -> None:
         for field, ids in (
             ("logit_bias", list(params.logit_bias or {})),
             ("allowed_token_ids", params.allowed_token_ids or []),

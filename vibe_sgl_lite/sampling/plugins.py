@@ -75,8 +75,9 @@ class Plugin:
         """Whether a runner-level plugin acts on a request with these parameters."""
         return True
 
-    def validate(self, params: SamplingParams, vocab_size: int) -> None:
-        """Check a request before it is queued; raise ``ValueError`` naming the field."""
+    def add_request(self, request_id: int, params: SamplingParams, vocab_size: int) -> None:
+        """A request this plugin acts on is about to be queued: check it (``ValueError`` naming
+        the field) and set up what the plugin keeps for it (``release`` drops it)."""
 
     def process_logits(self, logits: torch.Tensor, rows: Sequence[PluginRow]) -> torch.Tensor:
         """``logits: [len(rows), vocab]`` float32 (may be changed in place) -> the same shape."""
@@ -117,10 +118,17 @@ class PluginSet:
         self.failed: Counter[str] = Counter()
 
     def add_request(self, request_id: int, params: SamplingParams, vocab_size: int) -> None:
-        """Validate ``params`` with every plugin that will act on the request, then track it."""
+        """Let every plugin that will act on the request check and set it up, then track it."""
         active = [p for p in self.plugins if p.applies(params)] + list(params.plugins or [])
-        for plugin in active:
-            plugin.validate(params, vocab_size)
+        started: list[Plugin] = []
+        try:
+            for plugin in active:
+                plugin.add_request(request_id, params, vocab_size)
+                started.append(plugin)
+        except Exception:  # the request is not queued: nothing may be kept for it
+            for plugin in started:
+                plugin.release(request_id)
+            raise
         for plugin in params.plugins or []:
             self._per_request.setdefault(id(plugin), plugin)
         if active:

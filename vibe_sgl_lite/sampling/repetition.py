@@ -170,7 +170,7 @@ class RepetitionStop(Plugin):
     def applies(self, params: SamplingParams) -> bool:
         return self.runner_wide or params.repeat_check
 
-    def validate(self, params: SamplingParams, vocab_size: int) -> None:
+    def add_request(self, request_id: int, params: SamplingParams, vocab_size: int) -> None:
         self.settings(params).check()  # a runner's settings mixed with a request's
 
     def after_token(self, rows: Sequence[PluginRow], tokens: Sequence[int]) -> list[str | None]:

@@ -3,7 +3,7 @@
 llguidance (a Rust library) compiles the constraint into a matcher that knows, after any prefix
 of tokens, which next tokens keep the output inside the language. Per request and step:
 
-    validate (before queueing)    text -> llguidance grammar -> LLMatcher: compiled once, here;
+    add_request (before queueing) text -> llguidance grammar -> LLMatcher: compiled once, here;
                                   an invalid one raises ValueError naming the field
     process_logits [R, V]         llguidance fills one int32 bitmask [R, ceil(V / 32)] for all R
                                   rows in one call (its own thread pool); tensor ops unpack it to
@@ -29,7 +29,6 @@ Rules worth knowing:
 from __future__ import annotations
 
 import re
-import weakref
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -120,14 +119,9 @@ class StructuredOutput(Plugin):
         self._executor: llguidance.LLExecutor | None = None
         self._bitmask = torch.empty(0, 0, dtype=torch.int32)  # reused CPU buffer [rows, words]
         self._shifts: dict[torch.device, torch.Tensor] = {}  # arange(32) per device
-        # Matchers compiled by ``validate``, waiting for their request's first step. ``validate``
-        # sees only the params (the engine's private copy, also the request's ``params``), so
-        # they are keyed by its id(); the weak reference drops the entry if the request is never
-        # queued (another plugin rejected it), and guards against a reused id().
-        self._pending: dict[int, tuple[weakref.ref[SamplingParams], _State]] = {}
-        self._states: dict[int, _State] = {}  # request id -> state, from its first step
+        self._states: dict[int, _State] = {}  # request id -> its matcher
         self.num_requests = 0  # requests that got a matcher
-        self.num_compiled = 0  # matchers compiled (one per request: validate hands it over)
+        self.num_compiled = 0  # matchers compiled (one per request)
         self.num_masked_rows = 0
 
     def applies(self, params: SamplingParams) -> bool:
@@ -159,29 +153,17 @@ class StructuredOutput(Plugin):
         self.num_compiled += 1
         return _State(field, matcher)
 
-    def validate(self, params: SamplingParams, vocab_size: int) -> None:
+    def add_request(self, request_id: int, params: SamplingParams, vocab_size: int) -> None:
         """Compile the constraint now, so that a bad one fails the request before it is queued
-        and a good one is not compiled again at its first step."""
-        state = self._compile(params, vocab_size)
-        key = id(params)
-
-        def forget(ref: weakref.ref[SamplingParams]) -> None:
-            if key in self._pending and self._pending[key][0] is ref:
-                del self._pending[key]
-
-        self._pending[key] = (weakref.ref(params, forget), state)
+        and a good one is compiled once."""
+        self._states[request_id] = self._compile(params, vocab_size)
+        self.num_requests += 1
 
     def _state_of(self, row: PluginRow, vocab_size: int) -> _State:
         """The request's state, created once, with every output token consumed."""
-        state = self._states.get(row.request_id)
-        if state is None:
-            ref, pending = self._pending.pop(id(row.params), (None, None))
-            if ref is not None and ref() is row.params and pending is not None:
-                state = pending
-            else:  # not validated through PluginSet (a direct call): compile now
-                state = self._compile(row.params, vocab_size)
-            self._states[row.request_id] = state
-            self.num_requests += 1
+        if row.request_id not in self._states:  # not added through PluginSet: compile now
+            self.add_request(row.request_id, row.params, vocab_size)
+        state = self._states[row.request_id]
         output = row.output_ids
         if state.consumed > len(output) + 1:  # after_token may be one ahead (see there)
             raise RuntimeError(f"the matcher is ahead of the output ({state.consumed} tokens)")
