@@ -70,23 +70,44 @@ def _flag_type(hint: Any) -> tuple[type, bool]:
     return hint, False
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str], dict[str, str]]:
-    """The parser, and the flag destinations of the engine and the sampling settings."""
-    parser = argparse.ArgumentParser(prog="vibe-sgl-lite", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser(
-        "generate",
-        help="generate a completion of one or more prompts",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    gen.add_argument("prompt", nargs="*", default=["ROMEO:"], help="prompt(s); default 'ROMEO:'")
-    gen.add_argument(
+def _model_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
         "--model",
         "--model-path",
         dest="model_path",
         default=None,
         help="Hugging Face model folder or .gguf file (default: the bundled tiny-shakespeare)",
     )
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str], dict[str, str]]:
+    """The parser, and the flag destinations of the engine and the sampling settings."""
+    parser = argparse.ArgumentParser(prog="vibe-sgl-lite", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP server (docs/serving.md)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _model_flag(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind")
+    serve.add_argument("--port", type=int, default=30000, help="TCP port")
+    serve.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' (default: $VIBE_SGL_LITE_API_KEY, else none)",
+    )
+    serve.add_argument(
+        "--served-model-name", default=None, help="the model's name in the API (default: folder)"
+    )
+    add_dataclass_flags(serve.add_argument_group("engine settings"), EngineConfig)
+    gen = sub.add_parser(
+        "generate",
+        help="generate a completion of one or more prompts",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    gen.add_argument("prompt", nargs="*", default=["ROMEO:"], help="prompt(s); default 'ROMEO:'")
+    _model_flag(gen)
     gen.add_argument(
         "--stream",
         action=argparse.BooleanOptionalAction,
@@ -105,8 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, engine_dests, sampling_dests = build_parser()
     args = parser.parse_args(argv)
     try:
-        # Both checked before the model loads: a typo fails in milliseconds, not after a load.
+        # Checked before the model loads: a typo fails in milliseconds, not after a load.
         config = EngineConfig(**{name: getattr(args, d) for d, name in engine_dests.items()})
+        if args.command == "serve":
+            return _serve(args, config)
         sampling = {name: getattr(args, d) for d, name in sampling_dests.items()}
         SamplingParams(**sampling)
         return _generate(args, config, sampling)
@@ -116,6 +139,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _serve(args: argparse.Namespace, config: EngineConfig) -> int:
+    from vibe_sgl_lite.server import serve
+
+    return serve(
+        args.model_path,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        served_model_name=args.served_model_name,
+        **dataclasses.asdict(config),
+    )
 
 
 def _generate(args: argparse.Namespace, config: EngineConfig, sampling: dict[str, Any]) -> int:

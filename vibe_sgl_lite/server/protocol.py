@@ -1,0 +1,132 @@
+"""The OpenAI-compatible request bodies, and how each becomes ``SamplingParams``.
+
+Every field a body accepts is honoured; an unknown field is refused (``extra="forbid"``), so a
+client never believes a setting took effect when it did not. Values are checked by
+``SamplingParams`` itself, whose ``ValueError`` names the field (HTTP 400).
+
+Beyond OpenAI's fields, both bodies take the engine's own sampling fields as vLLM does
+(``top_k``, ``min_p``, ``repetition_penalty``, ``stop_token_ids``, ``ignore_eos``, and the
+generation-control fields ``repeat_check``..., ``regex``, ``grammar``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vibe_sgl_lite.sampling import SamplingParams
+
+MAX_N = 16
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class ResponseFormat(BaseModel):
+    """``{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": ...}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class EngineFields(BaseModel):
+    """The engine's sampling fields that OpenAI does not have (vLLM's extensions)."""
+
+    model_config = ConfigDict(extra="forbid")
+    top_k: int = -1
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
+    repeat_check: bool = False
+    repeat_check_window: int = 1024
+    repeat_block_size: int = 64
+    repeat_min_blocks: int = 16
+    regex: str | None = None
+    grammar: str | None = None
+
+
+class CommonFields(EngineFields):
+    model: str
+    n: int = Field(1, description=f"completions per prompt, 1..{MAX_N}")
+    temperature: float = 1.0
+    top_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None  # recorded nowhere, accepted as OpenAI does
+    logit_bias: dict[str, float] | None = None
+    response_format: ResponseFormat | None = None
+
+    def sampling_params(self, max_tokens: int, logprobs: int | None, index: int) -> SamplingParams:
+        """The ``SamplingParams`` of choice ``index`` (of ``n``); raises ``ValueError``."""
+        if not 1 <= self.n <= MAX_N:
+            raise ValueError(f"n must be an integer in [1, {MAX_N}], got {self.n}")
+        engine = {name: getattr(self, name) for name in EngineFields.model_fields}
+        json_schema: dict[str, Any] | None = None
+        if self.response_format is not None and self.response_format.type != "text":
+            json_schema = _schema_of(self.response_format)
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            # n choices with one seed must still differ, and replay exactly
+            seed=None if self.seed is None else self.seed + index,
+            stop=self.stop,
+            logprobs=logprobs,
+            logit_bias=self.logit_bias,  # type: ignore[arg-type]  # keys checked there
+            json_schema=json_schema,
+            **engine,
+        )
+
+
+def _schema_of(fmt: ResponseFormat) -> dict[str, Any]:
+    if fmt.type == "json_object":
+        return {"type": "object"}
+    inner = fmt.json_schema or {}
+    schema = inner.get("schema")
+    if not isinstance(schema, dict):
+        raise ValueError("response_format.json_schema.schema must be a JSON schema object")
+    return schema
+
+
+class CompletionRequest(CommonFields):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = 16
+    logprobs: int | None = None
+    echo: bool = False
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str
+    name: str | None = None
+
+
+class ChatCompletionRequest(CommonFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+
+class GenerateRequest(BaseModel):
+    """The native endpoint: ``generate_outputs(prompts, sampling_params)`` over HTTP."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompts: str | list[str] | list[int] | list[list[int]]
+    sampling_params: dict[str, Any] = Field(default_factory=dict)
