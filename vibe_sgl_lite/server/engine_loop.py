@@ -20,7 +20,7 @@ import asyncio
 import queue
 import threading
 import traceback
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,8 +75,13 @@ class RequestHandle:
 class EngineLoop:
     """Owns the engine thread; ``submit`` and ``abort`` are safe from any thread."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, on_finished: Sequence[Callable[[GenerationOutput], None]] = ()
+    ) -> None:
+        """``on_finished``: called in the engine thread with each request's final output (the
+        metrics observe latencies there); must be quick and must not raise."""
         self.engine = engine
+        self.on_finished = list(on_finished)
         self.commands: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.live: dict[int, RequestHandle] = {}
         self.stats: dict[str, Any] = engine.get_stats()
@@ -170,6 +175,8 @@ class EngineLoop:
             if req.is_finished:
                 delta.output = self.engine.outputs.to_output(req)
                 del self.live[request_id]
+                for listener in self.on_finished:
+                    listener(delta.output)
             if delta.text or delta.token_ids or delta.output is not None:
                 handle.push(delta)
         with self.stats_lock:
