@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
@@ -14,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.model_factory import build_looping_qwen3
+from tests.sampling.plugin_rows import Row
 from vibe_sgl_lite import ModelRunner, SamplingParams
 from vibe_sgl_lite.sampling.repetition import RepetitionStop, RollingBlocks
 
@@ -42,16 +42,6 @@ def predicted_stop(period: int, b: int, window: int, m: int) -> int | None:
     q = period // math.gcd(period, b)
     k = max(m, q + math.ceil(m / 2))
     return k * b if k <= window // b else None
-
-
-@dataclass
-class Row:
-    """A ``PluginRow``: what the engine's ``Request`` shows a plugin."""
-
-    request_id: int
-    params: SamplingParams
-    prompt_ids: list[int] = field(default_factory=lambda: [1])
-    output_ids: list[int] = field(default_factory=list)
 
 
 def plugin_first_stop(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from tests.sampling.plugin_rows import Row
 from vibe_sgl_lite import ModelRunner, SamplingParams
 from vibe_sgl_lite.cli import main
 from vibe_sgl_lite.sampling.plugins import Plugin, PluginRow
@@ -128,16 +128,6 @@ def test_greedy_unchanged_by_a_constraint_that_admits_everything(runner: ModelRu
     constrained = runner.generate_outputs(prompts, anything)
     assert [o.token_ids for o in constrained] == reference
     assert [o.finish_reason for o in constrained] == ["length"] * len(prompts)
-
-
-@dataclass
-class Row:
-    """A ``PluginRow`` without an engine."""
-
-    request_id: int
-    params: SamplingParams
-    prompt_ids: list[int] = field(default_factory=lambda: [1])
-    output_ids: list[int] = field(default_factory=list)
 
 
 def test_mask_is_exactly_the_matchers_allowed_tokens(tokenizer_dir: Path) -> None:
