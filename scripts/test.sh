@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[dev]"
+command -v chromedriver >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)  # tests/server_page
 python scripts/fetch_test_gguf.py > /dev/null  # the real GGUF of tests/models/test_gguf.py
 python -m black --check -q vibe_sgl_lite tests benchmarks examples scripts
 python -m isort --check -q vibe_sgl_lite tests benchmarks examples scripts

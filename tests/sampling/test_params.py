@@ -156,3 +156,10 @@ def test_from_kwargs_rejects_unknown_names_with_value_error() -> None:
 def test_field_names_list_every_field_in_order() -> None:
     assert FIELD_NAMES == tuple(f.name for f in fields(SamplingParams))
     assert FIELD_NAMES[:3] == ("max_tokens", "temperature", "top_k")
+
+
+@pytest.mark.parametrize("name", ["top_k", "seed", "max_tokens", "repeat_check_window"])
+def test_integers_beyond_64_bits_are_refused(name: str) -> None:
+    """They would overflow a tensor or the generator's seed and fail a whole step."""
+    with pytest.raises(ValueError, match=f"{name} must be an integer .* fits in 64 bits"):
+        SamplingParams(**{name: 2**63})

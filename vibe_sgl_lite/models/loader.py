@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
+from tqdm.auto import tqdm
 
 from vibe_sgl_lite.config import DTYPES
 from vibe_sgl_lite.models.config import ModelConfig
@@ -93,11 +94,21 @@ def iter_safetensors(model_dir: Path) -> Iterator[tuple[str, LazyTensor]]:
                 yield name, LazyTensor(sliced, tuple(sliced.get_shape()))
 
 
+def _num_tensors(model_dir: Path) -> int:
+    """Tensors in the checkpoint, from the files' headers (no tensor is read)."""
+    count = 0
+    for path in safetensors_files(model_dir):
+        with safe_open(str(path), framework="pt") as f:
+            count += len(f.keys())
+    return count
+
+
 def load_model(
     model_dir: str | Path,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
     shard: Callable[[DecoderForCausalLM], None] | None = None,
+    progress: bool | None = None,
 ) -> tuple[DecoderForCausalLM, ModelConfig]:
     """Build the registered class for ``model_dir`` and fill it with the checkpoint's weights.
 
@@ -107,6 +118,10 @@ def load_model(
     The model is built on the ``meta`` device (no memory), cut in place by ``shard`` (tensor
     and expert parallelism: ``distributed.tensor_parallel.shard_model`` for one rank), then
     materialised on ``device`` and loaded tensor by tensor.
+
+    ``progress`` shows a bar over the tensors on stderr: ``None`` (default) only when stderr is a
+    terminal and the load takes over a second (a big model read from disk), so logs and tests
+    stay clean; ``True`` always, ``False`` never.
     """
     model_dir = Path(model_dir)
     config = ModelConfig.from_path(model_dir)  # a folder or a .gguf file; errors otherwise
@@ -123,9 +138,13 @@ def load_model(
         if isinstance(module, RotaryEmbedding):
             module.build()
     weights: Iterator[tuple[str, Any]]
+    total = None
     if model_dir.is_dir():
-        weights = iter_safetensors(model_dir)
+        weights, total = iter_safetensors(model_dir), _num_tensors(model_dir)
     else:
         weights = iter_gguf_tensors(model_dir, torch_dtype)
-    model.load_weights(weights)
+    disable, delay = (None, 1.0) if progress is None else (not progress, 0.0)
+    bar = tqdm(weights, "Loading weights", total, unit=" tensors", disable=disable, delay=delay)
+    with bar:
+        model.load_weights(bar)
     return model.eval().requires_grad_(False), config

@@ -30,10 +30,19 @@ def _real(name: str, value: object, allowed: str, ok: Callable[[float], bool]) -
     raise ValueError(f"{name} must be a finite number {allowed}, got {value!r}")
 
 
+INT64_MAX = 2**63 - 1
+
+
 def _int(name: str, value: object, allowed: str, ok: Callable[[int], bool]) -> int:
-    """Return ``value`` as an int if it is an integer (not a bool) for which ``ok`` holds."""
+    """Return ``value`` as an int if it is an integer (not a bool) for which ``ok`` holds.
+
+    Integers must also fit in 64 bits (below ``2**63``): they end up in tensors and in
+    ``torch.Generator.manual_seed``, where a larger one would fail a whole step, not just
+    its request."""
     if isinstance(value, bool) or not isinstance(value, Integral) or not ok(int(value)):
         raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
+    if not -INT64_MAX - 1 <= int(value) <= INT64_MAX:
+        raise ValueError(f"{name} must be an integer {allowed} that fits in 64 bits, got {value!r}")
     return int(value)
 
 

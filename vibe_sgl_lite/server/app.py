@@ -7,16 +7,20 @@
     GET  /health                200 while the engine thread runs
 
 Errors are OpenAI-shaped, ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad
-body (the message names the field), 401 for a missing or wrong API key, 404 for an unknown
-model, 413 for a body over ``MAX_BODY_BYTES``.
+body or a request the engine refuses (the message names the field, also before a stream
+starts), 401 for a missing or wrong API key, 404 for an unknown model, 413 for a body over
+``MAX_BODY_BYTES``, 500 for a failure inside the engine (a bug: the server keeps serving), 503
+once the server is shutting down.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
@@ -24,10 +28,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from jinja2 import TemplateError
 
 from vibe_sgl_lite.core.output import GenerationOutput
 from vibe_sgl_lite.core.runner import ModelRunner
 from vibe_sgl_lite.sampling import SamplingParams, TokenLogprobs
+from vibe_sgl_lite.sampling.params import FIELD_NAMES
+from vibe_sgl_lite.server.dashboard import add_page_routes
 from vibe_sgl_lite.server.engine_loop import Delta, EngineLoop, RequestHandle
 from vibe_sgl_lite.server.protocol import (
     ChatCompletionRequest,
@@ -46,18 +53,39 @@ class APIError(Exception):
         self.status, self.message, self.param = status, message, param
 
 
-def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object (also the event that ends a stream that failed)."""
     kind = {401: "authentication_error", 404: "not_found_error"}.get(
-        status, "invalid_request_error"
+        status, "server_error" if status >= 500 else "invalid_request_error"
     )
-    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
-    return JSONResponse(body, status_code=status)
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
 
 
-def _field_of(message: str) -> str | None:
-    """``SamplingParams`` errors start with the field's name."""
-    head = message.split(" ", 1)[0]
-    return head if head.isidentifier() else None
+def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param), status_code=status)
+
+
+KNOWN_FIELDS = frozenset(
+    [*FIELD_NAMES, *CompletionRequest.model_fields, *ChatCompletionRequest.model_fields]
+)
+COMPLETION_RENAMES = {"json_schema": "response_format"}
+CHAT_RENAMES = {**COMPLETION_RENAMES, "prompt": "messages", "logprobs": "top_logprobs"}
+
+
+def bad_request(message: str, renames: dict[str, str]) -> APIError:
+    """A 400 whose ``param`` is the body field the message is about, if it names one.
+
+    ``SamplingParams`` and the engine start their messages with the field's name (``"top_p
+    must be ..."``, ``"logit_bias[7] must be ..."``, ``"prompt has 900 tokens ..."``); the
+    OpenAI bodies spell a few of those fields differently (``renames``: the engine's
+    ``json_schema`` is the body's ``response_format``), and then the message gets the body's
+    name in front. A message that starts with anything else names no field.
+    """
+    head = re.split(r"[\s.\[]", message, maxsplit=1)[0]
+    if head not in KNOWN_FIELDS:
+        return APIError(400, message)
+    param = renames.get(head, head)
+    return APIError(400, message if param == head else f"{param}: {message}", param)
 
 
 def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None) -> FastAPI:
@@ -68,7 +96,7 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state["loop"] = EngineLoop(engine)
+        state["loop"] = EngineLoop(engine, on_finished=[metrics.observe])
         yield
         state["loop"].shutdown()
 
@@ -76,6 +104,8 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
 
     def loop() -> EngineLoop:
         return state["loop"]
+
+    metrics = add_page_routes(app, loop, model_name)  # GET /, /v1/engine/state, /metrics
 
     @app.middleware("http")
     async def guard(
@@ -114,37 +144,89 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
             )
 
     def params_for(
-        body: CommonFields, max_tokens: int | None, logprobs: int | None
+        body: CommonFields, max_tokens: int | None, logprobs: int | None, renames: dict[str, str]
     ) -> list[SamplingParams]:
         limit = engine.max_model_len
         if max_tokens is not None and not 1 <= max_tokens <= limit:
+            name = renames.get("max_tokens", "max_tokens")
             raise APIError(
-                400,
-                f"max_tokens must be an integer in [1, {limit}], got {max_tokens}",
-                "max_tokens",
+                400, f"{name} must be an integer in [1, {limit}], got {max_tokens}", name
             )
         try:
             return [body.sampling_params(max_tokens or limit, logprobs, i) for i in range(body.n)]
         except ValueError as exc:
-            raise APIError(400, str(exc), _field_of(str(exc))) from None
+            raise bad_request(str(exc), renames) from None
 
-    def start(prompts: list[str | list[int]], params: list[SamplingParams]) -> list[RequestHandle]:
-        """Queue one request per prompt and choice, all at once: they share every step."""
-        return [loop().submit(prompt, p) for prompt in prompts for p in params]
+    def failure(delta: Delta, renames: dict[str, str]) -> APIError:
+        assert delta.error is not None
+        if delta.status == 400:
+            return bad_request(delta.error, renames)
+        return APIError(delta.status, delta.error)
 
-    async def collect(handles: list[RequestHandle]) -> list[GenerationOutput]:
+    async def start(
+        prompts: list[str | list[int]], params: list[SamplingParams], renames: dict[str, str]
+    ) -> list[RequestHandle]:
+        """Queue one request per prompt and choice, all at once: they share every step.
+
+        Waits until the engine has accepted them all and raises its first refusal as the HTTP
+        error, so that a stream is only ever started for requests that will run.
+        """
+        handles = [loop().submit(prompt, p) for prompt in prompts for p in params]
+        for handle in handles:
+            refusal = await handle.admitted()
+            if refusal is not None:
+                for other in handles:
+                    other.abort()
+                raise failure(refusal, renames)
+        return handles
+
+    async def collect(
+        handles: list[RequestHandle], request: Request, renames: dict[str, str]
+    ) -> list[GenerationOutput]:
+        """Each handle's final output, in order.
+
+        A client that hangs up on a non-streamed request would otherwise only be noticed when
+        the response is written, after the engine spent the request's whole ``max_tokens``:
+        a watcher aborts the requests as soon as the ASGI server reports the disconnect.
+        """
+        watcher = asyncio.create_task(abort_on_disconnect(request, handles))
         outputs: list[GenerationOutput] = []
         try:
             for handle in handles:
                 async for delta in handle.events():
                     if delta.error is not None:
-                        raise APIError(400, delta.error, _field_of(delta.error))
+                        raise failure(delta, renames)
                     if delta.output is not None:
                         outputs.append(delta.output)
         finally:
+            watcher.cancel()
             for handle in handles:
                 handle.abort()
         return outputs
+
+    async def abort_on_disconnect(request: Request, handles: list[RequestHandle]) -> None:
+        # The body has been read, so the next message can only be the disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        for handle in handles:
+            handle.abort()
+
+    def check_finished(outputs: list[GenerationOutput]) -> None:
+        """A request that failed inside the engine (a plugin raised on it) is a server error
+        in the OpenAI API, whose finish reasons have no ``"error"``."""
+        for out in outputs:
+            if out.finish_reason == "error":
+                raise APIError(500, f"internal error: {out.error}")
+
+    def stream_failure(delta: Delta, renames: dict[str, str]) -> str | None:
+        """The SSE error event that ends a stream (OpenAI's shape), if ``delta`` is a failure."""
+        try:
+            if delta.error is not None:
+                raise failure(delta, renames)
+            check_finished([delta.output] if delta.output is not None else [])
+        except APIError as exc:
+            return sse(error_body(exc.status, exc.message, exc.param))
+        return None
 
     def usage(outputs: list[GenerationOutput], prompt_tokens: int) -> dict[str, int]:
         completion = sum(len(o.token_ids) for o in outputs)
@@ -187,8 +269,10 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
 
     # ---- endpoints ---------------------------------------------------------------------------
 
-    @app.get("/health")
-    async def health() -> dict[str, str]:
+    @app.get("/health", response_model=None)
+    async def health() -> Any:
+        if not loop().is_alive():
+            return error_response(503, "the engine thread is not running")
         return {"status": "ok"}
 
     @app.get("/v1/models")
@@ -206,20 +290,21 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
                 "logprobs",
             )
         prompts = _prompts(body.prompt)
-        params = params_for(body, body.max_tokens, body.logprobs)
+        params = params_for(body, body.max_tokens, body.logprobs, COMPLETION_RENAMES)
         created, rid = int(time.time()), f"cmpl-{secrets.token_hex(12)}"
-        handles = start(prompts, params)
+        handles = await start(prompts, params, COMPLETION_RENAMES)
+        # choices are prompt-major: choice i completes prompt i // n; the engine has checked
+        # the token ids by now (decoding one out of the vocabulary would raise)
+        prefixes = [echo_text(prompt) if body.echo else "" for prompt in prompts for _ in params]
         if body.stream:
             return StreamingResponse(
-                completion_stream(body, handles, created, rid), media_type="text/event-stream"
+                completion_stream(body, handles, prefixes, created, rid),
+                media_type="text/event-stream",
             )
-        outputs = await collect(handles)
+        outputs = await collect(handles, request, COMPLETION_RENAMES)
+        check_finished(outputs)
         choices = []
-        for index, out in enumerate(outputs):  # prompt-major: choice i is prompt i // n
-            prompt = prompts[index // body.n]
-            prefix = ""
-            if body.echo:
-                prefix = prompt if isinstance(prompt, str) else engine.tokenizer.decode(prompt)
+        for index, (out, prefix) in enumerate(zip(outputs, prefixes)):
             logprobs = None
             if body.logprobs is not None and out.logprobs is not None:
                 logprobs = completion_logprobs(out.logprobs, len(prefix))
@@ -241,29 +326,46 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
             "usage": usage(outputs, prompt_tokens),
         }
 
+    def echo_text(prompt: str | list[int]) -> str:
+        return prompt if isinstance(prompt, str) else engine.tokenizer.decode(prompt)
+
     async def completion_stream(
-        body: CompletionRequest, handles: list[RequestHandle], created: int, rid: str
+        body: CompletionRequest,
+        handles: list[RequestHandle],
+        prefixes: list[str],
+        created: int,
+        rid: str,
     ) -> AsyncIterator[str]:
         outputs: list[GenerationOutput] = []
+
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+            return sse(
+                {
+                    "id": rid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": model_name,
+                    "choices": choices,
+                    **extra,
+                }
+            )
+
         try:
-            for index, handle in enumerate(handles):
+            for index, (handle, prefix) in enumerate(zip(handles, prefixes)):
+                position = len(prefix)  # text_offset of the next token, as in the full text
+                if prefix:
+                    yield chunk(
+                        [{"index": index, "text": prefix, "logprobs": None, "finish_reason": None}]
+                    )
                 async for delta in handle.events():
-                    if delta.error is not None:
-                        yield sse(
-                            {
-                                "error": {
-                                    "message": delta.error,
-                                    "type": "invalid_request_error",
-                                    "param": _field_of(delta.error),
-                                    "code": None,
-                                }
-                            }
-                        )
+                    if (event := stream_failure(delta, COMPLETION_RENAMES)) is not None:
+                        yield event
                         return
                     finish = delta.output.finish_reason if delta.output is not None else None
                     logprobs = None
                     if body.logprobs is not None and delta.logprobs:
-                        logprobs = completion_logprobs(delta.logprobs, 0)
+                        logprobs = completion_logprobs(delta.logprobs, position)
+                        position += sum(len(text) for text in logprobs["tokens"])
                     if delta.text or finish is not None or logprobs is not None:
                         choice = {
                             "index": index,
@@ -271,40 +373,25 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
                             "logprobs": logprobs,
                             "finish_reason": finish,
                         }
-                        yield sse(
-                            {
-                                "id": rid,
-                                "object": "text_completion",
-                                "created": created,
-                                "model": model_name,
-                                "choices": [choice],
-                            }
-                        )
+                        yield chunk([choice])
                     if delta.output is not None:
                         outputs.append(delta.output)
             if body.stream_options is not None and body.stream_options.include_usage:
                 prompt_tokens = sum(len(o.prompt_token_ids) for o in outputs[:: body.n])
-                yield sse(
-                    {
-                        "id": rid,
-                        "object": "text_completion",
-                        "created": created,
-                        "model": model_name,
-                        "choices": [],
-                        "usage": usage(outputs, prompt_tokens),
-                    }
-                )
+                yield chunk([], usage=usage(outputs, prompt_tokens))
             yield "data: [DONE]\n\n"
         finally:
             for handle in handles:
                 handle.abort()
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatCompletionRequest) -> Any:
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         check_model(body.model)
         if body.top_logprobs is not None and not body.logprobs:
             raise APIError(400, "top_logprobs needs logprobs=true", "top_logprobs")
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        max_field = "max_tokens" if body.max_completion_tokens is None else "max_completion_tokens"
+        renames = {**CHAT_RENAMES, "max_tokens": max_field}
         max_tokens = (
             body.max_completion_tokens
             if body.max_completion_tokens is not None
@@ -314,19 +401,20 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
             text = engine.tokenizer.apply_chat_template(
                 [m.model_dump(exclude_none=True) for m in body.messages]
             )
-        except ValueError as exc:
+        except (ValueError, TemplateError) as exc:  # no template, or its raise_exception(...)
             raise APIError(400, f"messages: {exc}", "messages") from None
         prompt = engine.tokenizer.encode(text, add_special_tokens=False)
         if max_tokens is None:  # up to the model's length, as OpenAI does
             max_tokens = max(1, min(engine.max_model_len - len(prompt), engine.max_model_len))
-        params = params_for(body, max_tokens, logprobs)
+        params = params_for(body, max_tokens, logprobs, renames)
         created, rid = int(time.time()), f"chatcmpl-{secrets.token_hex(12)}"
-        handles = start([prompt], params)
+        handles = await start([prompt], params, renames)
         if body.stream:
             return StreamingResponse(
-                chat_stream(body, handles, created, rid), media_type="text/event-stream"
+                chat_stream(body, handles, renames, created, rid), media_type="text/event-stream"
             )
-        outputs = await collect(handles)
+        outputs = await collect(handles, request, renames)
+        check_finished(outputs)
         choices = [
             {
                 "index": i,
@@ -350,43 +438,41 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
         }
 
     async def chat_stream(
-        body: ChatCompletionRequest, handles: list[RequestHandle], created: int, rid: str
+        body: ChatCompletionRequest,
+        handles: list[RequestHandle],
+        renames: dict[str, str],
+        created: int,
+        rid: str,
     ) -> AsyncIterator[str]:
         outputs: list[GenerationOutput] = []
 
-        def chunk(choice: dict[str, Any]) -> str:
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
             return sse(
                 {
                     "id": rid,
                     "object": "chat.completion.chunk",
                     "created": created,
                     "model": model_name,
-                    "choices": [choice],
+                    "choices": choices,
+                    **extra,
                 }
             )
 
         try:
             for index, handle in enumerate(handles):
                 yield chunk(
-                    {
-                        "index": index,
-                        "delta": {"role": "assistant", "content": ""},
-                        "logprobs": None,
-                        "finish_reason": None,
-                    }
+                    [
+                        {
+                            "index": index,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
                 )
                 async for delta in handle.events():
-                    if delta.error is not None:
-                        yield sse(
-                            {
-                                "error": {
-                                    "message": delta.error,
-                                    "type": "invalid_request_error",
-                                    "param": _field_of(delta.error),
-                                    "code": None,
-                                }
-                            }
-                        )
+                    if (event := stream_failure(delta, renames)) is not None:
+                        yield event
                         return
                     finish = delta.output.finish_reason if delta.output is not None else None
                     logprobs = (
@@ -394,50 +480,70 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
                     )
                     if delta.text or logprobs is not None:
                         yield chunk(
-                            {
-                                "index": index,
-                                "delta": {"content": delta.text},
-                                "logprobs": logprobs,
-                                "finish_reason": None,
-                            }
+                            [
+                                {
+                                    "index": index,
+                                    "delta": {"content": delta.text},
+                                    "logprobs": logprobs,
+                                    "finish_reason": None,
+                                }
+                            ]
                         )
                     if finish is not None:
                         yield chunk(
-                            {"index": index, "delta": {}, "logprobs": None, "finish_reason": finish}
+                            [
+                                {
+                                    "index": index,
+                                    "delta": {},
+                                    "logprobs": None,
+                                    "finish_reason": finish,
+                                }
+                            ]
                         )
                     if delta.output is not None:
                         outputs.append(delta.output)
             if body.stream_options is not None and body.stream_options.include_usage:
                 prompt_tokens = len(outputs[0].prompt_token_ids) if outputs else 0
-                yield sse(
-                    {
-                        "id": rid,
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": model_name,
-                        "choices": [],
-                        "usage": usage(outputs, prompt_tokens),
-                    }
-                )
+                yield chunk([], usage=usage(outputs, prompt_tokens))
             yield "data: [DONE]\n\n"
         finally:
             for handle in handles:
                 handle.abort()
 
     @app.post("/generate")
-    async def generate(body: GenerateRequest) -> list[dict[str, Any]]:
+    async def generate(body: GenerateRequest, request: Request) -> list[dict[str, Any]]:
+        """``generate_outputs`` over HTTP, refusals included: a prompt the engine refuses gets
+        an output with ``finish_reason="error"`` and its message, and the others complete."""
         try:
             params = SamplingParams.from_kwargs(**body.sampling_params)
         except (ValueError, TypeError) as exc:
-            raise APIError(400, str(exc), _field_of(str(exc))) from None
-        outputs = await collect(start(_prompts(body.prompts), [params]))
+            raise APIError(400, f"sampling_params: {exc}", "sampling_params") from None
+        prompts = _prompts(body.prompts)
+        handles = [loop().submit(prompt, params) for prompt in prompts]
+        refusals = [await handle.admitted() for handle in handles]
+        server_side = [r for r in refusals if r is not None and r.status != 400]
+        accepted = [h for h, r in zip(handles, refusals) if r is None]
+        if server_side:
+            for handle in accepted:
+                handle.abort()
+            raise failure(server_side[0], {})
+        finished = iter(await collect(accepted, request, {}))
+        outputs = [
+            next(finished) if r is None else GenerationOutput.failed(_ids(p), str(r.error))
+            for p, r in zip(prompts, refusals)
+        ]
         return [asdict(out) for out in outputs]
 
     app.state.engine_loop = loop
     return app
 
 
-def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+def _ids(prompt: str | list[int]) -> list[int]:
+    """A refused prompt's token ids as ``generate_outputs`` reports them (none for text)."""
+    return [] if isinstance(prompt, str) else list(prompt)
+
+
+def _prompts(prompt: str | list[int] | Sequence[str | list[int]]) -> list[str | list[int]]:
     """OpenAI's four prompt shapes as a list of prompts (a string or token ids each)."""
     if isinstance(prompt, str):
         return [prompt]

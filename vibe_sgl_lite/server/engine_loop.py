@@ -8,6 +8,7 @@
                                                   after every Engine.step: each live request's
                                                   new text and tokens; a final event when done
     handle.abort()  (client went away)        ─► commands queue ─► Engine.abort (pages freed)
+    loop.call(fn)   (flush the cache, ...)    ─► commands queue ─► fn(engine) between steps
 
 The engine is only ever touched by its thread, so it needs no lock; handlers never block the
 event loop (they await their request's ``asyncio.Queue``). A step that raises fails the
@@ -17,17 +18,26 @@ requests in it, never the thread: the server keeps serving.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import queue
 import threading
-import traceback
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from vibe_sgl_lite.core.engine import Engine
 from vibe_sgl_lite.core.output import GenerationOutput
 from vibe_sgl_lite.sampling import SamplingParams, TokenLogprobs
 from vibe_sgl_lite.scheduler import Request
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+STATS_INTERVAL_S = 0.1
+"""How often, at most, streaming requests refresh the published statistics."""
 
 
 @dataclass
@@ -38,7 +48,8 @@ class Delta:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     output: GenerationOutput | None = None
-    error: str | None = None  # the request was refused (a ValueError naming the field)
+    error: str | None = None  # the request was refused or failed; ``status`` says whose fault
+    status: int = 400  # 400: refused (the message names the field), 500: engine, 503: stopping
 
 
 class RequestHandle:
@@ -48,6 +59,7 @@ class RequestHandle:
         self._engine_loop = loop
         self._asyncio_loop = asyncio_loop
         self.queue: asyncio.Queue[Delta] = asyncio.Queue()
+        self._verdict: asyncio.Future[Delta | None] = asyncio_loop.create_future()
         self.request: Request | None = None  # set by the engine thread once queued
         self.finished = False
         self.sent_tokens = 0  # engine thread: tokens already sent
@@ -56,6 +68,25 @@ class RequestHandle:
     def push(self, delta: Delta) -> None:
         """Engine thread -> event loop."""
         self._asyncio_loop.call_soon_threadsafe(self.queue.put_nowait, delta)
+
+    def admit(self, refusal: Delta | None) -> None:
+        """Engine thread: the request was queued (``None``) or refused (also sent as an event)."""
+        self._asyncio_loop.call_soon_threadsafe(self._settle, refusal)
+        if refusal is not None:
+            self.push(refusal)
+
+    def _settle(self, refusal: Delta | None) -> None:
+        if not self._verdict.done():
+            self._verdict.set_result(refusal)
+
+    async def admitted(self) -> Delta | None:
+        """``None`` once the engine has queued the request, else the refusal (``error`` set).
+
+        A handler awaits this before it starts a stream, so that a request the engine refuses
+        (a prompt too long, a token id out of range, a grammar that does not compile) gets an
+        HTTP error status instead of an error inside a ``200`` event stream.
+        """
+        return await self._verdict
 
     async def events(self) -> AsyncIterator[Delta]:
         """Every event until the final one (``output`` or ``error`` set)."""
@@ -84,8 +115,10 @@ class EngineLoop:
         self.on_finished = list(on_finished)
         self.commands: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.live: dict[int, RequestHandle] = {}
-        self.stats: dict[str, Any] = engine.get_stats()
         self.stats_lock = threading.Lock()
+        self.stats: dict[str, Any] = {}
+        self._stats_time = 0.0
+        self._refresh_stats(force=True)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vibe-sgl-lite-engine", daemon=True)
         self._thread.start()
@@ -96,13 +129,29 @@ class EngineLoop:
         self, prompt: str | Sequence[int], params: SamplingParams, priority: int = 0
     ) -> RequestHandle:
         handle = RequestHandle(self, asyncio.get_running_loop())
-        self.commands.put(("add", (handle, prompt, params, priority)))
+        if self._thread.is_alive():
+            self.commands.put(("add", (handle, prompt, params, priority)))
+        else:  # nobody would ever answer: refuse now rather than hang the client
+            handle.admit(Delta(error="the engine is not running", status=503))
         return handle
 
+    def call(self, fn: Callable[[Engine], T]) -> concurrent.futures.Future[T]:
+        """Run ``fn(engine)`` in the engine thread between two steps, the only place the engine
+        may be touched (flushing the prefix cache, a read that must see one consistent state);
+        the future holds its result or exception."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self.commands.put(("call", (fn, future)))
+        return future
+
     def get_stats(self) -> dict[str, Any]:
-        """The engine's statistics after its last step (a copy, safe from any thread)."""
+        """The engine's statistics after its last step or command (a copy, safe from any
+        thread)."""
         with self.stats_lock:
             return dict(self.stats)
+
+    def is_alive(self) -> bool:
+        """Whether the engine thread still serves (``/health``)."""
+        return self._thread.is_alive() and not self._stopping.is_set()
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop taking requests, abort the running ones, join the thread."""
@@ -113,54 +162,80 @@ class EngineLoop:
     # ---- engine thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException:  # a bug in this loop: fail loudly rather than hang every client
+            logger.exception("the engine thread died")
+            self._fail_live("internal error: the engine thread died")
+            raise
+
+    def _serve(self) -> None:
         while True:
             block = not self.engine.has_unfinished()
+            handled = False
             try:
                 while True:
                     kind, payload = self.commands.get(block=block, timeout=None)
-                    block = False
+                    block, handled = False, True
                     if kind == "stop":
                         self._abort_all()
+                        self._refuse_queued()
                         return
                     self._command(kind, payload)
             except queue.Empty:
                 pass
             if self.engine.has_unfinished():
                 self._step()
+            elif handled:  # an abort or a call changed the engine with no step to publish it
+                self._refresh_stats()
 
     def _command(self, kind: str, payload: Any) -> None:
         if kind == "add":
             handle, prompt, params, priority = payload
             if self._stopping.is_set():
-                handle.push(Delta(error="the server is shutting down"))
+                handle.admit(Delta(error="the server is shutting down", status=503))
                 return
             try:
                 handle.request = self.engine.add_request(prompt, params, priority)
             except ValueError as exc:
-                handle.push(Delta(error=str(exc)))
+                handle.admit(Delta(error=str(exc)))
+                return
+            except Exception as exc:  # a bug in validation, not a bad request: keep serving
+                logger.exception("add_request failed")
+                handle.admit(Delta(error=f"internal error: {exc!r}", status=500))
                 return
             self.live[handle.request.request_id] = handle
+            handle.admit(None)
+        elif kind == "call":
+            fn, future = payload
+            try:
+                future.set_result(fn(self.engine))
+            except Exception as exc:
+                future.set_exception(exc)
         elif kind == "abort":
             handle = payload
             req = handle.request
             if req is not None and self.live.pop(req.request_id, None) is not None:
-                self.engine.abort(req)
-                handle.push(Delta(output=self.engine.outputs.to_output(req)))
+                self._abort(handle)
+                self._refresh_stats(force=True)
 
     def _step(self) -> None:
         try:
             self.engine.step()
-        except Exception:  # a bug, not a bad request: fail what was running, keep serving
-            message = traceback.format_exc(limit=3)
-            for handle in list(self.live.values()):
+        except Exception as exc:  # a bug, not a bad request: fail what was running, keep serving
+            logger.exception("engine step failed; failing the %d running requests", len(self.live))
+            for handle in self.live.values():
                 assert handle.request is not None
                 self.engine.abort(handle.request)
-                handle.push(Delta(error=f"internal error: {message}"))
-            self.live.clear()
+            self._fail_live(f"internal error: {exc!r}")
         self._publish()
 
     def _publish(self) -> None:
-        """Send each live request what it produced in this step; retire the finished."""
+        """Send each live request what it produced in this step; retire the finished.
+
+        The statistics are refreshed before the events go out, so a client that reads them
+        after its answer never sees its own request still running."""
+        events: list[tuple[RequestHandle, Delta]] = []
         for request_id, handle in list(self.live.items()):
             req = handle.request
             assert req is not None
@@ -175,18 +250,63 @@ class EngineLoop:
             if req.is_finished:
                 delta.output = self.engine.outputs.to_output(req)
                 del self.live[request_id]
-                for listener in self.on_finished:
-                    listener(delta.output)
+                self._notify(delta.output)
             if delta.text or delta.token_ids or delta.output is not None:
-                handle.push(delta)
+                events.append((handle, delta))
+        self._refresh_stats(force=any(d.output is not None for _, d in events))
+        for handle, delta in events:
+            handle.push(delta)
+
+    def _notify(self, output: GenerationOutput) -> None:
+        """The ``on_finished`` listeners; one that raises is logged, not allowed to stop the
+        engine thread that every request depends on."""
+        for listener in self.on_finished:
+            try:
+                listener(output)
+            except Exception:
+                logger.exception("on_finished listener %r failed", listener)
+
+    def _refresh_stats(self, force: bool = False) -> None:
+        """Publish the engine's statistics for other threads. Reading them walks the prefix
+        tree, so while requests stream it happens at most every ``STATS_INTERVAL_S``, and at
+        once when a request ends or the engine goes idle."""
+        now = time.monotonic()
+        idle = not self.engine.has_unfinished()
+        if not (force or idle or now - self._stats_time >= STATS_INTERVAL_S):
+            return
+        self._stats_time = now
         with self.stats_lock:
-            self.stats = self.engine.get_stats()
+            self.stats = {**self.engine.get_stats(), "num_cache_nodes": self.engine.cache.num_nodes}
+
+    def _fail_live(self, message: str) -> None:
+        """End every live request's event stream with an internal error (HTTP 500)."""
+        for handle in self.live.values():
+            handle.push(Delta(error=message, status=500))
+        self.live.clear()
+
+    def _refuse_queued(self) -> None:
+        """At shutdown: requests still in the command queue are refused, never left waiting."""
+        while True:
+            try:
+                kind, payload = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "add":
+                payload[0].admit(Delta(error="the server is shutting down", status=503))
+            elif kind == "call":
+                payload[1].cancel()
 
     def _abort_all(self) -> None:
         for handle in list(self.live.values()):
-            assert handle.request is not None
-            self.engine.abort(handle.request)
-            handle.push(Delta(output=self.engine.outputs.to_output(handle.request)))
+            self._abort(handle)
         self.live.clear()
-        with self.stats_lock:
-            self.stats = self.engine.get_stats()
+        self._refresh_stats(force=True)
+
+    def _abort(self, handle: RequestHandle) -> None:
+        """End a live request early (pages freed); its final output, ``finish_reason="abort"``,
+        goes to the listeners (the metrics count it) and to its handler."""
+        assert handle.request is not None
+        self.engine.abort(handle.request)
+        output = self.engine.outputs.to_output(handle.request)
+        self._notify(output)
+        handle.push(Delta(output=output))

@@ -7,17 +7,23 @@ client never believes a setting took effect when it did not. Values are checked 
 Beyond OpenAI's fields, both bodies take the engine's own sampling fields as vLLM does
 (``top_k``, ``min_p``, ``repetition_penalty``, ``stop_token_ids``, ``ignore_eos``, and the
 generation-control fields ``repeat_check``..., ``regex``, ``grammar``).
+
+Integers are 64-bit, as in OpenAI's own schema: ``SamplingParams`` takes any Python int, but
+the sampler and the plugins put these values in int64 tensors, where a larger one would fail a
+whole engine step (every request in it) instead of this one request.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vibe_sgl_lite.sampling import SamplingParams
 
 MAX_N = 16
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 
 
 class StreamOptions(BaseModel):
@@ -37,7 +43,7 @@ class EngineFields(BaseModel):
     """The engine's sampling fields that OpenAI does not have (vLLM's extensions)."""
 
     model_config = ConfigDict(extra="forbid")
-    top_k: int = -1
+    top_k: Int64 = -1
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     stop_token_ids: list[int] | None = None
@@ -46,21 +52,22 @@ class EngineFields(BaseModel):
     allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
     repeat_check: bool = False
-    repeat_check_window: int = 1024
-    repeat_block_size: int = 64
-    repeat_min_blocks: int = 16
+    repeat_check_window: Int64 = 1024
+    repeat_block_size: Int64 = 64
+    repeat_min_blocks: Int64 = 16
     regex: str | None = None
     grammar: str | None = None
 
 
 class CommonFields(EngineFields):
     model: str
-    n: int = Field(1, description=f"completions per prompt, 1..{MAX_N}")
+    # Checked here, before anything loops over range(n): n <= 0 would make no choices at all.
+    n: int = Field(1, ge=1, le=MAX_N, description=f"completions per prompt, 1..{MAX_N}")
     temperature: float = 1.0
     top_p: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    seed: int | None = None
+    seed: Int64 | None = None
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -70,8 +77,6 @@ class CommonFields(EngineFields):
 
     def sampling_params(self, max_tokens: int, logprobs: int | None, index: int) -> SamplingParams:
         """The ``SamplingParams`` of choice ``index`` (of ``n``); raises ``ValueError``."""
-        if not 1 <= self.n <= MAX_N:
-            raise ValueError(f"n must be an integer in [1, {MAX_N}], got {self.n}")
         engine = {name: getattr(self, name) for name in EngineFields.model_fields}
         json_schema: dict[str, Any] | None = None
         if self.response_format is not None and self.response_format.type != "text":
@@ -128,5 +133,14 @@ class GenerateRequest(BaseModel):
     """The native endpoint: ``generate_outputs(prompts, sampling_params)`` over HTTP."""
 
     model_config = ConfigDict(extra="forbid")
-    prompts: str | list[str] | list[int] | list[list[int]]
+    prompts: str | list[int] | list[str | list[int]]  # a batch may mix text and token ids
     sampling_params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("sampling_params")
+    @classmethod
+    def _ints_fit_int64(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The OpenAI bodies' ``Int64`` check for the free-form ``SamplingParams`` fields."""
+        for name, value in params.items():
+            if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+                raise ValueError(f"{name} must be a 64-bit integer, got {value}")
+        return params

@@ -1,10 +1,15 @@
-"""Command line: ``vibe-sgl-lite generate [--model DIR|FILE.gguf] PROMPT [--max-tokens N] ...``.
+"""Command line: ``vibe-sgl-lite {generate,chat,serve,bench} [--model DIR|FILE.gguf] ...``.
+
+* ``generate PROMPT...``: complete prompts (streamed when there is one).
+* ``chat``: a conversation with the model's chat template, one line of stdin per turn.
+* ``serve``: the OpenAI-compatible HTTP server (``server/``).
+* ``bench``: throughput against transformers' ``generate`` on the same weights, in-process.
 
 Every engine setting (``EngineConfig``) and every sampling field (``SamplingParams``) is a flag:
 the Python name with dashes (``--page-size``, ``--max-tokens``, ...), with the dataclass's default
 and help text. The one exception is ``SamplingParams.seed``, spelled ``--sampling-seed`` because
 ``--seed`` is the runner's. With no ``--model`` the small Shakespeare model shipped in the
-package is used.
+package is used. Flags are checked before the model loads, so a typo costs milliseconds.
 """
 
 from __future__ import annotations
@@ -13,61 +18,21 @@ import argparse
 import dataclasses
 import json
 import sys
-import types
-import typing
 from collections.abc import Sequence
 from typing import Any
 
+from vibe_sgl_lite import __version__
+from vibe_sgl_lite.cli.bench import add_bench_flags, check_bench_flags, run_bench
+from vibe_sgl_lite.cli.flags import (
+    SAMPLING_FLAG_NAMES,
+    HelpFormatter,
+    add_dataclass_flags,
+    values_of,
+)
 from vibe_sgl_lite.config import EngineConfig
 from vibe_sgl_lite.sampling import SamplingParams
 
-SAMPLING_FLAG_NAMES = {"seed": "sampling_seed"}
-"""Sampling fields whose flag differs from their name (``--seed`` is the engine's)."""
-
-
-def add_dataclass_flags(
-    parser: argparse._ActionsContainer, cls: type, renamed: dict[str, str] | None = None
-) -> dict[str, str]:
-    """One ``--flag`` per field of dataclass ``cls``; returns ``{dest: field name}``.
-
-    The field's type gives the flag's kind: ``bool`` -> ``--x/--no-x``, ``list[T]`` -> a
-    repeatable flag, ``T | None`` -> an optional ``T``. Help text and choices come from the
-    field's metadata (``config.setting``) when it has them.
-    """
-    hints = typing.get_type_hints(cls)
-    dests: dict[str, str] = {}
-    for f in dataclasses.fields(cls):
-        if not f.metadata.get("cli", True):
-            continue
-        dest = (renamed or {}).get(f.name, f.name)
-        dests[dest] = f.name
-        kind, repeat = _flag_type(hints[f.name])
-        if f.metadata.get("cli_type") is not None:
-            kind, repeat = f.metadata["cli_type"], False
-        help_text = f.metadata.get("help") or f"SamplingParams.{f.name}"
-        kwargs: dict[str, Any] = dict(dest=dest, default=f.default, help=help_text)
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = kind
-            kwargs["choices"] = f.metadata.get("choices")
-            kwargs["action"] = "append" if repeat else "store"
-            kwargs["default"] = None if repeat else f.default
-        parser.add_argument("--" + dest.replace("_", "-"), **kwargs)
-    return dests
-
-
-def _flag_type(hint: Any) -> tuple[type, bool]:
-    """``(element type, repeatable)`` of a field annotation such as ``int | None``."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        lists = [a for a in args if typing.get_origin(a) is list]
-        if lists:
-            return typing.get_args(lists[0])[0], True
-        return args[0], False
-    if typing.get_origin(hint) is list:
-        return typing.get_args(hint)[0], True
-    return hint, False
+__all__ = ["SAMPLING_FLAG_NAMES", "add_dataclass_flags", "build_parser", "main"]
 
 
 def _model_flag(p: argparse.ArgumentParser) -> None:
@@ -81,14 +46,25 @@ def _model_flag(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str], dict[str, str]]:
-    """The parser, and the flag destinations of the engine and the sampling settings."""
-    parser = argparse.ArgumentParser(prog="vibe-sgl-lite", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser(
-        "serve",
-        help="an OpenAI-compatible HTTP server (docs/serving.md)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    """The parser, and the flag destinations of the engine and the sampling settings.
+
+    Every subcommand derives its engine flags from ``EngineConfig`` (and ``generate``/``chat``
+    their sampling flags from ``SamplingParams``) with the same destinations, so one pair of
+    ``{dest: field}`` maps serves them all.
+    """
+    parser = argparse.ArgumentParser(
+        prog="vibe-sgl-lite",
+        description="A small, readable LLM inference engine. 'vibe-sgl-lite COMMAND --help' lists "
+        "a command's flags with their defaults.",
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"vibe-sgl-lite {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def subcommand(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+
+    serve = subcommand("serve", "an OpenAI-compatible HTTP server (docs/serving.md)")
     _model_flag(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind")
     serve.add_argument("--port", type=int, default=30000, help="TCP port")
@@ -100,13 +76,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str], dict[str, s
     serve.add_argument(
         "--served-model-name", default=None, help="the model's name in the API (default: folder)"
     )
-    add_dataclass_flags(serve.add_argument_group("engine settings"), EngineConfig)
-    gen = sub.add_parser(
-        "generate",
-        help="generate a completion of one or more prompts",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    gen.add_argument("prompt", nargs="*", default=["ROMEO:"], help="prompt(s); default 'ROMEO:'")
+    engine = add_dataclass_flags(serve.add_argument_group("engine settings"), EngineConfig)
+
+    gen = subcommand("generate", "generate a completion of one or more prompts")
+    gen.add_argument("prompt", nargs="*", default=["ROMEO:"], help="prompt(s) to complete")
     _model_flag(gen)
     gen.add_argument(
         "--stream",
@@ -115,10 +88,25 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str], dict[str, s
         help="print text as it is generated (one prompt only)",
     )
     gen.add_argument("--stats", action="store_true", help="print engine statistics as JSON")
-    engine = add_dataclass_flags(gen.add_argument_group("engine settings"), EngineConfig)
+    add_dataclass_flags(gen.add_argument_group("engine settings"), EngineConfig)
     sampling = add_dataclass_flags(
         gen.add_argument_group("sampling"), SamplingParams, SAMPLING_FLAG_NAMES
     )
+
+    chat = subcommand(
+        "chat", "chat with the model's chat template, one line of stdin per turn (/reset, /exit)"
+    )
+    _model_flag(chat)
+    chat.add_argument(
+        "--system", default=None, help="system message opening the conversation (default: none)"
+    )
+    add_dataclass_flags(chat.add_argument_group("engine settings"), EngineConfig)
+    add_dataclass_flags(chat.add_argument_group("sampling"), SamplingParams, SAMPLING_FLAG_NAMES)
+
+    bench = subcommand(
+        "bench", "batched throughput against transformers' generate, same weights and prompts"
+    )
+    add_bench_flags(bench)
     return parser, engine, sampling
 
 
@@ -127,11 +115,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         # Checked before the model loads: a typo fails in milliseconds, not after a load.
-        config = EngineConfig(**{name: getattr(args, d) for d, name in engine_dests.items()})
+        config = EngineConfig(**values_of(args, engine_dests))
         if args.command == "serve":
             return _serve(args, config)
-        sampling = {name: getattr(args, d) for d, name in sampling_dests.items()}
+        if args.command == "bench":
+            check_bench_flags(args)
+            for line in run_bench(args, config).report():
+                print(line)
+            return 0
+        sampling = values_of(args, sampling_dests)
         SamplingParams(**sampling)
+        if args.command == "chat":
+            return _chat(args, config, sampling)
         return _generate(args, config, sampling)
     except (ValueError, OSError, ImportError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -154,6 +149,14 @@ def _serve(args: argparse.Namespace, config: EngineConfig) -> int:
     )
 
 
+def _chat(args: argparse.Namespace, config: EngineConfig, sampling: dict[str, Any]) -> int:
+    from vibe_sgl_lite.cli.chat import run_chat
+    from vibe_sgl_lite.core.runner import ModelRunner
+
+    with ModelRunner(args.model_path, **dataclasses.asdict(config)) as runner:
+        return run_chat(runner, sampling, system=args.system)
+
+
 def _generate(args: argparse.Namespace, config: EngineConfig, sampling: dict[str, Any]) -> int:
     from vibe_sgl_lite.core.runner import ModelRunner
 
@@ -173,7 +176,3 @@ def _generate(args: argparse.Namespace, config: EngineConfig, sampling: dict[str
         if args.stats:
             print(json.dumps(runner.get_stats(), indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
