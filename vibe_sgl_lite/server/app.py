@@ -16,8 +16,6 @@ once the server is shutting down.
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -32,8 +30,7 @@ from jinja2 import TemplateError
 
 from vibe_sgl_lite.core.output import GenerationOutput
 from vibe_sgl_lite.core.runner import ModelRunner
-from vibe_sgl_lite.sampling import SamplingParams, TokenLogprobs
-from vibe_sgl_lite.sampling.params import FIELD_NAMES
+from vibe_sgl_lite.sampling import SamplingParams
 from vibe_sgl_lite.server.dashboard import add_page_routes
 from vibe_sgl_lite.server.engine_loop import Delta, EngineLoop, RequestHandle
 from vibe_sgl_lite.server.protocol import (
@@ -42,50 +39,21 @@ from vibe_sgl_lite.server.protocol import (
     CompletionRequest,
     GenerateRequest,
 )
+from vibe_sgl_lite.server.responses import (
+    CHAT_RENAMES,
+    COMPLETION_RENAMES,
+    APIError,
+    bad_request,
+    chat_logprobs,
+    completion_logprobs,
+    error_body,
+    error_response,
+    sse,
+    usage,
+)
 
 MAX_BODY_BYTES = 1 << 20
 MAX_COMPLETIONS_LOGPROBS = 5
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param = status, message, param
-
-
-def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
-    """OpenAI's error object (also the event that ends a stream that failed)."""
-    kind = {401: "authentication_error", 404: "not_found_error"}.get(
-        status, "server_error" if status >= 500 else "invalid_request_error"
-    )
-    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
-
-
-def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, param), status_code=status)
-
-
-KNOWN_FIELDS = frozenset(
-    [*FIELD_NAMES, *CompletionRequest.model_fields, *ChatCompletionRequest.model_fields]
-)
-COMPLETION_RENAMES = {"json_schema": "response_format"}
-CHAT_RENAMES = {**COMPLETION_RENAMES, "prompt": "messages", "logprobs": "top_logprobs"}
-
-
-def bad_request(message: str, renames: dict[str, str]) -> APIError:
-    """A 400 whose ``param`` is the body field the message is about, if it names one.
-
-    ``SamplingParams`` and the engine start their messages with the field's name (``"top_p
-    must be ..."``, ``"logit_bias[7] must be ..."``, ``"prompt has 900 tokens ..."``); the
-    OpenAI bodies spell a few of those fields differently (``renames``: the engine's
-    ``json_schema`` is the body's ``response_format``), and then the message gets the body's
-    name in front. A message that starts with anything else names no field.
-    """
-    head = re.split(r"[\s.\[]", message, maxsplit=1)[0]
-    if head not in KNOWN_FIELDS:
-        return APIError(400, message)
-    param = renames.get(head, head)
-    return APIError(400, message if param == head else f"{param}: {message}", param)
 
 
 def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None) -> FastAPI:
@@ -228,44 +196,8 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
             return sse(error_body(exc.status, exc.message, exc.param))
         return None
 
-    def usage(outputs: list[GenerationOutput], prompt_tokens: int) -> dict[str, int]:
-        completion = sum(len(o.token_ids) for o in outputs)
-        return {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": prompt_tokens + completion,
-        }
-
     def token_text(token_id: int) -> str:
         return engine.tokenizer.decode([token_id], skip_special_tokens=False)
-
-    def completion_logprobs(items: list[TokenLogprobs], offset: int) -> dict[str, Any]:
-        tokens = [token_text(lp.token_id) for lp in items]
-        offsets, position = [], offset
-        for text in tokens:
-            offsets.append(position)
-            position += len(text)
-        return {
-            "tokens": tokens,
-            "token_logprobs": [lp.logprob for lp in items],
-            "top_logprobs": [{token_text(t): v for t, v in lp.top} for lp in items],
-            "text_offset": offsets,
-        }
-
-    def chat_logprobs(items: list[TokenLogprobs]) -> dict[str, Any]:
-        def entry(token_id: int, logprob: float) -> dict[str, Any]:
-            text = token_text(token_id)
-            return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
-
-        return {
-            "content": [
-                {**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]}
-                for lp in items
-            ]
-        }
-
-    def sse(data: dict[str, Any]) -> str:
-        return f"data: {json.dumps(data)}\n\n"
 
     # ---- endpoints ---------------------------------------------------------------------------
 
@@ -307,7 +239,7 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
         for index, (out, prefix) in enumerate(zip(outputs, prefixes)):
             logprobs = None
             if body.logprobs is not None and out.logprobs is not None:
-                logprobs = completion_logprobs(out.logprobs, len(prefix))
+                logprobs = completion_logprobs(out.logprobs, len(prefix), token_text)
             choices.append(
                 {
                     "index": index,
@@ -364,7 +296,7 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
                     finish = delta.output.finish_reason if delta.output is not None else None
                     logprobs = None
                     if body.logprobs is not None and delta.logprobs:
-                        logprobs = completion_logprobs(delta.logprobs, position)
+                        logprobs = completion_logprobs(delta.logprobs, position, token_text)
                         position += sum(len(text) for text in logprobs["tokens"])
                     if delta.text or finish is not None or logprobs is not None:
                         choice = {
@@ -420,7 +352,7 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
                 "index": i,
                 "message": {"role": "assistant", "content": out.text},
                 "logprobs": (
-                    chat_logprobs(out.logprobs)
+                    chat_logprobs(out.logprobs, token_text)
                     if body.logprobs and out.logprobs is not None
                     else None
                 ),
@@ -476,7 +408,9 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
                         return
                     finish = delta.output.finish_reason if delta.output is not None else None
                     logprobs = (
-                        chat_logprobs(delta.logprobs) if body.logprobs and delta.logprobs else None
+                        chat_logprobs(delta.logprobs, token_text)
+                        if body.logprobs and delta.logprobs
+                        else None
                     )
                     if delta.text or logprobs is not None:
                         yield chunk(
