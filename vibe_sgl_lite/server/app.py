@@ -49,6 +49,7 @@ from vibe_sgl_lite.server.responses import (
     error_body,
     error_response,
     sse,
+    stream_chunk,
     usage,
 )
 
@@ -271,16 +272,7 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
         outputs: list[GenerationOutput] = []
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
-            return sse(
-                {
-                    "id": rid,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model_name,
-                    "choices": choices,
-                    **extra,
-                }
-            )
+            return stream_chunk("text_completion", rid, created, model_name, choices, **extra)
 
         try:
             for index, (handle, prefix) in enumerate(zip(handles, prefixes)):
@@ -379,16 +371,7 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
         outputs: list[GenerationOutput] = []
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
-            return sse(
-                {
-                    "id": rid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model_name,
-                    "choices": choices,
-                    **extra,
-                }
-            )
+            return stream_chunk("chat.completion.chunk", rid, created, model_name, choices, **extra)
 
         try:
             for index, handle in enumerate(handles):

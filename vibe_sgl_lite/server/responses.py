@@ -111,3 +111,12 @@ def chat_logprobs(items: list[TokenLogprobs], token_text: Decode) -> dict[str, A
 def sse(data: dict[str, Any]) -> str:
     """One server-sent event, as OpenAI streams it."""
     return f"data: {json.dumps(data)}\n\n"
+
+
+def stream_chunk(
+    kind: str, rid: str, created: int, model: str, choices: list[dict[str, Any]], **extra: Any
+) -> str:
+    """One streamed chunk: ``kind`` is ``"text_completion"`` or ``"chat.completion.chunk"``;
+    ``extra`` adds top-level fields (``usage`` on the last chunk)."""
+    body = {"id": rid, "object": kind, "created": created, "model": model, "choices": choices}
+    return sse({**body, **extra})
