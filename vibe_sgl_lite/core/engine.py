@@ -78,12 +78,13 @@ class Engine:
         )
         self.scheduler.attach(config, self.allocator, self.cache)
         self.attention = attention_backend or get_attention_backend(config.attention_backend)
-        self.executor = self._make_executor(model_path, num_pages)
         self.sampler = Sampler()
         self.plugins = PluginSet(
             [*builtin_plugins(self.tokenizer.hf, eos_token_ids=self.eos_token_ids), *plugins]
         )
         self.outputs = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_model_len)
+        # Last: everything that can refuse a setting has done so before worker processes start.
+        self.executor = self._make_executor(model_path, num_pages)
         self.check_invariants = os.environ.get(CHECK_INVARIANTS_ENV, "") not in ("", "0")
 
         self._next_request_id = 0
