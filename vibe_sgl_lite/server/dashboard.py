@@ -7,8 +7,9 @@
                            like every /v1/ path; the page has a field for the key)
     GET /metrics           Prometheus text (``metrics.py``); not behind the API key, as in vLLM
 
-Everything here reads ``EngineLoop.get_stats()``, the copy the engine thread publishes after
-each step, so no handler touches the engine itself: the engine stays single-threaded.
+Everything here reads ``EngineLoop.get_stats()``, the copy the engine thread publishes (after
+commands and steps; at most every 0.1 s while requests stream), so no handler touches the
+engine itself: the engine stays single-threaded.
 """
 
 from __future__ import annotations
