@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Triton kernels run on CPU through triton's interpreter; it must be chosen before any kernel
+# module is imported (``triton.jit`` reads it at decoration time).
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 

@@ -48,7 +48,10 @@ class EngineConfig:
     )
     schedule_policy: str = setting("fcfs", "order of the waiting queue", SCHEDULE_POLICIES)
     enable_prefix_cache: bool = setting(True, "share KV pages of common prefixes (radix tree)")
-    attention_backend: str = setting("torch", "attention implementation")
+    attention_backend: str = setting(
+        "auto",
+        "attention implementation: auto (triton on CUDA, else torch), torch, reference, triton",
+    )
     kv_cache_dtype: str = setting(
         "auto", "KV cache dtype ('auto': the model dtype)", KV_CACHE_DTYPES
     )

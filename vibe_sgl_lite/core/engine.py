@@ -35,7 +35,12 @@ from vibe_sgl_lite.config import EngineConfig
 from vibe_sgl_lite.core.executor import LocalExecutor, ModelExecutor
 from vibe_sgl_lite.core.output import OutputProcessor
 from vibe_sgl_lite.core.tokenizer import Tokenizer
-from vibe_sgl_lite.kernels.attention import AttentionBackend, get_attention_backend
+from vibe_sgl_lite.kernels.attention import (
+    AttentionBackend,
+    PagedAttentionBackend,
+    default_attention_backend,
+    get_attention_backend,
+)
 from vibe_sgl_lite.memory.kv_pool import KVPool
 from vibe_sgl_lite.memory.page_allocator import PageAllocator
 from vibe_sgl_lite.models.config import ModelConfig
@@ -77,7 +82,11 @@ class Engine:
             scheduler if scheduler is not None else make_scheduler(config.schedule_policy)
         )
         self.scheduler.attach(config, self.allocator, self.cache)
-        self.attention = attention_backend or get_attention_backend(config.attention_backend)
+        self.attention = attention_backend or self._default_attention()
+        if isinstance(self.attention, PagedAttentionBackend):
+            self.attention.check_supported(
+                self.model_config.head_dim, config.torch_dtype, config.kv_torch_dtype, self.device
+            )
         self.sampler = Sampler()
         self.plugins = PluginSet(
             [*builtin_plugins(self.tokenizer.hf, eos_token_ids=self.eos_token_ids), *plugins]
@@ -94,6 +103,12 @@ class Engine:
             num_prefill_tokens_computed=0,
             num_decode_tokens_computed=0,
             num_steps=0,
+        )
+
+    def _default_attention(self) -> AttentionBackend:
+        name = self.config.attention_backend
+        return get_attention_backend(
+            default_attention_backend(self.device) if name == "auto" else name
         )
 
     def _make_executor(self, model_path: str | Path, num_pages: int) -> ModelExecutor:

@@ -3,8 +3,19 @@
 from vibe_sgl_lite.kernels.attention import (
     ATTENTION_BACKENDS,
     AttentionBackend,
+    AttentionMetadata,
+    PagedAttentionBackend,
     TorchPagedAttention,
+    default_attention_backend,
     get_attention_backend,
 )
 
-__all__ = ["ATTENTION_BACKENDS", "AttentionBackend", "TorchPagedAttention", "get_attention_backend"]
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "AttentionBackend",
+    "AttentionMetadata",
+    "PagedAttentionBackend",
+    "TorchPagedAttention",
+    "default_attention_backend",
+    "get_attention_backend",
+]

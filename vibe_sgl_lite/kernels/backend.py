@@ -1,0 +1,168 @@
+"""The attention-backend contract: what every implementation of paged attention must do.
+
+A model layer hands its backend this step's ``q, k, v`` and its slice of the KV pool; the
+backend answers ``[T, num_heads, head_dim]``. Per step and per layer, in this order:
+
+1. **prepare** (once per step, before the model runs): derive whatever the step needs from the
+   ``ForwardBatch`` (which rows decode, which extend, index tensors, kernel launch parameters)
+   and keep it on the backend; every layer of the step reuses it.
+2. **store**: write the step's new K/V into the pool at ``batch.slot_mapping``, for *all* rows.
+3. **decode** the rows with one new token and **extend** the rows with several (a prompt, a
+   prompt chunk, or a prompt whose prefix came from the prefix cache), each query attending
+   causally to its own row's keys read through the page table.
+
+Store comes before any read, for the whole batch. Two rows of one batch may share prefix pages
+(the prefix cache hands a prompt's pages to a second request in the same step), and the second
+row then *reads* keys the first row *writes* in this very forward: any backend that reads before
+it stores, or stores per row while attending, gives that row garbage.
+
+Layouts::
+
+    q                 [T, Hq, D]        T = tokens of the step, rows one after another
+    k, v              [T, Hkv, D]       Hq = group * Hkv (GQA): query head h reads kv head h // group
+    k_cache, v_cache  [num_slots, Hkv, D]   slot = page * page_size + offset
+    out               [T, Hq, D]        row r's tokens: out[query_start_loc[r] : query_start_loc[r+1]]
+
+    row r, q_len Q, kv_len L: its query i sits at position L - Q + i and sees keys 0 .. L - Q + i
+
+``tests/kernels/test_backend_contract.py`` checks every registered backend against these rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from vibe_sgl_lite.batch.forward_batch import ForwardBatch
+
+KVCache = tuple[torch.Tensor, torch.Tensor]
+"""One layer's ``(k_cache, v_cache)``, each ``[num_slots, Hkv, D]``."""
+
+
+class AttentionBackend(Protocol):
+    """What a model layer needs from an attention implementation (see the module docstring).
+
+    ``ModelWorker.forward`` calls ``prepare(batch)`` once per step, before the model runs; every
+    layer's ``forward`` of that step reuses what it derived.
+    """
+
+    def prepare(self, batch: ForwardBatch) -> None:
+        """Build this step's metadata once, for every layer's ``forward`` to reuse."""
+        ...
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kv_cache: KVCache,
+        batch: ForwardBatch,
+        scale: float,
+    ) -> torch.Tensor:
+        """Store ``k, v`` into ``kv_cache``, then attend: ``q [T, Hq, D]`` -> ``[T, Hq, D]``."""
+        ...
+
+
+@dataclass
+class AttentionMetadata:
+    """The step's rows split by kind, built once by ``prepare`` for every layer.
+
+    ``decode_rows [Bd]``: rows with one query token; ``extend_rows [Be]``: rows with more.
+    The ``*_cpu`` lists mirror them on the host, so no layer has to synchronise to ask.
+    """
+
+    decode_rows: torch.Tensor
+    extend_rows: torch.Tensor
+    decode_rows_cpu: list[int]
+    extend_rows_cpu: list[int]
+    max_query_len: int
+    max_seq_len: int
+
+    @classmethod
+    def from_batch(cls, batch: ForwardBatch) -> AttentionMetadata:
+        decode = [i for i, n in enumerate(batch.query_lens_cpu) if n == 1]
+        extend = [i for i, n in enumerate(batch.query_lens_cpu) if n > 1]
+        device = batch.input_ids.device
+        return cls(
+            decode_rows=torch.tensor(decode, dtype=torch.int64, device=device),
+            extend_rows=torch.tensor(extend, dtype=torch.int64, device=device),
+            decode_rows_cpu=decode,
+            extend_rows_cpu=extend,
+            max_query_len=max(batch.query_lens_cpu),
+            max_seq_len=max(batch.seq_lens_cpu),
+        )
+
+
+class PagedAttentionBackend:
+    """A backend written as its three parts; ``forward`` runs them in the contract's order.
+
+    Subclasses implement ``forward_decode`` and ``forward_extend`` (each fills its rows of
+    ``out``) and may override ``store_kv`` and ``prepare``; ``check_supported`` refuses, at
+    engine construction, a model shape or dtype the implementation cannot run.
+    """
+
+    name = "paged"
+
+    def __init__(self) -> None:
+        self.metadata: AttentionMetadata | None = None
+
+    def check_supported(
+        self, head_dim: int, dtype: torch.dtype, kv_dtype: torch.dtype, device: torch.device
+    ) -> None:
+        """Raise ``ValueError`` naming the option if this backend cannot run the model."""
+
+    def prepare(self, batch: ForwardBatch) -> None:
+        self.metadata = AttentionMetadata.from_batch(batch)
+
+    def store_kv(
+        self, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCache, batch: ForwardBatch
+    ) -> None:
+        """Write ``k, v [T, Hkv, D]`` at ``batch.slot_mapping``: one indexed copy each."""
+        k_cache, v_cache = kv_cache
+        # index_copy_: the plain-index kernel, much cheaper on CPU than advanced-index assignment.
+        k_cache.index_copy_(0, batch.slot_mapping, k.to(k_cache.dtype))
+        v_cache.index_copy_(0, batch.slot_mapping, v.to(v_cache.dtype))
+
+    def forward_decode(
+        self,
+        q: torch.Tensor,
+        kv_cache: KVCache,
+        out: torch.Tensor,
+        batch: ForwardBatch,
+        scale: float,
+    ) -> None:
+        """Fill ``out`` at the token of every row in ``metadata.decode_rows``."""
+        raise NotImplementedError
+
+    def forward_extend(
+        self,
+        q: torch.Tensor,
+        kv_cache: KVCache,
+        out: torch.Tensor,
+        batch: ForwardBatch,
+        scale: float,
+    ) -> None:
+        """Fill ``out`` at the tokens of every row in ``metadata.extend_rows``."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kv_cache: KVCache,
+        batch: ForwardBatch,
+        scale: float,
+    ) -> torch.Tensor:
+        meta = self.metadata
+        if meta is None:
+            raise RuntimeError(f"{type(self).__name__}.prepare(batch) must run before forward")
+        self.store_kv(k, v, kv_cache, batch)
+        out = torch.empty_like(q)
+        if meta.decode_rows_cpu:
+            self.forward_decode(q, kv_cache, out, batch, scale)
+        if meta.extend_rows_cpu:
+            self.forward_extend(q, kv_cache, out, batch, scale)
+        return out
