@@ -1,0 +1,99 @@
+"""``attention_backend="triton"``: the contract of ``kernels/backend.py`` on Triton kernels.
+
+    store_kv        store.py   one program per (token, kv head): write K/V at its slot
+    forward_decode  decode.py  one program per (row, kv head, split), then a reduce over splits
+    forward_extend  extend.py  one program per (row, query head, block of new tokens)
+
+Every kernel walks the page table itself, so no row's context is ever copied out of the pool.
+On a GPU the kernels compile; on CPU they run under ``TRITON_INTERPRET=1`` (numpy semantics,
+slow, exact), which is how the test suite checks them on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from vibe_sgl_lite.batch.forward_batch import ForwardBatch
+from vibe_sgl_lite.kernels.backend import KVCache, PagedAttentionBackend
+from vibe_sgl_lite.kernels.triton.decode import paged_decode_attention
+from vibe_sgl_lite.kernels.triton.extend import paged_extend_attention
+from vibe_sgl_lite.kernels.triton.store import store_kv
+
+MAX_HEAD_DIM = 256
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class TritonPagedAttention(PagedAttentionBackend):
+    name = "triton"
+
+    def check_supported(
+        self, head_dim: int, dtype: torch.dtype, kv_dtype: torch.dtype, device: torch.device
+    ) -> None:
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+            raise ValueError(
+                "attention_backend='triton' needs device='cuda' (or TRITON_INTERPRET=1 to run "
+                f"the kernels in triton's interpreter); got device={str(device)!r}"
+            )
+        if not 1 <= head_dim <= MAX_HEAD_DIM:
+            raise ValueError(
+                f"attention_backend='triton' supports head_dim 1..{MAX_HEAD_DIM}; "
+                f"this model has head_dim={head_dim}"
+            )
+        for option, value in (("dtype", dtype), ("kv_cache_dtype", kv_dtype)):
+            if value not in DTYPES:
+                allowed = ", ".join(str(d).removeprefix("torch.") for d in DTYPES)
+                raise ValueError(
+                    f"attention_backend='triton' supports {option} in {allowed}; got {value}"
+                )
+
+    def store_kv(
+        self, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCache, batch: ForwardBatch
+    ) -> None:
+        store_kv(k, v, kv_cache[0], kv_cache[1], batch.slot_mapping)
+
+    def forward_decode(
+        self,
+        q: torch.Tensor,
+        kv_cache: KVCache,
+        out: torch.Tensor,
+        batch: ForwardBatch,
+        scale: float,
+    ) -> None:
+        assert self.metadata is not None
+        paged_decode_attention(
+            q,
+            kv_cache[0],
+            kv_cache[1],
+            out,
+            self.metadata.decode_rows,
+            batch.query_start_loc,
+            batch.seq_lens,
+            batch.page_table,
+            batch.page_size,
+            scale,
+        )
+
+    def forward_extend(
+        self,
+        q: torch.Tensor,
+        kv_cache: KVCache,
+        out: torch.Tensor,
+        batch: ForwardBatch,
+        scale: float,
+    ) -> None:
+        assert self.metadata is not None
+        paged_extend_attention(
+            q,
+            kv_cache[0],
+            kv_cache[1],
+            out,
+            self.metadata.extend_rows,
+            batch.query_start_loc,
+            batch.seq_lens,
+            batch.page_table,
+            batch.page_size,
+            scale,
+            max_query_len=self.metadata.max_query_len,
+        )
