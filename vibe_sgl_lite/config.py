@@ -50,7 +50,7 @@ class EngineConfig:
     enable_prefix_cache: bool = setting(True, "share KV pages of common prefixes (radix tree)")
     attention_backend: str = setting(
         "auto",
-        "attention implementation: auto (triton on CUDA, else torch), torch, reference, triton",
+        "attention implementation: auto (torch on CPU, triton on CUDA), torch, reference, triton",
     )
     kv_cache_dtype: str = setting(
         "auto", "KV cache dtype ('auto': the model dtype)", KV_CACHE_DTYPES

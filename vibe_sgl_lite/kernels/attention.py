@@ -2,6 +2,8 @@
 
 The contract every backend honours is in ``kernels/backend.py``; the implementations are
 
+    "torch"      CpuPagedAttention     CPU: decode reads pages in place (C++), extend per row
+                                       through SDPA (cpu_paged.py + cpu_paged.cpp)
     "reference"  TorchPagedAttention   gather each row's pages, then SDPA (torch_backend.py)
     "triton"     TritonPagedAttention  Triton kernels walking the page table (triton/)
 
@@ -20,6 +22,7 @@ from vibe_sgl_lite.kernels.backend import (
     KVCache,
     PagedAttentionBackend,
 )
+from vibe_sgl_lite.kernels.cpu_paged import CpuPagedAttention
 from vibe_sgl_lite.kernels.torch_backend import TorchPagedAttention
 
 
@@ -35,21 +38,21 @@ def _triton_backend() -> AttentionBackend:
 
 
 ATTENTION_BACKENDS: dict[str, Callable[[], AttentionBackend]] = {
-    "torch": TorchPagedAttention,
+    "torch": CpuPagedAttention,
     "reference": TorchPagedAttention,
     "triton": _triton_backend,
 }
 
 
 def default_attention_backend(device: torch.device | str) -> str:
-    """``"triton"`` on CUDA when triton imports, else ``"torch"``."""
-    if torch.device(device).type == "cuda":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return "torch"
-        return "triton"
-    return "torch"
+    """``"torch"`` on CPU; ``"triton"`` elsewhere when triton imports, else ``"reference"``."""
+    if torch.device(device).type == "cpu":
+        return "torch"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "reference"
+    return "triton"
 
 
 def get_attention_backend(name_or_backend: str | AttentionBackend) -> AttentionBackend:
@@ -68,6 +71,7 @@ __all__ = [
     "ATTENTION_BACKENDS",
     "AttentionBackend",
     "AttentionMetadata",
+    "CpuPagedAttention",
     "KVCache",
     "PagedAttentionBackend",
     "TorchPagedAttention",
