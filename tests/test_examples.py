@@ -25,3 +25,21 @@ def test_plugin_example_ends_every_line_with_its_own_reason() -> None:
     assert all(eval(text).endswith("\n") and "\n" not in eval(text)[:-1] for text, _ in texts)
     assert lines[3] == "{'one_line.finished': 3, 'one_line.errors': 0}"
     assert sum(1 for _ in (EXAMPLES / "plugin.py").open()) < 40
+
+
+def test_attention_backends_example_gives_identical_tokens_with_every_backend() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "attention_backends.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[0].strip() for line in lines[:3]] == [
+        "torch",
+        "reference",
+        "CountingAttention",
+    ]
+    assert "identical greedy tokens: True" in lines
+    assert int(lines[-1].rsplit(" ", 1)[1]) > 0
