@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vibe_sgl_lite.utils.settings import setting
+from vibe_sgl_lite.utils.settings import check_fraction, check_int, setting
 
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight", "priority", "random")
 DTYPES: dict[str, torch.dtype] = {
@@ -24,7 +24,8 @@ DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
-KV_CACHE_DTYPES = ("auto", *DTYPES)
+KV_CACHE_DTYPES = ("auto", *DTYPES, "int8")
+ATTENTION_METHODS = ("dense", "streaming", "quest", "topk_oracle")  # kernels/sparse/
 
 
 @dataclass
@@ -53,7 +54,20 @@ class EngineConfig:
         "attention implementation: auto (torch on CPU, triton on CUDA), torch, reference, triton",
     )
     kv_cache_dtype: str = setting(
-        "auto", "KV cache dtype ('auto': the model dtype)", KV_CACHE_DTYPES
+        "auto",
+        "KV cache dtype ('auto': the model dtype; int8: quantised, about half of bf16's memory)",
+        KV_CACHE_DTYPES,
+    )
+    attention_method: str = setting(
+        "dense", "which cached keys decode reads (kernels/sparse/)", ATTENTION_METHODS
+    )
+    num_sink_tokens: int = setting(4, "streaming: first tokens always read (attention sinks)")
+    attention_window: int = setting(256, "streaming: most recent tokens read")
+    attention_budget: int | None = setting(
+        None, "quest: pages read per step; topk_oracle: tokens (or use selection_ratio)"
+    )
+    selection_ratio: float | None = setting(
+        None, "quest, topk_oracle: share of pages / tokens read, in (0, 1]"
     )
     mem_fraction: float = setting(
         0.3, "share of free memory for the KV pool when max_total_tokens is not set"
@@ -63,13 +77,26 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         for name in ("page_size", "max_running_requests", "max_prefill_tokens", "seed"):
-            _check_int(name, getattr(self, name), minimum=0 if name == "seed" else 1)
+            check_int(name, getattr(self, name), minimum=0 if name == "seed" else 1)
         for name in ("max_total_tokens", "chunked_prefill_size", "max_model_len"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), minimum=1, or_none=True)
-        _check_int("tp_size", self.tp_size, minimum=1)
-        _check_int("ep_size", self.ep_size, minimum=1)
-        for name in ("dtype", "schedule_policy", "kv_cache_dtype"):
+                check_int(name, getattr(self, name), minimum=1, or_none=True)
+        check_int("tp_size", self.tp_size, minimum=1)
+        check_int("ep_size", self.ep_size, minimum=1)
+        check_int("num_sink_tokens", self.num_sink_tokens, minimum=0)
+        check_int("attention_window", self.attention_window, minimum=1)
+        if self.attention_budget is not None:
+            check_int("attention_budget", self.attention_budget, minimum=1, or_none=True)
+        if self.selection_ratio is not None:
+            check_fraction("selection_ratio", self.selection_ratio)
+        if self.attention_method in ("quest", "topk_oracle") and (
+            (self.attention_budget is None) == (self.selection_ratio is None)
+        ):
+            raise ValueError(
+                f"attention_method={self.attention_method!r} needs exactly one of "
+                "attention_budget or selection_ratio"
+            )
+        for name in ("dtype", "schedule_policy", "kv_cache_dtype", "attention_method"):
             choices = FIELDS[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ValueError(
@@ -98,6 +125,8 @@ class EngineConfig:
 
     @property
     def kv_torch_dtype(self) -> torch.dtype:
+        if self.kv_cache_dtype == "int8":
+            return torch.int8  # quantised per token and head, scales beside the pool
         return DTYPES[self.dtype if self.kv_cache_dtype == "auto" else self.kv_cache_dtype]
 
     @property
@@ -122,12 +151,6 @@ class EngineConfig:
 
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(EngineConfig)}
-
-
-def _check_int(name: str, value: object, minimum: int, or_none: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = f"an integer >= {minimum}" + (" or None" if or_none else "")
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 def check_device(device: str) -> None:

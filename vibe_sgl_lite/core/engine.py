@@ -41,6 +41,7 @@ from vibe_sgl_lite.kernels.attention import (
     default_attention_backend,
     get_attention_backend,
 )
+from vibe_sgl_lite.kernels.sparse import AttentionMethod, ScoreCapture, make_attention_method
 from vibe_sgl_lite.memory.kv_pool import KVPool
 from vibe_sgl_lite.memory.page_allocator import PageAllocator
 from vibe_sgl_lite.models.config import ModelConfig
@@ -50,6 +51,9 @@ from vibe_sgl_lite.sampling.builtin import builtin_plugins
 from vibe_sgl_lite.sampling.plugins import Plugin, PluginSet
 from vibe_sgl_lite.scheduler import ScheduledBatch, Scheduler, make_scheduler
 from vibe_sgl_lite.scheduler.request import Request
+
+MethodSpec = str | AttentionMethod | Sequence[str | AttentionMethod]
+"""``attention_method=``: a name, an object, or one of those per layer."""
 from vibe_sgl_lite.utils.memory import available_memory_bytes
 
 CHECK_INVARIANTS_ENV = "VIBE_SGL_LITE_CHECK_INVARIANTS"
@@ -64,6 +68,7 @@ class Engine:
         scheduler: Scheduler | None = None,
         cache: PrefixCache | None = None,
         attention_backend: AttentionBackend | None = None,
+        attention_method: MethodSpec | None = None,
         plugins: Sequence[Plugin] = (),
     ) -> None:
         self.config = config
@@ -87,6 +92,7 @@ class Engine:
             self.attention.check_supported(
                 self.model_config.head_dim, config.torch_dtype, config.kv_torch_dtype, self.device
             )
+        self.attention_methods = self._attention_methods(attention_method)
         self.sampler = Sampler()
         self.plugins = PluginSet(
             [*builtin_plugins(self.tokenizer.hf, eos_token_ids=self.eos_token_ids), *plugins]
@@ -108,8 +114,64 @@ class Engine:
     def _default_attention(self) -> AttentionBackend:
         name = self.config.attention_backend
         return get_attention_backend(
-            default_attention_backend(self.device) if name == "auto" else name
+            default_attention_backend(self.device, self.config.kv_cache_dtype)
+            if name == "auto"
+            else name
         )
+
+    def _attention_methods(self, spec: MethodSpec | None) -> list[AttentionMethod]:
+        """One method per layer from a name, an object or a per-layer list; [] when all dense."""
+        num_layers = self.model_config.num_hidden_layers
+        spec = self.config.attention_method if spec is None else spec
+        if isinstance(spec, (str, AttentionMethod)):
+            items = [spec] * num_layers
+        else:
+            items = list(spec)
+        if len(items) != num_layers:
+            raise ValueError(
+                f"attention_method: a per-layer list needs {num_layers} entries (one per "
+                f"layer), got {len(items)}"
+            )
+        methods = [self._attention_method(item) for item in items]
+        if all(type(m) is AttentionMethod for m in methods):
+            return []  # dense everywhere: the backend's plain path
+        if not isinstance(self.attention, PagedAttentionBackend) or self.config.world_size > 1:
+            raise ValueError(
+                "attention_method other than 'dense' needs a PagedAttentionBackend "
+                "(torch, reference, triton) and tp_size = ep_size = 1"
+            )
+        self.attention.set_attention_methods(methods)
+        return methods
+
+    def _attention_method(self, item: str | AttentionMethod) -> AttentionMethod:
+        if isinstance(item, AttentionMethod):
+            return item
+        c = self.config
+        return make_attention_method(
+            item,
+            num_sink_tokens=c.num_sink_tokens,
+            attention_window=c.attention_window,
+            attention_budget=c.attention_budget,
+            selection_ratio=c.selection_ratio,
+        )
+
+    def start_capture(self, layers: Sequence[int] | None = None) -> ScoreCapture:
+        """Record raw decode scores from now on (``ModelRunner.capture_attention``)."""
+        if not isinstance(self.attention, PagedAttentionBackend) or self.config.world_size > 1:
+            raise ValueError(
+                "capture_attention needs a PagedAttentionBackend and tp_size = ep_size = 1"
+            )
+        num_layers = self.model_config.num_hidden_layers
+        for layer in layers or ():
+            if not (isinstance(layer, int) and 0 <= layer < num_layers):
+                raise ValueError(f"layers: each must be in [0, {num_layers - 1}], got {layer!r}")
+        capture = ScoreCapture(None if layers is None else frozenset(layers))
+        self.attention.capture = capture
+        return capture
+
+    def stop_capture(self) -> None:
+        if isinstance(self.attention, PagedAttentionBackend):
+            self.attention.capture = None
 
     def _make_executor(self, model_path: str | Path, num_pages: int) -> ModelExecutor:
         if self.config.world_size == 1:
@@ -222,6 +284,7 @@ class Engine:
             return self._idle()
         rows = self._build_rows(scheduled)
         logits = self.executor.execute(rows)
+        self._name_captured_rows(scheduled.requests)
         sampling = [req for req, row in zip(scheduled.requests, rows) if row.sample]
         controlled = self.plugins.process_logits(logits, sampling)
         sampled = self._sample(controlled.logits, sampling, raw_logits=logits)
@@ -232,6 +295,14 @@ class Engine:
         if self.check_invariants:
             self.assert_invariants()
         return finished
+
+    def _name_captured_rows(self, requests: Sequence[Request]) -> None:
+        capture = (
+            self.attention.capture if isinstance(self.attention, PagedAttentionBackend) else None
+        )
+        for record in capture.records if capture is not None else ():
+            if record.request_id is None:
+                record.request_id = requests[record.row].request_id
 
     def _idle(self) -> list[Request]:
         if self.scheduler.has_unfinished():
@@ -344,4 +415,7 @@ class Engine:
         stats["cache_hit_rate"] = self.scheduler.num_cached_tokens / admitted if admitted else 0.0
         stats.update(self.outputs.mean_timings())
         stats.update(self.plugins.stats())
+        methods = {id(m): m for m in self.attention_methods}.values()
+        read, total = sum(m.stats.kv_read for m in methods), sum(m.stats.kv_total for m in methods)
+        stats["attention_kv_read_fraction"] = read / total if total else 1.0
         return stats

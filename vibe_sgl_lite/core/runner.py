@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from vibe_sgl_lite.core.engine import Engine
 from vibe_sgl_lite.core.output import GenerationOutput
 from vibe_sgl_lite.core.tokenizer import Tokenizer
 from vibe_sgl_lite.kernels.attention import AttentionBackend
+from vibe_sgl_lite.kernels.sparse import CapturedScores
 from vibe_sgl_lite.sampling import SamplingParams
 from vibe_sgl_lite.sampling.plugins import Plugin
 from vibe_sgl_lite.scheduler import Request, Scheduler
@@ -53,10 +55,11 @@ class ModelRunner:
     """Generation from Python: ``ModelRunner(model_path=None, *, cache=None, scheduler=None,
     **settings)``, where ``settings`` are ``EngineConfig``'s fields (``page_size=16``, ...).
 
-    ``cache``, ``scheduler`` and ``attention_backend`` also take objects (a ``PrefixCache``, a
-    ``Scheduler`` subclass, an ``AttentionBackend``), and ``plugins`` generation-control
-    plugins that act on every request they apply to (``sampling/plugins.py``): the research
-    hooks.
+    ``cache``, ``scheduler``, ``attention_backend`` and ``attention_method`` also take objects
+    (a ``PrefixCache``, a ``Scheduler`` subclass, an ``AttentionBackend``, an
+    ``AttentionMethod`` or a list of one per layer), and ``plugins`` generation-control plugins
+    that act on every request they apply to (``sampling/plugins.py``): the research hooks.
+    ``capture_attention`` records raw decode attention scores.
     """
 
     def __init__(
@@ -73,6 +76,9 @@ class ModelRunner:
         if not isinstance(settings.get("attention_backend", ""), str):
             backend = settings.pop("attention_backend")
             settings["attention_backend"] = type(backend).__name__
+        method = None
+        if not isinstance(settings.get("attention_method", ""), str):
+            method = settings.pop("attention_method")  # an object, or a list per layer
         if cache is not None:
             settings["enable_prefix_cache"] = True
         self.config = EngineConfig.from_kwargs(**settings)
@@ -82,6 +88,7 @@ class ModelRunner:
             scheduler=scheduler,
             cache=cache,
             attention_backend=backend,
+            attention_method=method,
             plugins=plugins,
         )
 
@@ -240,6 +247,24 @@ class ModelRunner:
         return math.exp(-sum(logprobs) / len(logprobs))
 
     # ---- stats and cache ---------------------------------------------------------------------
+
+    @contextmanager
+    def capture_attention(
+        self, layers: Sequence[int] | None = None
+    ) -> Iterator[list[CapturedScores]]:
+        """Record the raw pre-softmax scores of every decode step run inside the block.
+
+        Yields a list that fills as requests decode: one ``CapturedScores`` per request, layer
+        and step, with ``request_id``, ``layer`` and ``scores [num_heads, kv_len]`` (``scale *
+        q . k`` over the request's whole context, whatever the attention method reads).
+        ``layers`` limits it to those layer indices. Prompt (prefill) tokens are not recorded.
+        """
+        engine = self._engine
+        capture = engine.start_capture(layers)
+        try:
+            yield capture.records
+        finally:
+            engine.stop_capture()
 
     def get_stats(self) -> dict[str, float | int]:
         return self._engine.get_stats()

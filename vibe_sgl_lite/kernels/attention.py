@@ -44,10 +44,13 @@ ATTENTION_BACKENDS: dict[str, Callable[[], AttentionBackend]] = {
 }
 
 
-def default_attention_backend(device: torch.device | str) -> str:
-    """``"torch"`` on CPU; ``"triton"`` elsewhere when triton imports, else ``"reference"``."""
+def default_attention_backend(device: torch.device | str, kv_cache_dtype: str = "auto") -> str:
+    """``"torch"`` on CPU; ``"triton"`` elsewhere when triton imports, else ``"reference"``.
+
+    An int8 KV cache on CPU gets ``"reference"``: the C++ decode kernel reads float caches only.
+    """
     if torch.device(device).type == "cpu":
-        return "torch"
+        return "reference" if kv_cache_dtype == "int8" else "torch"
     try:
         import triton  # noqa: F401
     except ImportError:

@@ -30,15 +30,25 @@ Layouts::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from vibe_sgl_lite.batch.forward_batch import ForwardBatch
+from vibe_sgl_lite.kernels.sparse.method import (
+    AttentionMethod,
+    DecodeView,
+    KVSelection,
+    ScoreCapture,
+    attend_selection,
+)
+from vibe_sgl_lite.memory.kv_pool import LayerKV, quantize_int8
 
-KVCache = tuple[torch.Tensor, torch.Tensor]
-"""One layer's ``(k_cache, v_cache)``, each ``[num_slots, Hkv, D]``."""
+KVCache = LayerKV | tuple[torch.Tensor, torch.Tensor]
+"""One layer's cache: the pool's ``LayerKV`` (which unpacks as ``k_cache, v_cache``, each
+``[num_slots, Hkv, D]``, and may carry int8 scales), or a plain pair of tensors."""
 
 
 class AttentionBackend(Protocol):
@@ -99,14 +109,25 @@ class PagedAttentionBackend:
     """A backend written as its three parts; ``forward`` runs them in the contract's order.
 
     Subclasses implement ``forward_decode`` and ``forward_extend`` (each fills its rows of
-    ``out``) and may override ``store_kv`` and ``prepare``; ``check_supported`` refuses, at
-    engine construction, a model shape or dtype the implementation cannot run.
+    ``out``) and may override ``store_kv``, ``prepare`` and ``forward_decode_selected``;
+    ``check_supported`` refuses, at engine construction, a model shape or dtype the
+    implementation cannot run.
+
+    Research hooks live here too, so every subclass gets them: ``methods`` (one
+    ``AttentionMethod`` per layer, ``kernels/sparse/``) choose which keys decode rows read, and
+    ``capture`` records raw pre-softmax decode scores. Both need the pool's ``LayerKV`` (it
+    carries the layer index); with a plain ``(k, v)`` pair the layer reads densely.
     """
 
     name = "paged"
 
     def __init__(self) -> None:
         self.metadata: AttentionMetadata | None = None
+        self.methods: list[AttentionMethod] = []  # per layer; empty: dense everywhere
+        self.capture: ScoreCapture | None = None
+
+    def set_attention_methods(self, methods: Sequence[AttentionMethod]) -> None:
+        self.methods = list(methods)
 
     def check_supported(
         self, head_dim: int, dtype: torch.dtype, kv_dtype: torch.dtype, device: torch.device
@@ -119,11 +140,25 @@ class PagedAttentionBackend:
     def store_kv(
         self, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCache, batch: ForwardBatch
     ) -> None:
-        """Write ``k, v [T, Hkv, D]`` at ``batch.slot_mapping``: one indexed copy each."""
+        """Write ``k, v [T, Hkv, D]`` at ``batch.slot_mapping``: one indexed copy each.
+
+        An int8 cache gets the values quantised per token and head, and their scales.
+        """
         k_cache, v_cache = kv_cache
+        slots = batch.slot_mapping
         # index_copy_: the plain-index kernel, much cheaper on CPU than advanced-index assignment.
-        k_cache.index_copy_(0, batch.slot_mapping, k.to(k_cache.dtype))
-        v_cache.index_copy_(0, batch.slot_mapping, v.to(v_cache.dtype))
+        if isinstance(kv_cache, LayerKV) and kv_cache.k_scale is not None:
+            assert kv_cache.v_scale is not None
+            for x, cache, scales in (
+                (k, k_cache, kv_cache.k_scale),
+                (v, v_cache, kv_cache.v_scale),
+            ):
+                q, scale = quantize_int8(x)
+                cache.index_copy_(0, slots, q)
+                scales.index_copy_(0, slots, scale)
+            return
+        k_cache.index_copy_(0, slots, k.to(k_cache.dtype))
+        v_cache.index_copy_(0, slots, v.to(v_cache.dtype))
 
     def forward_decode(
         self,
@@ -147,6 +182,63 @@ class PagedAttentionBackend:
         """Fill ``out`` at the tokens of every row in ``metadata.extend_rows``."""
         raise NotImplementedError
 
+    def forward_decode_selected(
+        self,
+        q: torch.Tensor,
+        view: DecodeView,
+        selection: KVSelection,
+        out: torch.Tensor,
+        batch: ForwardBatch,
+    ) -> None:
+        """Decode rows reading only ``selection``'s keys (gathered: N is a budget, small)."""
+        assert self.metadata is not None
+        tokens = batch.query_start_loc.index_select(0, self.metadata.decode_rows)
+        out.index_copy_(0, tokens, attend_selection(view, selection).to(out.dtype))
+
+    def decode_with_hooks(
+        self,
+        q: torch.Tensor,
+        kv_cache: KVCache,
+        out: torch.Tensor,
+        batch: ForwardBatch,
+        scale: float,
+        method: AttentionMethod | None,
+    ) -> None:
+        """Decode, letting the layer's method choose the keys and the capture record scores."""
+        assert self.metadata is not None
+        layer = kv_cache if isinstance(kv_cache, LayerKV) else None
+        capture = self.capture
+        if layer is None or (method is None and capture is None):
+            self.forward_decode(q, kv_cache, out, batch, scale)
+            return
+        view = self.decode_view(q, layer, batch, scale)
+        if capture is not None and capture.wants(layer.index):
+            capture.capture(view, self.metadata.decode_rows_cpu)
+        selection = method.select(view) if method is not None else None
+        if method is not None:
+            method.record(view, selection)
+        if selection is None:
+            self.forward_decode(q, kv_cache, out, batch, scale)
+        else:
+            self.forward_decode_selected(q, view, selection, out, batch)
+
+    def decode_view(
+        self, q: torch.Tensor, kv: LayerKV, batch: ForwardBatch, scale: float
+    ) -> DecodeView:
+        """What a method sees of this layer's decode rows (see ``kernels/sparse/method.py``)."""
+        assert self.metadata is not None
+        rows = self.metadata.decode_rows
+        return DecodeView(
+            layer=kv.index,
+            q=q.index_select(0, batch.query_start_loc.index_select(0, rows)),
+            kv=kv,
+            page_table=batch.page_table.index_select(0, rows),
+            seq_lens=batch.seq_lens.index_select(0, rows),
+            seq_lens_cpu=[batch.seq_lens_cpu[r] for r in self.metadata.decode_rows_cpu],
+            page_size=batch.page_size,
+            scale=scale,
+        )
+
     def forward(
         self,
         q: torch.Tensor,
@@ -160,9 +252,14 @@ class PagedAttentionBackend:
         if meta is None:
             raise RuntimeError(f"{type(self).__name__}.prepare(batch) must run before forward")
         self.store_kv(k, v, kv_cache, batch)
+        layer = kv_cache if isinstance(kv_cache, LayerKV) else None
+        method = self.methods[layer.index] if layer is not None and self.methods else None
+        if method is not None:
+            assert layer is not None
+            method.observe_store(layer, batch.slot_mapping, batch.page_size)
         out = torch.empty_like(q)
         if meta.decode_rows_cpu:
-            self.forward_decode(q, kv_cache, out, batch, scale)
+            self.decode_with_hooks(q, kv_cache, out, batch, scale, method)
         if meta.extend_rows_cpu:
             self.forward_extend(q, kv_cache, out, batch, scale)
         return out

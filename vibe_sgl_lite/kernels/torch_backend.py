@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from vibe_sgl_lite.batch.forward_batch import ForwardBatch
 from vibe_sgl_lite.kernels.backend import KVCache, PagedAttentionBackend
+from vibe_sgl_lite.memory.kv_pool import LayerKV, dequantize_int8
 
 
 @dataclass
@@ -59,6 +60,19 @@ def build_row_group(batch: ForwardBatch, rows: list[int]) -> RowGroup:
     dense_mask = None if bool(mask.all()) else mask.unsqueeze(1)
     shape = (len(rows), max_q, max_kv)
     return RowGroup(q_index, kv_slots.reshape(-1), dense_mask, valid, q_index[valid], shape)
+
+
+def gather_kv(
+    kv_cache: KVCache, slots: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V at ``slots [N]`` as ``[N, Hkv, D]`` in ``dtype`` (dequantised if int8)."""
+    k_cache, v_cache = kv_cache
+    k, v = k_cache.index_select(0, slots), v_cache.index_select(0, slots)
+    if isinstance(kv_cache, LayerKV) and kv_cache.k_scale is not None:
+        assert kv_cache.v_scale is not None
+        k = dequantize_int8(k, kv_cache.k_scale.index_select(0, slots), dtype)
+        v = dequantize_int8(v, kv_cache.v_scale.index_select(0, slots), dtype)
+    return k.to(dtype), v.to(dtype)
 
 
 def _next_pow2(n: int) -> int:
@@ -109,21 +123,19 @@ class TorchPagedAttention(PagedAttentionBackend):
     def _attend(
         groups: list[RowGroup], q: torch.Tensor, kv_cache: KVCache, out: torch.Tensor, scale: float
     ) -> None:
-        k_cache, v_cache = kv_cache
         num_heads, head_dim = q.shape[1], q.shape[2]
-        gqa = num_heads != k_cache.shape[1]
         for g in groups:
             rows, max_q, max_kv = g.shape
             qg = q.index_select(0, g.q_index).view(rows, max_q, num_heads, head_dim)
-            kg = k_cache.index_select(0, g.kv_slots).view(rows, max_kv, -1, head_dim)
-            vg = v_cache.index_select(0, g.kv_slots).view(rows, max_kv, -1, head_dim)
+            kg, vg = gather_kv(kv_cache, g.kv_slots, q.dtype)
+            kg, vg = kg.view(rows, max_kv, -1, head_dim), vg.view(rows, max_kv, -1, head_dim)
             o = F.scaled_dot_product_attention(
                 qg.transpose(1, 2),  # [G, Hq, max_q, D]
-                kg.to(q.dtype).transpose(1, 2),  # [G, Hkv, max_kv, D]
-                vg.to(q.dtype).transpose(1, 2),
+                kg.transpose(1, 2),  # [G, Hkv, max_kv, D]
+                vg.transpose(1, 2),
                 attn_mask=g.mask,
                 scale=scale,
-                enable_gqa=gqa,
+                enable_gqa=num_heads != kg.shape[2],
             )
             o = o.transpose(1, 2).reshape(rows * max_q, num_heads, head_dim)
             out.index_copy_(0, g.out_index, o.index_select(0, g.valid))

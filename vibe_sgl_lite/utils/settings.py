@@ -50,3 +50,20 @@ def text_file_arg(text: str) -> str:
     """A flag naming a text file (a grammar), or holding the text itself."""
     path = Path(text)
     return path.read_text() if path.is_file() else text
+
+
+def check_int(name: str, value: object, minimum: int, or_none: bool = False) -> int:
+    """``value`` if it is an int >= ``minimum``, else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" or None" if or_none else "")
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def check_fraction(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """``value`` if it is a number in (0, 1] (or [0, 1]), else ``ValueError`` naming ``name``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not ((0.0 <= value if allow_zero else 0.0 < value) and value <= 1.0):  # type: ignore[operator]
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]

@@ -17,9 +17,19 @@ import torch
 
 from vibe_sgl_lite.batch.forward_batch import ForwardBatch
 from vibe_sgl_lite.kernels.backend import KVCache, PagedAttentionBackend
+from vibe_sgl_lite.kernels.sparse.method import DecodeView, KVSelection
 from vibe_sgl_lite.kernels.triton.decode import paged_decode_attention
 from vibe_sgl_lite.kernels.triton.extend import paged_extend_attention
 from vibe_sgl_lite.kernels.triton.store import store_kv
+from vibe_sgl_lite.memory.kv_pool import LayerKV
+
+
+def scales(kv_cache: KVCache) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """An int8 layer's ``(k_scale, v_scale)``, ``[num_slots, Hkv]`` each; ``(None, None)`` else."""
+    if isinstance(kv_cache, LayerKV):
+        return kv_cache.k_scale, kv_cache.v_scale
+    return None, None
+
 
 MAX_HEAD_DIM = 256
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -41,9 +51,13 @@ class TritonPagedAttention(PagedAttentionBackend):
                 f"attention_backend='triton' supports head_dim 1..{MAX_HEAD_DIM}; "
                 f"this model has head_dim={head_dim}"
             )
-        for option, value in (("dtype", dtype), ("kv_cache_dtype", kv_dtype)):
-            if value not in DTYPES:
-                allowed = ", ".join(str(d).removeprefix("torch.") for d in DTYPES)
+        kv_dtypes = (*DTYPES, torch.int8)
+        for option, value, ok in (
+            ("dtype", dtype, DTYPES),
+            ("kv_cache_dtype", kv_dtype, kv_dtypes),
+        ):
+            if value not in ok:
+                allowed = ", ".join(str(d).removeprefix("torch.") for d in ok)
                 raise ValueError(
                     f"attention_backend='triton' supports {option} in {allowed}; got {value}"
                 )
@@ -51,7 +65,9 @@ class TritonPagedAttention(PagedAttentionBackend):
     def store_kv(
         self, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCache, batch: ForwardBatch
     ) -> None:
-        store_kv(k, v, kv_cache[0], kv_cache[1], batch.slot_mapping)
+        k_cache, v_cache = kv_cache
+        k_scale, v_scale = scales(kv_cache)
+        store_kv(k, v, k_cache, v_cache, batch.slot_mapping, k_scale, v_scale)
 
     def forward_decode(
         self,
@@ -62,10 +78,11 @@ class TritonPagedAttention(PagedAttentionBackend):
         scale: float,
     ) -> None:
         assert self.metadata is not None
+        (k_cache, v_cache), (k_scale, v_scale) = kv_cache, scales(kv_cache)
         paged_decode_attention(
             q,
-            kv_cache[0],
-            kv_cache[1],
+            k_cache,
+            v_cache,
             out,
             self.metadata.decode_rows,
             batch.query_start_loc,
@@ -73,6 +90,8 @@ class TritonPagedAttention(PagedAttentionBackend):
             batch.page_table,
             batch.page_size,
             scale,
+            k_scale=k_scale,
+            v_scale=v_scale,
         )
 
     def forward_extend(
@@ -84,10 +103,11 @@ class TritonPagedAttention(PagedAttentionBackend):
         scale: float,
     ) -> None:
         assert self.metadata is not None
+        (k_cache, v_cache), (k_scale, v_scale) = kv_cache, scales(kv_cache)
         paged_extend_attention(
             q,
-            kv_cache[0],
-            kv_cache[1],
+            k_cache,
+            v_cache,
             out,
             self.metadata.extend_rows,
             batch.query_start_loc,
@@ -96,4 +116,36 @@ class TritonPagedAttention(PagedAttentionBackend):
             batch.page_size,
             scale,
             max_query_len=self.metadata.max_query_len,
+            k_scale=k_scale,
+            v_scale=v_scale,
+        )
+
+    def forward_decode_selected(
+        self,
+        q: torch.Tensor,
+        view: DecodeView,
+        selection: KVSelection,
+        out: torch.Tensor,
+        batch: ForwardBatch,
+    ) -> None:
+        """The decode kernel with one slot list per (row, KV head): a page table of page size 1."""
+        assert self.metadata is not None
+        rows = self.metadata.decode_rows
+        table = selection.slots.new_zeros((batch.num_seqs, *selection.slots.shape[1:]))
+        lengths = selection.lengths.new_zeros((batch.num_seqs, selection.lengths.shape[1]))
+        table.index_copy_(0, rows, selection.slots)
+        lengths.index_copy_(0, rows, selection.lengths)
+        paged_decode_attention(
+            q,
+            view.kv.k,
+            view.kv.v,
+            out,
+            rows,
+            batch.query_start_loc,
+            lengths,
+            table,
+            1,
+            view.scale,
+            k_scale=view.kv.k_scale,
+            v_scale=view.kv.v_scale,
         )
