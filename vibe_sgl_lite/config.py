@@ -69,6 +69,10 @@ class EngineConfig:
     selection_ratio: float | None = setting(
         None, "quest, topk_oracle: share of pages / tokens read, in (0, 1]"
     )
+    pruning_ratio: float = setting(
+        0.0, "token pruning: share of a long context dropped from reads, in [0, 1)"
+    )
+    min_tokens_after_pruning: int = setting(256, "token pruning: never prune below this many")
     mem_fraction: float = setting(
         0.3, "share of free memory for the KV pool when max_total_tokens is not set"
     )
@@ -84,6 +88,9 @@ class EngineConfig:
         check_int("tp_size", self.tp_size, minimum=1)
         check_int("ep_size", self.ep_size, minimum=1)
         check_int("num_sink_tokens", self.num_sink_tokens, minimum=0)
+        check_int("min_tokens_after_pruning", self.min_tokens_after_pruning, minimum=1)
+        if check_fraction("pruning_ratio", self.pruning_ratio, allow_zero=True) >= 1.0:
+            raise ValueError(f"pruning_ratio must be in [0, 1), got {self.pruning_ratio!r}")
         check_int("attention_window", self.attention_window, minimum=1)
         if self.attention_budget is not None:
             check_int("attention_budget", self.attention_budget, minimum=1, or_none=True)

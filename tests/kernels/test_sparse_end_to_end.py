@@ -205,3 +205,68 @@ def test_int8_pool_holds_about_twice_the_tokens_of_bf16(
     ratio = pages["int8"] / pages["bfloat16"]
     head_dim = 2 * 64 / (64 + 4)  # bf16 bytes / (int8 bytes + fp32 scale) per element row
     assert math.isclose(ratio, head_dim, rel_tol=0.02) and ratio > 1.8
+
+
+# ---- token pruning ---------------------------------------------------------------------------
+
+LONG = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+
+
+def test_pruning_drops_tokens_frees_empty_pages_and_keeps_invariants(
+    qwen3_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VIBE_SGL_LITE_CHECK_INVARIANTS", "1")
+    settings = dict(page_size=2, enable_prefix_cache=False, max_total_tokens=512)
+    with ModelRunner(qwen3_dir, pruning_ratio=0.9, min_tokens_after_pruning=8, **settings) as r:
+        outs = r.generate_outputs(PROMPTS, LONG)
+        stats = r.get_stats()
+        assert all(len(o.token_ids) == 40 for o in outs)
+        assert stats["num_pruned_tokens"] > 0 and stats["num_pruned_pages_freed"] > 0
+        assert stats["attention_kv_read_fraction"] < 0.5
+        assert stats["kv_pages_free"] == stats["kv_pages_total"]
+    with ModelRunner(qwen3_dir, **settings) as r:  # the default never prunes
+        r.generate_outputs(PROMPTS, LONG)
+        assert r.get_stats()["num_pruned_tokens"] == 0
+
+
+def test_pruning_never_changes_prefix_pages_shared_with_other_requests(qwen3_dir: Path) -> None:
+    """A long request prunes; a short one sharing its cached prompt never gets past
+    ``min_tokens_after_pruning``, so its output must be what it is without pruning."""
+    long_prompt, short_prompt = SYSTEM + [1, 2, 3], SYSTEM + [4, 5]
+    short = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    with ModelRunner(qwen3_dir, page_size=4) as plain:
+        expected = plain.generate_outputs(short_prompt, short)[0].token_ids
+    with ModelRunner(
+        qwen3_dir, page_size=4, pruning_ratio=0.5, min_tokens_after_pruning=40
+    ) as pruned:
+        pruned.generate_outputs(long_prompt, LONG)
+        assert pruned.get_stats()["num_pruned_tokens"] > 0
+        out = pruned.generate_outputs(short_prompt, short)[0]
+        assert out.num_cached_tokens > 0
+        assert out.token_ids == expected
+
+
+def test_pruning_survives_preemption(qwen3_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIBE_SGL_LITE_CHECK_INVARIANTS", "1")
+    with ModelRunner(
+        qwen3_dir, page_size=2, max_total_tokens=96, pruning_ratio=0.8, min_tokens_after_pruning=8
+    ) as r:
+        outs = r.generate_outputs(PROMPTS, LONG)
+        stats = r.get_stats()
+        assert stats["num_preemptions"] > 0 and stats["num_pruned_tokens"] > 0
+        assert all(len(o.token_ids) == 40 for o in outs)
+        r.flush_cache()
+        assert r.get_stats()["kv_pages_free"] == r.get_stats()["kv_pages_total"]
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        (dict(pruning_ratio=1.0), r"pruning_ratio must be in \[0, 1\)"),
+        (dict(pruning_ratio=-0.1), r"pruning_ratio must be"),
+        (dict(pruning_ratio=0.5, min_tokens_after_pruning=0), "min_tokens_after_pruning must be"),
+    ],
+)
+def test_bad_pruning_settings(qwen3_dir: Path, settings: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ModelRunner(qwen3_dir, max_total_tokens=64, **settings)

@@ -15,7 +15,7 @@ Several prefills (or prefill chunks) and many decodes run as ONE forward with no
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,7 +26,9 @@ class BatchRow:
     """One sequence's share of a step: ``token_ids`` start at position ``start_pos``.
 
     ``sample``: return the logits of the last token. ``all_logits``: return the logits of every
-    token of the row instead (scoring a text, e.g. for perplexity).
+    token of the row instead (scoring a text, e.g. for perplexity). ``request_id`` lets
+    per-request research hooks (token pruning, score capture) follow a request across steps.
+    A negative page-table entry is a page token pruning freed: never read, stored as 0.
     """
 
     token_ids: Sequence[int]
@@ -34,6 +36,7 @@ class BatchRow:
     page_table: Sequence[int]
     sample: bool
     all_logits: bool = False
+    request_id: int = -1
 
 
 @dataclass
@@ -48,6 +51,7 @@ class ForwardBatch:
     page_size: int
     query_lens_cpu: list[int]
     seq_lens_cpu: list[int]
+    request_ids: list[int] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -77,7 +81,9 @@ class ForwardBatch:
             elif row.sample:
                 sample_indices.append(query_start[-1] - 1)
         max_pages = max(len(r.page_table) for r in rows)
-        table = [list(r.page_table) + [0] * (max_pages - len(r.page_table)) for r in rows]
+        table = [
+            [max(p, 0) for p in r.page_table] + [0] * (max_pages - len(r.page_table)) for r in rows
+        ]
 
         def tensor(data: Any) -> torch.Tensor:
             return torch.tensor(data, dtype=torch.int64, device=device)
@@ -100,4 +106,5 @@ class ForwardBatch:
             page_size=page_size,
             query_lens_cpu=query_lens,
             seq_lens_cpu=seq_lens,
+            request_ids=[r.request_id for r in rows],
         )

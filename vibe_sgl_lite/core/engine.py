@@ -41,7 +41,12 @@ from vibe_sgl_lite.kernels.attention import (
     default_attention_backend,
     get_attention_backend,
 )
-from vibe_sgl_lite.kernels.sparse import AttentionMethod, ScoreCapture, make_attention_method
+from vibe_sgl_lite.kernels.sparse import (
+    AttentionMethod,
+    ScoreCapture,
+    TokenPruner,
+    make_attention_method,
+)
 from vibe_sgl_lite.memory.kv_pool import KVPool
 from vibe_sgl_lite.memory.page_allocator import PageAllocator
 from vibe_sgl_lite.models.config import ModelConfig
@@ -50,7 +55,7 @@ from vibe_sgl_lite.sampling import Sampler, SamplerOutput, SamplingParams
 from vibe_sgl_lite.sampling.builtin import builtin_plugins
 from vibe_sgl_lite.sampling.plugins import Plugin, PluginSet
 from vibe_sgl_lite.scheduler import ScheduledBatch, Scheduler, make_scheduler
-from vibe_sgl_lite.scheduler.request import Request
+from vibe_sgl_lite.scheduler.request import FREED_PAGE, Request
 
 MethodSpec = str | AttentionMethod | Sequence[str | AttentionMethod]
 """``attention_method=``: a name, an object, or one of those per layer."""
@@ -93,6 +98,7 @@ class Engine:
                 self.model_config.head_dim, config.torch_dtype, config.kv_torch_dtype, self.device
             )
         self.attention_methods = self._attention_methods(attention_method)
+        self.pruner = self._token_pruner()
         self.sampler = Sampler()
         self.plugins = PluginSet(
             [*builtin_plugins(self.tokenizer.hf, eos_token_ids=self.eos_token_ids), *plugins]
@@ -109,6 +115,8 @@ class Engine:
             num_prefill_tokens_computed=0,
             num_decode_tokens_computed=0,
             num_steps=0,
+            num_pruned_tokens=0,
+            num_pruned_pages_freed=0,
         )
 
     def _default_attention(self) -> AttentionBackend:
@@ -133,8 +141,8 @@ class Engine:
                 f"layer), got {len(items)}"
             )
         methods = [self._attention_method(item) for item in items]
-        if all(type(m) is AttentionMethod for m in methods):
-            return []  # dense everywhere: the backend's plain path
+        if all(type(m) is AttentionMethod for m in methods) and self.config.pruning_ratio == 0:
+            return []  # dense everywhere: the backend's plain path (pruning needs the counts)
         if not isinstance(self.attention, PagedAttentionBackend) or self.config.world_size > 1:
             raise ValueError(
                 "attention_method other than 'dense' needs a PagedAttentionBackend "
@@ -154,6 +162,38 @@ class Engine:
             attention_budget=c.attention_budget,
             selection_ratio=c.selection_ratio,
         )
+
+    def _token_pruner(self) -> TokenPruner | None:
+        if self.config.pruning_ratio == 0.0:
+            return None
+        if not isinstance(self.attention, PagedAttentionBackend) or self.config.world_size > 1:
+            raise ValueError(
+                "pruning_ratio > 0 needs a PagedAttentionBackend and tp_size = ep_size = 1"
+            )
+        pruner = TokenPruner(self.config.pruning_ratio, self.config.min_tokens_after_pruning)
+        self.attention.pruner = pruner
+        self.scheduler.on_release.append(lambda req: pruner.release(req.request_id))
+        return pruner
+
+    def _prune(self, requests: Sequence[Request]) -> None:
+        """Drop each decoding request's least-attended tokens; free pages left empty.
+
+        A page is freed only when the request is its only holder: pages the prefix cache (or
+        another request) holds keep their K/V, this request just stops reading those tokens.
+        """
+        assert self.pruner is not None
+        page_size = self.config.page_size
+        for req in requests:
+            length = req.num_computed_tokens
+            self.counters["num_pruned_tokens"] += len(
+                self.pruner.plan(req.request_id, length, page_size)
+            )
+            for i in self.pruner.fully_pruned_pages(req.request_id, length, page_size):
+                page = req.page_table[i]
+                if page != FREED_PAGE and self.allocator.refcount(page) == 1:
+                    self.allocator.free([page])
+                    req.page_table[i] = FREED_PAGE
+                    self.counters["num_pruned_pages_freed"] += 1
 
     def start_capture(self, layers: Sequence[int] | None = None) -> ScoreCapture:
         """Record raw decode scores from now on (``ModelRunner.capture_attention``)."""
@@ -284,10 +324,11 @@ class Engine:
             return self._idle()
         rows = self._build_rows(scheduled)
         logits = self.executor.execute(rows)
-        self._name_captured_rows(scheduled.requests)
         sampling = [req for req, row in zip(scheduled.requests, rows) if row.sample]
         controlled = self.plugins.process_logits(logits, sampling)
         sampled = self._sample(controlled.logits, sampling, raw_logits=logits)
+        if self.pruner is not None:
+            self._prune(sampling)
         finished = self._process_outputs(sampling, sampled, controlled.errors)
         for req in finished:
             self.scheduler.finish(req)
@@ -295,14 +336,6 @@ class Engine:
         if self.check_invariants:
             self.assert_invariants()
         return finished
-
-    def _name_captured_rows(self, requests: Sequence[Request]) -> None:
-        capture = (
-            self.attention.capture if isinstance(self.attention, PagedAttentionBackend) else None
-        )
-        for record in capture.records if capture is not None else ():
-            if record.request_id is None:
-                record.request_id = requests[record.row].request_id
 
     def _idle(self) -> list[Request]:
         if self.scheduler.has_unfinished():
@@ -322,7 +355,8 @@ class Engine:
         for req, n in zip(scheduled.requests, scheduled.num_new_tokens):
             start = req.num_computed_tokens
             sample = start + n == len(req.token_ids)
-            rows.append(BatchRow(req.token_ids[start : start + n], start, req.page_table, sample))
+            tokens = req.token_ids[start : start + n]
+            rows.append(BatchRow(tokens, start, req.page_table, sample, request_id=req.request_id))
             req.num_computed_tokens += n
             if req.first_scheduled_time is None:
                 req.first_scheduled_time = now
@@ -392,7 +426,7 @@ class Engine:
         self.allocator.check_invariants()
         holders = Counter(self.cache.referenced_pages())
         for req in self.scheduler.running:
-            holders.update(req.page_table)
+            holders.update(p for p in req.page_table if p != FREED_PAGE)
         for page in range(self.allocator.num_pages):
             count = self.allocator.refcount(page)
             assert count == holders[page], f"page {page}: refcount {count}, {holders[page]} holders"

@@ -44,6 +44,7 @@ from vibe_sgl_lite.kernels.sparse.method import (
     ScoreCapture,
     attend_selection,
 )
+from vibe_sgl_lite.kernels.sparse.pruning import TokenPruner
 from vibe_sgl_lite.memory.kv_pool import LayerKV, quantize_int8
 
 KVCache = LayerKV | tuple[torch.Tensor, torch.Tensor]
@@ -125,6 +126,7 @@ class PagedAttentionBackend:
         self.metadata: AttentionMetadata | None = None
         self.methods: list[AttentionMethod] = []  # per layer; empty: dense everywhere
         self.capture: ScoreCapture | None = None
+        self.pruner: TokenPruner | None = None
 
     def set_attention_methods(self, methods: Sequence[AttentionMethod]) -> None:
         self.methods = list(methods)
@@ -207,14 +209,17 @@ class PagedAttentionBackend:
         """Decode, letting the layer's method choose the keys and the capture record scores."""
         assert self.metadata is not None
         layer = kv_cache if isinstance(kv_cache, LayerKV) else None
-        capture = self.capture
-        if layer is None or (method is None and capture is None):
+        capture, pruner = self.capture, self.pruner
+        if layer is None or (method is None and capture is None and pruner is None):
             self.forward_decode(q, kv_cache, out, batch, scale)
             return
         view = self.decode_view(q, layer, batch, scale)
         if capture is not None and capture.wants(layer.index):
-            capture.capture(view, self.metadata.decode_rows_cpu)
+            capture.capture(view)
         selection = method.select(view) if method is not None else None
+        if pruner is not None:
+            selection = pruner.restrict(view, selection)
+            pruner.observe(view, selection)
         if method is not None:
             method.record(view, selection)
         if selection is None:
@@ -230,6 +235,11 @@ class PagedAttentionBackend:
         rows = self.metadata.decode_rows
         return DecodeView(
             layer=kv.index,
+            request_ids=(
+                [batch.request_ids[r] for r in self.metadata.decode_rows_cpu]
+                if batch.request_ids
+                else [-1] * len(self.metadata.decode_rows_cpu)
+            ),
             q=q.index_select(0, batch.query_start_loc.index_select(0, rows)),
             kv=kv,
             page_table=batch.page_table.index_select(0, rows),

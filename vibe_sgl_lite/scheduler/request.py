@@ -22,6 +22,9 @@ import torch
 from vibe_sgl_lite.cache.base import RadixNode
 from vibe_sgl_lite.sampling import SamplingParams, TokenLogprobs
 
+FREED_PAGE = -1
+"""A ``page_table`` entry whose page token pruning gave back: its tokens are never read again."""
+
 
 class RequestState(enum.Enum):
     WAITING = "waiting"

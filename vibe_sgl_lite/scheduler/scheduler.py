@@ -22,12 +22,13 @@ oldest first, whatever the policy says (see ``scheduler/policies.py``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vibe_sgl_lite.cache.base import NoPrefixCache, PrefixCache, PrefixMatch
 from vibe_sgl_lite.config import EngineConfig
 from vibe_sgl_lite.memory.page_allocator import PageAllocator
-from vibe_sgl_lite.scheduler.request import Request, RequestState
+from vibe_sgl_lite.scheduler.request import FREED_PAGE, Request, RequestState
 
 
 @dataclass
@@ -57,6 +58,8 @@ class Scheduler:
         self._config: EngineConfig | None = None
         self._allocator: PageAllocator | None = None
         self.cache: PrefixCache = NoPrefixCache()
+        # Called whenever a request gives its pages back (finish, abort, preemption).
+        self.on_release: list[Callable[[Request], None]] = []
 
     def attach(self, config: EngineConfig, allocator: PageAllocator, cache: PrefixCache) -> None:
         """Called once by the engine: a scheduler object can be built before the engine."""
@@ -209,6 +212,14 @@ class Scheduler:
             self._cache_tokens(req, end)
 
     def _cache_tokens(self, req: Request, num_tokens: int) -> None:
+        if self.config.pruning_ratio > 0:
+            # Token pruning frees a request's own pages; only its prompt is shared, and
+            # nothing from the first freed page on.
+            num_tokens = min(num_tokens, req.num_prompt_tokens)
+            if FREED_PAGE in req.page_table:
+                num_tokens = min(
+                    num_tokens, req.page_table.index(FREED_PAGE) * self.config.page_size
+                )
         node = self.cache.insert(req.token_ids[:num_tokens], req.page_table)
         self.cache.lock(node)
         if req.cache_node is not None:
@@ -219,9 +230,11 @@ class Scheduler:
         if req.cache_node is not None:
             self.cache.unlock(req.cache_node)
             req.cache_node = None
-        self.allocator.free(req.page_table)
+        self.allocator.free(p for p in req.page_table if p != FREED_PAGE)
         req.page_table = []
         req.num_computed_tokens = 0
+        for listener in self.on_release:
+            listener(req)
 
     # ---- leaving the running set -------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from vibe_sgl_lite.kernels.sparse.method import (
     ScoreCapture,
     attend_selection,
 )
+from vibe_sgl_lite.kernels.sparse.pruning import TokenPruner
 from vibe_sgl_lite.kernels.sparse.quest import QuestAttention
 from vibe_sgl_lite.kernels.sparse.streaming import StreamingAttention
 from vibe_sgl_lite.kernels.sparse.topk_oracle import TopKOracleAttention
@@ -62,6 +63,7 @@ __all__ = [
     "QuestAttention",
     "ScoreCapture",
     "StreamingAttention",
+    "TokenPruner",
     "TopKOracleAttention",
     "attend_selection",
     "make_attention_method",

@@ -12,6 +12,7 @@ the backend attends over exactly those, and the fraction of KV read goes into ``
     KVSelection                       what it answers
       slots       [Bd, Hkv, N]        pool slots to read, valid ones first, ascending position
       lengths     [Bd, Hkv]           how many of the N are valid (>= 1)
+      positions   [Bd, Hkv, N]        the token positions of those slots
 
 Selections are token-granular; page-granular methods (Quest) expand their pages to tokens.
 Extend rows (prompts, chunks) always read densely: the methods here are decode-time ones.
@@ -29,6 +30,7 @@ from vibe_sgl_lite.memory.kv_pool import LayerKV
 @dataclass
 class DecodeView:
     layer: int
+    request_ids: list[int]
     q: torch.Tensor
     kv: LayerKV
     page_table: torch.Tensor
@@ -78,6 +80,7 @@ class DecodeView:
 class KVSelection:
     slots: torch.Tensor
     lengths: torch.Tensor
+    positions: torch.Tensor  # [Bd, Hkv, N] token position of each slot (for pruning, analysis)
 
     @classmethod
     def from_positions(
@@ -90,7 +93,7 @@ class KVSelection:
         ordered, _ = torch.where(valid, positions, big).sort(dim=-1)
         lengths = valid.sum(-1)
         ordered = torch.where(ordered == big, 0, ordered)
-        return cls(view.slots_of(ordered), lengths)
+        return cls(view.slots_of(ordered), lengths, ordered)
 
     def num_read(self) -> int:
         return int(self.lengths.sum())
@@ -134,15 +137,14 @@ class AttentionMethod:
 
 @dataclass
 class CapturedScores:
-    """Raw pre-softmax scores ``scale * q . k`` of one decode row in one layer: ``[Hq, kv_len]``.
+    """Raw pre-softmax scores ``scale * q . k`` of one request's decode token in one layer.
 
-    ``row`` is the row of the step's batch; the engine replaces it with the request id.
+    ``scores``: ``[num_heads, kv_len]``, over the request's whole context.
     """
 
-    row: int
+    request_id: int
     layer: int
     scores: torch.Tensor
-    request_id: int | None = None
 
 
 @dataclass
@@ -155,13 +157,13 @@ class ScoreCapture:
     def wants(self, layer: int) -> bool:
         return self.layers is None or layer in self.layers
 
-    def capture(self, view: DecodeView, rows: list[int]) -> None:
+    def capture(self, view: DecodeView) -> None:
         keys, _ = view.keys(torch.float32)  # [Bd, Lmax, Hkv, D]
         group = view.q.shape[1] // view.num_kv_heads
-        for i, (row, kv_len) in enumerate(zip(rows, view.seq_lens_cpu)):
+        for i, (request_id, kv_len) in enumerate(zip(view.request_ids, view.seq_lens_cpu)):
             k = keys[i, :kv_len].repeat_interleave(group, dim=1)  # [L, Hq, D]
             scores = torch.einsum("hd,lhd->hl", view.q[i].float(), k) * view.scale
-            self.records.append(CapturedScores(row, view.layer, scores))
+            self.records.append(CapturedScores(request_id, view.layer, scores))
 
 
 def attend_selection(view: DecodeView, selection: KVSelection) -> torch.Tensor:
