@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+import json
 from pathlib import Path
 from typing import Any
 
@@ -356,3 +357,16 @@ def test_load_progress_bar_only_when_asked(
     assert capsys.readouterr().err == ""
     load_model(qwen3_dir, progress=True)
     assert "Loading weights: 100%" in capsys.readouterr().err
+
+
+def test_attention_method_and_int8_kv_flags(
+    qwen3_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["generate", "--model", str(qwen3_dir), "a b c d e f", "--max-tokens", "6", "--stats"]
+    flags = ["--attention-method", "streaming", "--num-sink-tokens", "1", "--attention-window", "2"]
+    assert main(args + flags + ["--kv-cache-dtype", "int8", "--page-size", "2"]) == 0
+    out = capsys.readouterr().out
+    stats = json.loads(out[out.index("{") :])
+    assert stats["attention_kv_read_fraction"] < 1.0
+    assert main(args + ["--attention-method", "quest"]) == 2
+    assert "attention_budget or selection_ratio" in capsys.readouterr().err
