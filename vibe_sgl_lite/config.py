@@ -96,6 +96,8 @@ class EngineConfig:
             check_int("attention_budget", self.attention_budget, minimum=1, or_none=True)
         if self.selection_ratio is not None:
             check_fraction("selection_ratio", self.selection_ratio)
+        if self.attention_method == "quest" and self.attention_budget is not None:
+            check_int("attention_budget", self.attention_budget, minimum=2)  # first + current page
         if self.attention_method in ("quest", "topk_oracle") and (
             (self.attention_budget is None) == (self.selection_ratio is None)
         ):

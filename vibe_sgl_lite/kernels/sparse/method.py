@@ -99,6 +99,15 @@ class KVSelection:
         return int(self.lengths.sum())
 
 
+def ceil_fraction(counts: torch.Tensor, ratio: float) -> torch.Tensor:
+    """``ceil(counts * ratio)`` as int64, exact for decimal ratios: ``0.15 * 100`` is 15.
+
+    In float32 (what int64 * float gives) 0.15 * 100 is 15.000001, one too many after ceil;
+    float64 with a margin far below one count gets it right.
+    """
+    return torch.ceil(counts.double() * ratio - 1e-9).long()
+
+
 @dataclass
 class MethodStats:
     """Keys read against keys a dense read would touch, summed over layers and KV heads."""

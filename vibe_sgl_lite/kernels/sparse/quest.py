@@ -21,7 +21,12 @@ import math
 
 import torch
 
-from vibe_sgl_lite.kernels.sparse.method import AttentionMethod, DecodeView, KVSelection
+from vibe_sgl_lite.kernels.sparse.method import (
+    AttentionMethod,
+    DecodeView,
+    KVSelection,
+    ceil_fraction,
+)
 from vibe_sgl_lite.memory.kv_pool import LayerKV
 from vibe_sgl_lite.utils.settings import check_fraction, check_int
 
@@ -72,7 +77,7 @@ class QuestAttention(AttentionMethod):
         if self.budget is not None:
             return num_pages.clamp(max=self.budget)
         assert self.ratio is not None
-        return torch.ceil(num_pages * self.ratio).long().clamp(min=2).minimum(num_pages)
+        return ceil_fraction(num_pages, self.ratio).clamp(min=2).minimum(num_pages)
 
     def select(self, view: DecodeView) -> KVSelection:
         ps = view.page_size

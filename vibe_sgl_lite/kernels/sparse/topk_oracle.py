@@ -11,7 +11,12 @@ import math
 
 import torch
 
-from vibe_sgl_lite.kernels.sparse.method import AttentionMethod, DecodeView, KVSelection
+from vibe_sgl_lite.kernels.sparse.method import (
+    AttentionMethod,
+    DecodeView,
+    KVSelection,
+    ceil_fraction,
+)
 from vibe_sgl_lite.utils.settings import check_fraction, check_int
 
 
@@ -39,7 +44,7 @@ class TopKOracleAttention(AttentionMethod):
             kept = lens.clamp(max=self.budget)
         else:
             assert self.ratio is not None
-            kept = torch.ceil(lens * self.ratio).long().clamp(min=1).minimum(lens)
+            kept = ceil_fraction(lens, self.ratio).clamp(min=1).minimum(lens)
         k = int(kept.max())
         positions = scores.topk(k, dim=-1).indices  # [Bd, Hkv, k]
         chosen = torch.arange(k, device=scores.device)[None, None, :] < kept[:, None, None]
