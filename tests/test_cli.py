@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
-import json
 from pathlib import Path
 from typing import Any
 
