@@ -1,14 +1,20 @@
-"""Batched generation throughput: vibe-sgl-lite vs transformers' ``generate``, same run.
+"""Offline throughput: vibe-sgl-lite vs transformers (static and continuous batching), same run.
 
-Builds a random-weight Qwen3 (default ~30M parameters) in a temporary folder, then generates
-``--num-prompts`` completions of ``--output-len`` tokens from prompts of ``--prompt-len``
-tokens with each engine (greedy, EOS ignored), and prints tokens/s and the ratio.
+Builds a random-weight Qwen3 (``--shape small``: ~100M parameters, Qwen3's 151936-token
+vocabulary; ``--shape qwen3-0.6b``: Qwen3-0.6B's sizes) in a temporary folder, then runs
+``--num-prompts`` requests with prompt lengths uniform in [32, 512] and output lengths uniform in
+[32, 256] (greedy, EOS ignored, each request its own ``max_tokens``) through every engine, and
+prints each one's output tokens/s, our ratio against it, and how many of its greedy outputs
+equal transformers ``generate``'s. ``--equal-lengths`` is the earlier benchmark (every prompt
+``--prompt-len`` tokens, every output ``--output-len``, one ``generate`` batch).
 
     python benchmarks/throughput.py --threads 1 --num-prompts 32
+    python benchmarks/throughput.py --threads 1 --num-prompts 32 --equal-lengths
 
-The measuring lives in the package (``vibe_sgl_lite/cli/bench.py``), so that an installed
-``vibe-sgl-lite bench`` runs the same code; this script is that command, with the same flags
-(``--model DIR`` and the engine settings included).
+The measuring lives in the package (``vibe_sgl_lite/cli/bench.py``, which explains each
+column), so that an installed ``vibe-sgl-lite bench`` runs the same code; this script is that
+command, with the same flags (``--model DIR|FILE.gguf``, ``--gguf`` and the engine settings
+included).
 """
 
 from __future__ import annotations

@@ -1,0 +1,137 @@
+"""``vibe-sgl-lite bench``: the workload, the CPU's bf16 detection, and a smoke run of each mode.
+
+The smoke runs use a random Qwen3 far below ``--shape small`` (hidden 64, 2 layers, vocab 1000),
+so every column runs in seconds; they check the report's shape and that every engine's greedy
+outputs equal transformers ``generate``'s, not the speeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from vibe_sgl_lite.cli import build_parser, main
+from vibe_sgl_lite.cli.bench import (
+    BenchResult,
+    bf16_report,
+    check_bench_flags,
+    cpu_bf16_flags,
+    make_workload,
+    run_bench,
+)
+from vibe_sgl_lite.cli.flags import values_of
+from vibe_sgl_lite.config import EngineConfig
+
+TINY = [
+    *("--hidden 64 --layers 2 --heads 2 --kv-heads 1 --head-dim 32 --intermediate 128").split(),
+    *("--vocab 1000 --threads 1 --max-total-tokens 4096").split(),
+]
+"""A random Qwen3 small enough that all columns together take seconds."""
+
+MEASURED = r" +\d+\.\d\d s +\d+\.\d tok/s"
+"""A measured column's time and rate, as the report prints them."""
+
+
+def _bench_args(argv: list[str]) -> tuple[argparse.Namespace, EngineConfig]:
+    """``argv``'s parsed flags and engine settings, as ``main`` derives them."""
+    parser, engine_dests, _ = build_parser()
+    args = parser.parse_args(["bench", *argv])
+    return args, EngineConfig(**values_of(args, engine_dests))
+
+
+# ---- the workload and the flags ------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_workload_is_seeded_and_within_the_ranges() -> None:
+    work = make_workload(50, (3, 9), (2, 5), vocab=20, seed=7)
+    assert work == make_workload(50, (3, 9), (2, 5), vocab=20, seed=7)
+    assert work != make_workload(50, (3, 9), (2, 5), vocab=20, seed=8)
+    assert {len(r.prompt) for r in work} == set(range(3, 10))  # 50 draws cover 7 lengths
+    assert {r.max_tokens for r in work} == set(range(2, 6))
+    assert all(1 <= t < 20 for r in work for t in r.prompt)  # 0 is EOS and padding
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--prompt-len", "8"], "--prompt-len and --output-len need --equal-lengths"),
+        (["--prompt-range", "9", "3"], "prompt_range must be MIN MAX"),
+        (["--output-range", "0", "4"], "output_range must be MIN MAX"),
+        (["--batch", "0"], "batch must be >= 1"),
+        (["--vocab", "0"], "vocab must be >= 1"),
+    ],
+)
+def test_bad_flags_are_refused(argv: list[str], message: str) -> None:
+    args, _ = _bench_args(argv)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_bench_flags(args)
+
+
+@pytest.mark.unit
+def test_cpu_bf16_detection(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n")
+    assert cpu_bf16_flags(cpuinfo) == ("amx_bf16",)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2\n")
+    assert cpu_bf16_flags(cpuinfo) == ()
+    assert cpu_bf16_flags(tmp_path / "missing") is None
+    assert bf16_report(("amx_bf16",), "bfloat16") == ["cpu: native bf16 (amx_bf16)"]
+    assert len(bf16_report(("amx_bf16",), "float32")) == 1
+    detection, warning = bf16_report((), "bfloat16")  # asked for, not native: warn, still run
+    assert detection.startswith("cpu: no native bf16") and warning.startswith("warning: ")
+    assert bf16_report(None, "float32") == ["cpu: native bf16 unknown (no /proc/cpuinfo)"]
+
+
+# ---- smoke runs ------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_bench_reports_every_column(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [*TINY, "--num-prompts", "6", "--prompt-range", "8", "32", "--output-range", "8", "32"]
+    assert main(["bench", *argv]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"model: random Qwen3 resized \(hidden 64, .*threads=1", lines[0])
+    assert lines[1].startswith("cpu: ")
+    workload = r"workload: 6 requests, prompts (\d+)\.\.(\d+) \(mean \d+\) tokens, outputs .*"
+    match = re.fullmatch(workload, lines[2])
+    assert match and 8 <= int(match[1]) <= int(match[2]) <= 32
+    expected = [
+        r"transformers generate \(batches of 6\):" + MEASURED + r" .* \(reference outputs\)",
+        r"transformers continuous batching:" + MEASURED + r" .* identical greedy outputs: 6/6",
+        r"llama\.cpp: (not installed|skipped \(.*\))",
+        r"vibe-sgl-lite:" + MEASURED + r" +identical greedy outputs: 6/6",
+    ]
+    assert len(lines) == 3 + len(expected), lines
+    for pattern, line in zip(expected, lines[3:]):
+        assert re.fullmatch(pattern, line), (pattern, line)
+
+
+@pytest.mark.integration
+def test_equal_lengths_mode_returns_its_results_as_data() -> None:
+    argv = [*TINY, "--equal-lengths", "--num-prompts", "3", "--prompt-len", "8"]
+    result = run_bench(*_bench_args([*argv, "--output-len", "4"]))
+    assert isinstance(result, BenchResult)
+    assert [(len(r.prompt), r.max_tokens) for r in result.requests] == [(8, 4)] * 3
+    assert result.output_tokens == 12
+    reference, continuous, llama_cpp, ours = result.columns
+    assert reference.name == "transformers generate (batches of 3)"  # one batch: all prompts
+    assert ours is result.ours and all(len(out) == 4 for out in ours.outputs)
+    assert result.identical(ours) == result.identical(continuous) == 3
+    assert llama_cpp.skipped is not None and llama_cpp.outputs == []
+    report = result.report()
+    assert "workload: 3 requests, prompts 8 tokens, outputs 4 tokens (12 in all), seed 0" in report
+
+
+@pytest.mark.integration
+def test_bench_on_a_model_folder(qwen3_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--model", str(qwen3_dir), "--num-prompts", "3", "--threads", "1"]
+    argv += ["--prompt-range", "4", "16", "--output-range", "2", "4", "--max-total-tokens", "1024"]
+    assert main(["bench", *argv]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"model: {qwen3_dir.name}, ")
+    assert out.count("identical greedy outputs: 3/3") == 2  # continuous batching and ours
