@@ -26,6 +26,7 @@ DTYPES: dict[str, torch.dtype] = {
 }
 KV_CACHE_DTYPES = ("auto", *DTYPES, "int8")
 ATTENTION_METHODS = ("dense", "streaming", "quest", "topk_oracle")  # kernels/sparse/
+QUANTIZATIONS = ("int8", "int4")  # models/quantization.py
 
 
 @dataclass
@@ -64,15 +65,23 @@ class EngineConfig:
     num_sink_tokens: int = setting(4, "streaming: first tokens always read (attention sinks)")
     attention_window: int = setting(256, "streaming: most recent tokens read")
     attention_budget: int | None = setting(
-        None, "quest: pages read per step; topk_oracle: tokens (or use selection_ratio)"
+        None,
+        "quest: pages read per step; topk_oracle: tokens (default: unset; quest and "
+        "topk_oracle need it or selection_ratio)",
     )
     selection_ratio: float | None = setting(
-        None, "quest, topk_oracle: share of pages / tokens read, in (0, 1]"
+        None, "quest, topk_oracle: share of pages / tokens read, in (0, 1] (default: unset)"
     )
     pruning_ratio: float = setting(
         0.0, "token pruning: share of a long context dropped from reads, in [0, 1)"
     )
     min_tokens_after_pruning: int = setting(256, "token pruning: never prune below this many")
+    quantization: str | None = setting(
+        None,
+        "weight-only quantisation of the linear layers: int8 (per output channel) or int4 "
+        "(groups of 32; the LM head int8) (default: float weights)",
+        QUANTIZATIONS,
+    )
     mem_fraction: float = setting(
         0.3, "share of free memory for the KV pool when max_total_tokens is not set"
     )
@@ -111,6 +120,16 @@ class EngineConfig:
                 raise ValueError(
                     f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
                 )
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise ValueError(
+                f"quantization must be None or one of {', '.join(QUANTIZATIONS)}, "
+                f"got {self.quantization!r}"
+            )
+        if self.quantization is not None and self.tp_size > 1:
+            raise ValueError(
+                f"quantization={self.quantization!r} does not support tensor parallelism yet "
+                f"(tp_size={self.tp_size}); use tp_size=1"
+            )
         if not isinstance(self.enable_prefix_cache, bool):
             raise ValueError(
                 f"enable_prefix_cache must be a bool, got {self.enable_prefix_cache!r}"

@@ -7,8 +7,10 @@ A GGUF file holds everything a Hugging Face folder holds, under llama.cpp's name
 * **weights**: ``token_embd.weight``, ``blk.{i}.attn_q.weight`` ..., mostly block-quantised
   (Q4_K, Q8_0 ...). ``iter_gguf_tensors`` dequantises them with the ``gguf`` package one tensor at a
   time, casts each to the requested dtype and yields it under its Hugging Face name, which is what
-  ``load_packed_weights`` consumes. Nothing is quantised at run time: the model holds plain
-  float/bfloat16 weights, so a Q4 file costs as much memory as its float checkpoint once loaded.
+  ``load_packed_weights`` consumes. By default the model then holds plain float/bfloat16
+  weights, so a Q4 file costs as much memory as its float checkpoint once loaded; with
+  ``quantization="int4"`` the Q4_0/Q4_1 matrices keep their own 4-bit codes instead
+  (``_int4_codes``, see ``models/quantization.py``).
 * **tokenizer**: vocabulary, merges and chat template; transformers builds it
   (``AutoTokenizer.from_pretrained(folder, gguf_file=name)``, see ``core/tokenizer.py``).
 
@@ -36,6 +38,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from vibe_sgl_lite.models.quantization import QuantizedWeight
 
 GGUF_MAGIC = b"GGUF"
 
@@ -243,6 +247,36 @@ def _dequantize(raw: np.ndarray, qtype: Any, dtype: torch.dtype) -> torch.Tensor
     return torch.from_numpy(values).to(dtype)
 
 
+def _int4_codes(raw: np.ndarray, qtype: Any) -> QuantizedWeight | None:
+    """A Q4_0 or Q4_1 matrix as int4 codes with one (scale, zero) per block of 32, or ``None``
+    for any other storage.
+
+    Both formats are already the int4 layout of ``QuantizedLinear`` with group size 32, in the
+    kernel's convention ``w = (q - 8) * scale + zero``:
+
+        Q4_0  block = d (fp16), 16 bytes of codes     w = (q - 8) * d    -> scale d, zero 0
+        Q4_1  block = d, m (fp16), 16 bytes of codes  w = q * d + m      -> scale d, zero m + 8d
+
+    so the codes are copied, not re-rounded. Byte ``j`` of a block holds code ``j`` in its low
+    nibble and code ``j + 16`` in its high one. ``raw``: uint8 ``[N, bytes per row]``; returns
+    codes uint8 ``[N, K]``, scale and zero float32 ``[N, K / 32]``."""
+    kinds = _gguf_module().GGMLQuantizationType
+    if qtype not in (kinds.Q4_0, kinds.Q4_1) or raw.ndim != 2:
+        return None
+    head = 2 if qtype == kinds.Q4_0 else 4  # bytes before the codes: d, or d and m
+    rows = raw.shape[0]
+    blocks = np.array(raw).reshape(rows, -1, head + 16)
+    d = np.ascontiguousarray(blocks[..., 0:2]).view(np.float16)[..., 0].astype(np.float32)
+    packed = blocks[..., head:]
+    codes = np.concatenate([packed & 0x0F, packed >> 4], axis=-1).reshape(rows, -1)
+    zero = np.zeros_like(d)
+    if qtype == kinds.Q4_1:
+        m = np.ascontiguousarray(blocks[..., 2:4]).view(np.float16)[..., 0].astype(np.float32)
+        zero = m + 8 * d
+    to_torch = torch.from_numpy
+    return QuantizedWeight("int4", to_torch(codes), to_torch(d), to_torch(zero), group_size=32)
+
+
 def _hf_name(gguf_name: str) -> tuple[str, str | None]:
     """``(hf module path, expert projection or None)`` for a GGUF tensor name minus its suffix."""
     if gguf_name in GLOBAL_TENSORS:
@@ -258,12 +292,16 @@ def _hf_name(gguf_name: str) -> tuple[str, str | None]:
 
 
 def iter_gguf_tensors(
-    path: str | os.PathLike[str], dtype: torch.dtype = torch.float32
-) -> Iterator[tuple[str, torch.Tensor]]:
+    path: str | os.PathLike[str], dtype: torch.dtype = torch.float32, *, int4_codes: bool = False
+) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
     """``(hf_name, tensor)`` for every tensor of the file, dequantised to ``dtype`` one at a time.
 
     Only the tensor being yielded (and its float32 dequantisation, for quantised storage) is in
-    memory besides the model, so peak memory stays near the loaded model's size."""
+    memory besides the model, so peak memory stays near the loaded model's size.
+
+    With ``int4_codes``, a Q4_0/Q4_1 matrix (other than a per-expert stack) is yielded as its
+    ``QuantizedWeight`` instead (``_int4_codes``): for ``quantization="int4"``, whose layout it
+    already is."""
     config = gguf_config(path)
     permute = config["model_type"] == "llama"
     heads = {"q_proj": config["num_attention_heads"], "k_proj": config["num_key_value_heads"]}
@@ -277,8 +315,14 @@ def iter_gguf_tensors(
                 name = f"{hf_module}.{e}.{expert_proj}.{suffix}"
                 yield name, _dequantize(tensor.data[e], tensor.tensor_type, dtype)
             continue
-        weight = _dequantize(tensor.data, tensor.tensor_type, dtype)
+        codes = _int4_codes(tensor.data, tensor.tensor_type) if int4_codes else None
+        weight = codes if codes is not None else _dequantize(tensor.data, tensor.tensor_type, dtype)
         proj = hf_module.rsplit(".", 1)[-1]
         if permute and proj in heads:
-            weight = _unpermute(weight, int(heads[proj]))
+            num_heads = int(heads[proj])
+            weight = (
+                weight.map_rows(lambda t: _unpermute(t, num_heads))
+                if isinstance(weight, QuantizedWeight)
+                else _unpermute(weight, num_heads)
+            )
         yield f"{hf_module}.{suffix}", weight

@@ -1,7 +1,8 @@
 """Load a Hugging Face model folder: ``config.json`` + ``*.safetensors`` -> our model class.
 
 (A llama.cpp ``.gguf`` file goes through the same steps; ``models/gguf.py`` supplies its config
-and its dequantised tensors.)
+and its dequantised tensors.) With ``quantization`` the loaded float model's linear layers are
+then replaced by int8/int4 ones (``models/quantization.py``).
 
 Tensors are read with safetensors' own API (memory-mapped, never pickle), one at a time, so peak
 memory stays close to the size of the model itself.
@@ -10,7 +11,7 @@ memory stays close to the size of the model itself.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,14 @@ from vibe_sgl_lite.models.config import ModelConfig
 from vibe_sgl_lite.models.decoder import DecoderForCausalLM
 from vibe_sgl_lite.models.gguf import iter_gguf_tensors
 from vibe_sgl_lite.models.layers import RotaryEmbedding
+from vibe_sgl_lite.models.quantization import (
+    QuantizedWeight,
+    Slot,
+    quantization_targets,
+    quantize_model,
+)
 from vibe_sgl_lite.models.registry import get_model_class
+from vibe_sgl_lite.models.weights import PACKED
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -103,12 +111,50 @@ def _num_tensors(model_dir: Path) -> int:
     return count
 
 
+def _slot(hf_name: str, targets: Collection[str]) -> Slot | None:
+    """Where checkpoint weight ``hf_name`` lands if that layer is to be quantised, else ``None``.
+
+    ``model.layers.0.self_attn.k_proj.weight`` -> ``("layers.0.self_attn.qkv_proj", 1)``: the
+    decoder's ``model.`` prefix dropped and the q/k/v, gate/up projections merged (``PACKED``)."""
+    module, _, leaf = hf_name.removeprefix("model.").rpartition(".")
+    parent, _, proj = module.rpartition(".")
+    shard = 0
+    if proj in PACKED:
+        merged, shard = PACKED[proj]
+        module = f"{parent}.{merged}"
+    return (module, shard) if leaf == "weight" and module in targets else None
+
+
+def _set_aside_quantized(
+    weights: Iterator[tuple[str, Any]],
+    targets: Collection[str],
+    kept: dict[Slot, QuantizedWeight],
+    dtype: torch.dtype,
+) -> Iterator[tuple[str, Any]]:
+    """Pass ``weights`` on, moving each already-quantised one (GGUF int4 codes) into ``kept``.
+
+    The generic loader still checks that every float parameter is written, so such a weight
+    leaves a placeholder of its shape behind (zeros, stride 0: nothing is dequantised), which
+    ``quantize_model`` discards with the float layer. One that lands outside the quantised layers
+    (a Q4 embedding) is dequantised to ``dtype`` as usual."""
+    for name, tensor in weights:
+        if isinstance(tensor, QuantizedWeight):
+            slot = _slot(name, targets)
+            if slot is None:
+                tensor = tensor.dequantize(dtype)
+            else:
+                kept[slot] = tensor
+                tensor = torch.zeros((), dtype=dtype).expand(tensor.shape)
+        yield name, tensor
+
+
 def load_model(
     model_dir: str | Path,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
     shard: Callable[[DecoderForCausalLM], None] | None = None,
     progress: bool | None = None,
+    quantization: str | None = None,
 ) -> tuple[DecoderForCausalLM, ModelConfig]:
     """Build the registered class for ``model_dir`` and fill it with the checkpoint's weights.
 
@@ -122,6 +168,12 @@ def load_model(
     ``progress`` shows a bar over the tensors on stderr: ``None`` (default) only when stderr is a
     terminal and the load takes over a second (a big model read from disk), so logs and tests
     stay clean; ``True`` always, ``False`` never.
+
+    ``quantization`` (``"int8"``, ``"int4"``) replaces the linear layers by ``QuantizedLinear``
+    (the LM head: int8) once the float weights are in (``quantize_model``). From a GGUF file,
+    int4 takes the Q4_0/Q4_1 matrices' own codes rather than re-rounding their dequantised
+    floats; every other case quantises the loaded floats (a Q8_0 matrix under int8 too: its
+    per-32 block scales do not fit the fused kernel's one scale per row).
     """
     model_dir = Path(model_dir)
     config = ModelConfig.from_path(model_dir)  # a folder or a .gguf file; errors otherwise
@@ -137,14 +189,19 @@ def load_model(
     for module in model.modules():
         if isinstance(module, RotaryEmbedding):
             module.build()
+    targets = quantization_targets(model) if quantization is not None else {}
+    kept: dict[Slot, QuantizedWeight] = {}
     weights: Iterator[tuple[str, Any]]
     total = None
     if model_dir.is_dir():
         weights, total = iter_safetensors(model_dir), _num_tensors(model_dir)
     else:
-        weights = iter_gguf_tensors(model_dir, torch_dtype)
+        gguf_weights = iter_gguf_tensors(model_dir, torch_dtype, int4_codes=quantization == "int4")
+        weights = _set_aside_quantized(gguf_weights, targets, kept, torch_dtype)
     disable, delay = (None, 1.0) if progress is None else (not progress, 0.0)
     bar = tqdm(weights, "Loading weights", total, unit=" tensors", disable=disable, delay=delay)
     with bar:
         model.load_weights(bar)
+    if quantization is not None:
+        quantize_model(model, quantization, prequantized=kept)
     return model.eval().requires_grad_(False), config

@@ -40,7 +40,7 @@ class ModelWorker:
         self.page_size = config.page_size
         self.attention = attention
         self.model, self.model_config = load_model(
-            model_path, config.dtype, self.device, shard=shard
+            model_path, config.dtype, self.device, shard=shard, quantization=config.quantization
         )
         mc = self.model_config
         self.kv_pool = KVPool(
