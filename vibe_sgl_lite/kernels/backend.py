@@ -155,8 +155,8 @@ class PagedAttentionBackend:
                 (k, k_cache, kv_cache.k_scale),
                 (v, v_cache, kv_cache.v_scale),
             ):
-                q, scale = quantize_int8(x)
-                cache.index_copy_(0, slots, q)
+                codes, scale = quantize_int8(x)
+                cache.index_copy_(0, slots, codes)
                 scales.index_copy_(0, slots, scale)
             return
         k_cache.index_copy_(0, slots, k.to(k_cache.dtype))
