@@ -76,30 +76,28 @@ def test_dead_worker_raises_instead_of_hanging(qwen3_dir: Path) -> None:
     assert not any(p.is_alive() for p in procs)
 
 
+GLOO_EXIT_ABORT = "terminate called without an active exception"
+"""Gloo's threads can abort a torchrun rank at interpreter exit, after the group is destroyed
+and all work is done (about 1 run in 10 on a loaded 2-core machine, with any attention
+backend). The test retries that one signature, twice at most, and only once the generated text
+has been printed; any other failure fails at once."""
+
+
 def test_torchrun_launch_matches_single_process(qwen3_dir: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
 
     script = Path(__file__).resolve().parents[2] / "examples" / "torchrun_tp.py"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "--standalone",
-            str(script),
-            "--model",
-            str(qwen3_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    command += ["--standalone", str(script), "--model", str(qwen3_dir)]
     with ModelRunner(qwen3_dir, max_total_tokens=2048) as runner:
         expected = runner.generate("ROMEO:", max_tokens=24, temperature=0)
+    for _ in range(3):
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        exit_abort = GLOO_EXIT_ABORT in proc.stderr and expected in proc.stdout
+        if proc.returncode == 0 or not exit_abort:
+            break
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert expected in proc.stdout
 
 
