@@ -339,4 +339,4 @@ def test_attention_method_and_int8_kv_flags(
     stats = json.loads(out[out.index("{") :])
     assert stats["attention_kv_read_fraction"] < 1.0
     assert main(args + ["--attention-method", "quest"]) == 2
-    assert "attention_budget or selection_ratio" in capsys.readouterr().err
+    assert "budget or selection_ratio" in capsys.readouterr().err

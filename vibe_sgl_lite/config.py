@@ -64,7 +64,7 @@ class EngineConfig:
     )
     num_sink_tokens: int = setting(4, "streaming: first tokens always read (attention sinks)")
     attention_window: int = setting(256, "streaming: most recent tokens read")
-    attention_budget: int | None = setting(
+    budget: int | None = setting(
         None,
         "quest: pages read per step; topk_oracle: tokens (default: unset; quest and "
         "topk_oracle need it or selection_ratio)",
@@ -101,18 +101,18 @@ class EngineConfig:
         if check_fraction("pruning_ratio", self.pruning_ratio, allow_zero=True) >= 1.0:
             raise ValueError(f"pruning_ratio must be in [0, 1), got {self.pruning_ratio!r}")
         check_int("attention_window", self.attention_window, minimum=1)
-        if self.attention_budget is not None:
-            check_int("attention_budget", self.attention_budget, minimum=1, or_none=True)
+        if self.budget is not None:
+            check_int("budget", self.budget, minimum=1, or_none=True)
         if self.selection_ratio is not None:
             check_fraction("selection_ratio", self.selection_ratio)
-        if self.attention_method == "quest" and self.attention_budget is not None:
-            check_int("attention_budget", self.attention_budget, minimum=2)  # first + current page
+        if self.attention_method == "quest" and self.budget is not None:
+            check_int("budget", self.budget, minimum=2)  # first + current page
         if self.attention_method in ("quest", "topk_oracle") and (
-            (self.attention_budget is None) == (self.selection_ratio is None)
+            (self.budget is None) == (self.selection_ratio is None)
         ):
             raise ValueError(
                 f"attention_method={self.attention_method!r} needs exactly one of "
-                "attention_budget or selection_ratio"
+                "budget or selection_ratio"
             )
         for name in ("dtype", "schedule_policy", "kv_cache_dtype", "attention_method"):
             choices = FIELDS[name].metadata["choices"]

@@ -847,10 +847,10 @@ def test_backend_plain_kv_pair_reads_densely() -> None:
 
 BAD: list[tuple[str, Callable[[], object], str]] = [
     ("unknown method", lambda: make_attention_method("nope"), r"attention_method.*'nope'"),
-    ("quest budget 1", lambda: QuestAttention(budget=1), r"attention_budget.*>= 2.*got 1"),
-    ("quest budget 0", lambda: QuestAttention(budget=0), r"attention_budget.*got 0"),
-    ("quest neither", lambda: QuestAttention(), r"attention_budget.*selection_ratio"),
-    ("quest both", lambda: QuestAttention(4, 0.5), r"attention_budget.*selection_ratio"),
+    ("quest budget 1", lambda: QuestAttention(budget=1), r"budget.*>= 2.*got 1"),
+    ("quest budget 0", lambda: QuestAttention(budget=0), r"budget.*got 0"),
+    ("quest neither", lambda: QuestAttention(), r"budget.*selection_ratio"),
+    ("quest both", lambda: QuestAttention(4, 0.5), r"budget.*selection_ratio"),
     ("quest ratio 0", lambda: QuestAttention(selection_ratio=0), r"selection_ratio.*got 0"),
     ("quest ratio 1.5", lambda: QuestAttention(selection_ratio=1.5), r"selection_ratio.*1\.5"),
     ("quest ratio -0.1", lambda: QuestAttention(selection_ratio=-0.1), r"selection_ratio.*-0\.1"),
@@ -858,23 +858,21 @@ BAD: list[tuple[str, Callable[[], object], str]] = [
     ("topk ratio 0", lambda: TopKOracleAttention(selection_ratio=0), r"selection_ratio.*got 0"),
     ("topk ratio True", lambda: TopKOracleAttention(selection_ratio=True), r"selection_ratio"),
     ("topk ratio 1.5", lambda: TopKOracleAttention(selection_ratio=1.5), r"selection_ratio"),
-    ("topk budget 0", lambda: TopKOracleAttention(budget=0), r"attention_budget.*got 0"),
-    ("topk neither", lambda: TopKOracleAttention(), r"attention_budget.*selection_ratio"),
+    ("topk budget 0", lambda: TopKOracleAttention(budget=0), r"budget.*got 0"),
+    ("topk neither", lambda: TopKOracleAttention(), r"budget.*selection_ratio"),
     ("sinks -1", lambda: StreamingAttention(num_sink_tokens=-1), r"num_sink_tokens.*-1"),
     ("window 0", lambda: StreamingAttention(window=0), r"attention_window.*got 0"),
     (
         "config quest alone",
         lambda: EngineConfig(attention_method="quest"),
-        r"attention_method.*quest.*attention_budget.*selection_ratio",
+        r"attention_method.*quest.*budget.*selection_ratio",
     ),
     (
         "config topk both",
-        lambda: EngineConfig(
-            attention_method="topk_oracle", attention_budget=4, selection_ratio=0.5
-        ),
-        r"attention_method.*attention_budget.*selection_ratio",
+        lambda: EngineConfig(attention_method="topk_oracle", budget=4, selection_ratio=0.5),
+        r"attention_method.*budget.*selection_ratio",
     ),
-    ("config budget 0", lambda: EngineConfig(attention_budget=0), r"attention_budget.*got 0"),
+    ("config budget 0", lambda: EngineConfig(budget=0), r"budget.*got 0"),
     ("config ratio 2", lambda: EngineConfig(selection_ratio=2.0), r"selection_ratio.*2\.0"),
     ("config sinks -1", lambda: EngineConfig(num_sink_tokens=-1), r"num_sink_tokens.*-1"),
     ("config method", lambda: EngineConfig(attention_method="nope"), r"attention_method.*nope"),
@@ -893,11 +891,11 @@ def test_good_input_builds() -> None:
     streaming = make_attention_method("streaming", num_sink_tokens=0, attention_window=1)
     assert isinstance(streaming, StreamingAttention)
     assert (streaming.num_sink_tokens, streaming.window) == (0, 1)
-    quest = make_attention_method("quest", attention_budget=2)
+    quest = make_attention_method("quest", budget=2)
     assert isinstance(quest, QuestAttention) and (quest.budget, quest.ratio) == (2, None)
     quest = make_attention_method("quest", selection_ratio=1)
     assert isinstance(quest, QuestAttention) and (quest.budget, quest.ratio) == (None, 1.0)
-    oracle = make_attention_method("topk_oracle", attention_budget=1)
+    oracle = make_attention_method("topk_oracle", budget=1)
     assert isinstance(oracle, TopKOracleAttention) and oracle.budget == 1
     EngineConfig(attention_method="quest", selection_ratio=1.0)
     EngineConfig(attention_method="streaming", num_sink_tokens=0, attention_window=1)

@@ -32,13 +32,13 @@ WORKLOAD = dict(
 )  # hits, chunks, preemption
 
 FULL_BUDGET = {
-    "quest": dict(attention_method="quest", attention_budget=1000),
+    "quest": dict(attention_method="quest", budget=1000),
     "quest-ratio": dict(attention_method="quest", selection_ratio=1.0),
     "streaming": dict(attention_method="streaming", attention_window=10_000),
-    "topk_oracle": dict(attention_method="topk_oracle", attention_budget=100_000),
+    "topk_oracle": dict(attention_method="topk_oracle", budget=100_000),
 }
 SMALL_BUDGET = {
-    "quest": dict(attention_method="quest", attention_budget=2),
+    "quest": dict(attention_method="quest", budget=2),
     "streaming": dict(attention_method="streaming", num_sink_tokens=2, attention_window=4),
     "topk_oracle": dict(attention_method="topk_oracle", selection_ratio=0.25),
 }
@@ -128,8 +128,8 @@ def test_capture_attention_records_raw_scores_per_request_and_layer(qwen3_dir: P
     "settings, match",
     [
         (dict(attention_method="sparse"), "attention_method must be one of"),
-        (dict(attention_method="quest"), "exactly one of attention_budget or selection_ratio"),
-        (dict(attention_method="quest", attention_budget=0), "attention_budget must be"),
+        (dict(attention_method="quest"), "exactly one of budget or selection_ratio"),
+        (dict(attention_method="quest", budget=0), "budget must be"),
         (
             dict(attention_method="quest", selection_ratio=1.5),
             r"selection_ratio must be .*\(0, 1\]",

@@ -159,7 +159,7 @@ class Engine:
             item,
             num_sink_tokens=c.num_sink_tokens,
             attention_window=c.attention_window,
-            attention_budget=c.attention_budget,
+            budget=c.budget,
             selection_ratio=c.selection_ratio,
         )
 

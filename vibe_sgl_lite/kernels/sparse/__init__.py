@@ -35,7 +35,7 @@ def make_attention_method(
     *,
     num_sink_tokens: int = 4,
     attention_window: int = 256,
-    attention_budget: int | None = None,
+    budget: int | None = None,
     selection_ratio: float | None = None,
 ) -> AttentionMethod:
     """The method called ``name``, built from the engine's settings of that name."""
@@ -44,9 +44,9 @@ def make_attention_method(
     if name == "streaming":
         return StreamingAttention(num_sink_tokens, attention_window)
     if name == "quest":
-        return QuestAttention(attention_budget, selection_ratio)
+        return QuestAttention(budget, selection_ratio)
     if name == "topk_oracle":
-        return TopKOracleAttention(attention_budget, selection_ratio)
+        return TopKOracleAttention(budget, selection_ratio)
     raise ValueError(
         f"attention_method must be one of {', '.join(ATTENTION_METHODS)} or an "
         f"AttentionMethod object, got {name!r}"

@@ -38,10 +38,10 @@ class QuestAttention(AttentionMethod):
         super().__init__()
         if (budget is None) == (selection_ratio is None):
             raise ValueError(
-                "quest needs exactly one of attention_budget (pages, an integer >= 2) or "
+                "quest needs exactly one of budget (pages, an integer >= 2) or "
                 f"selection_ratio (in (0, 1]); got {budget!r} and {selection_ratio!r}"
             )
-        self.budget = None if budget is None else check_int("attention_budget", budget, minimum=2)
+        self.budget = None if budget is None else check_int("budget", budget, minimum=2)
         self.ratio = (
             None if selection_ratio is None else check_fraction("selection_ratio", selection_ratio)
         )

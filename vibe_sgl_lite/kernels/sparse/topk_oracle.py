@@ -27,10 +27,10 @@ class TopKOracleAttention(AttentionMethod):
         super().__init__()
         if (budget is None) == (selection_ratio is None):
             raise ValueError(
-                "topk_oracle needs exactly one of attention_budget (tokens, an integer >= 1) or "
+                "topk_oracle needs exactly one of budget (tokens, an integer >= 1) or "
                 f"selection_ratio (in (0, 1]); got {budget!r} and {selection_ratio!r}"
             )
-        self.budget = None if budget is None else check_int("attention_budget", budget, minimum=1)
+        self.budget = None if budget is None else check_int("budget", budget, minimum=1)
         self.ratio = (
             None if selection_ratio is None else check_fraction("selection_ratio", selection_ratio)
         )
