@@ -21,6 +21,7 @@ from vibe_sgl_lite.kernels.backend import (
     AttentionMetadata,
     KVCache,
     PagedAttentionBackend,
+    PagedKernelBackend,
 )
 from vibe_sgl_lite.kernels.cpu_paged import CpuPagedAttention
 from vibe_sgl_lite.kernels.torch_backend import TorchPagedAttention
@@ -77,6 +78,7 @@ __all__ = [
     "CpuPagedAttention",
     "KVCache",
     "PagedAttentionBackend",
+    "PagedKernelBackend",
     "TorchPagedAttention",
     "default_attention_backend",
     "get_attention_backend",

@@ -30,7 +30,7 @@ Layouts::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -273,3 +273,60 @@ class PagedAttentionBackend:
         if meta.extend_rows_cpu:
             self.forward_extend(q, kv_cache, out, batch, scale)
         return out
+
+
+def int8_scales(kv_cache: KVCache) -> dict[str, torch.Tensor]:
+    """``{"k_scale": ..., "v_scale": ...}`` for an int8 layer, ``{}`` for a float one."""
+    if isinstance(kv_cache, LayerKV) and kv_cache.k_scale is not None:
+        assert kv_cache.v_scale is not None
+        return {"k_scale": kv_cache.k_scale, "v_scale": kv_cache.v_scale}
+    return {}
+
+
+class PagedKernelBackend(PagedAttentionBackend):
+    """A backend made of two kernels with the shared signature of ``cpu_paged`` and ``triton``:
+
+        kernel(q, k_cache, v_cache, out, rows, query_start_loc, seq_lens, page_table,
+               page_size, scale, [max_query_len=], [k_scale=, v_scale=])   -> fills out[rows]
+
+    Subclasses set ``decode_kernel`` and ``extend_kernel``; int8 scales are passed only for an
+    int8 layer, so a kernel without them must refuse int8 in ``check_supported``.
+    """
+
+    decode_kernel: Callable[..., None]
+    extend_kernel: Callable[..., None]
+
+    def forward_decode(
+        self,
+        q: torch.Tensor,
+        kv_cache: KVCache,
+        out: torch.Tensor,
+        batch: ForwardBatch,
+        scale: float,
+    ) -> None:
+        assert self.metadata is not None
+        k_cache, v_cache = kv_cache
+        rows = self.metadata.decode_rows
+        self.decode_kernel(
+            *(q, k_cache, v_cache, out, rows, batch.query_start_loc, batch.seq_lens),
+            *(batch.page_table, batch.page_size, scale),
+            **int8_scales(kv_cache),
+        )
+
+    def forward_extend(
+        self,
+        q: torch.Tensor,
+        kv_cache: KVCache,
+        out: torch.Tensor,
+        batch: ForwardBatch,
+        scale: float,
+    ) -> None:
+        assert self.metadata is not None
+        k_cache, v_cache = kv_cache
+        rows = self.metadata.extend_rows
+        self.extend_kernel(
+            *(q, k_cache, v_cache, out, rows, batch.query_start_loc, batch.seq_lens),
+            *(batch.page_table, batch.page_size, scale),
+            max_query_len=self.metadata.max_query_len,
+            **int8_scales(kv_cache),
+        )

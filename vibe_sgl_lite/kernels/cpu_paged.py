@@ -57,8 +57,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vibe_sgl_lite.batch.forward_batch import ForwardBatch
-from vibe_sgl_lite.kernels.backend import KVCache, PagedAttentionBackend
+from vibe_sgl_lite.kernels.backend import PagedKernelBackend
 
 _SOURCE = Path(__file__).with_name("cpu_paged.cpp")
 _CFLAGS = [
@@ -188,10 +187,12 @@ def paged_extend_attention(
         out[start:end] = o[0].transpose(0, 1)
 
 
-class CpuPagedAttention(PagedAttentionBackend):
+class CpuPagedAttention(PagedKernelBackend):
     """``attention_backend="torch"``, the CPU default: decode in place, extend per row + SDPA."""
 
     name = "torch"
+    decode_kernel = staticmethod(paged_decode_attention)
+    extend_kernel = staticmethod(paged_extend_attention)
 
     def check_supported(
         self, head_dim: int, dtype: torch.dtype, kv_dtype: torch.dtype, device: torch.device
@@ -215,50 +216,3 @@ class CpuPagedAttention(PagedAttentionBackend):
                 f"attention_backend='torch' could not build its CPU kernel ({e}); install a C++ "
                 "compiler and ninja, or pass attention_backend='reference'"
             ) from e
-
-    def forward_decode(
-        self,
-        q: torch.Tensor,
-        kv_cache: KVCache,
-        out: torch.Tensor,
-        batch: ForwardBatch,
-        scale: float,
-    ) -> None:
-        assert self.metadata is not None
-        k_cache, v_cache = kv_cache
-        paged_decode_attention(
-            q,
-            k_cache,
-            v_cache,
-            out,
-            self.metadata.decode_rows,
-            batch.query_start_loc,
-            batch.seq_lens,
-            batch.page_table,
-            batch.page_size,
-            scale,
-        )
-
-    def forward_extend(
-        self,
-        q: torch.Tensor,
-        kv_cache: KVCache,
-        out: torch.Tensor,
-        batch: ForwardBatch,
-        scale: float,
-    ) -> None:
-        assert self.metadata is not None
-        k_cache, v_cache = kv_cache
-        paged_extend_attention(
-            q,
-            k_cache,
-            v_cache,
-            out,
-            self.metadata.extend_rows,
-            batch.query_start_loc,
-            batch.seq_lens,
-            batch.page_table,
-            batch.page_size,
-            scale,
-            max_query_len=self.metadata.max_query_len,
-        )

@@ -16,7 +16,7 @@ import os
 import torch
 
 from vibe_sgl_lite.batch.forward_batch import ForwardBatch
-from vibe_sgl_lite.kernels.backend import KVCache, PagedAttentionBackend
+from vibe_sgl_lite.kernels.backend import KVCache, PagedKernelBackend
 from vibe_sgl_lite.kernels.sparse.method import DecodeView, KVSelection
 from vibe_sgl_lite.kernels.triton.decode import paged_decode_attention
 from vibe_sgl_lite.kernels.triton.extend import paged_extend_attention
@@ -35,8 +35,10 @@ MAX_HEAD_DIM = 256
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-class TritonPagedAttention(PagedAttentionBackend):
+class TritonPagedAttention(PagedKernelBackend):
     name = "triton"
+    decode_kernel = staticmethod(paged_decode_attention)
+    extend_kernel = staticmethod(paged_extend_attention)
 
     def check_supported(
         self, head_dim: int, dtype: torch.dtype, kv_dtype: torch.dtype, device: torch.device
@@ -68,57 +70,6 @@ class TritonPagedAttention(PagedAttentionBackend):
         k_cache, v_cache = kv_cache
         k_scale, v_scale = scales(kv_cache)
         store_kv(k, v, k_cache, v_cache, batch.slot_mapping, k_scale, v_scale)
-
-    def forward_decode(
-        self,
-        q: torch.Tensor,
-        kv_cache: KVCache,
-        out: torch.Tensor,
-        batch: ForwardBatch,
-        scale: float,
-    ) -> None:
-        assert self.metadata is not None
-        (k_cache, v_cache), (k_scale, v_scale) = kv_cache, scales(kv_cache)
-        paged_decode_attention(
-            q,
-            k_cache,
-            v_cache,
-            out,
-            self.metadata.decode_rows,
-            batch.query_start_loc,
-            batch.seq_lens,
-            batch.page_table,
-            batch.page_size,
-            scale,
-            k_scale=k_scale,
-            v_scale=v_scale,
-        )
-
-    def forward_extend(
-        self,
-        q: torch.Tensor,
-        kv_cache: KVCache,
-        out: torch.Tensor,
-        batch: ForwardBatch,
-        scale: float,
-    ) -> None:
-        assert self.metadata is not None
-        (k_cache, v_cache), (k_scale, v_scale) = kv_cache, scales(kv_cache)
-        paged_extend_attention(
-            q,
-            k_cache,
-            v_cache,
-            out,
-            self.metadata.extend_rows,
-            batch.query_start_loc,
-            batch.seq_lens,
-            batch.page_table,
-            batch.page_size,
-            scale,
-            max_query_len=self.metadata.max_query_len,
-            k_scale=k_scale,
-            v_scale=v_scale,
-        )
 
     def forward_decode_selected(
         self,
