@@ -85,6 +85,7 @@ from vibe_sgl_lite.cli.bench import (
     random_qwen3,
     shape_of,
 )
+from vibe_sgl_lite.config import WEIGHT_LAYOUTS
 from vibe_sgl_lite.core.engine import Engine
 from vibe_sgl_lite.core.runner import ModelRunner
 from vibe_sgl_lite.kernels import ATTENTION_BACKENDS
@@ -457,6 +458,7 @@ def run(args: argparse.Namespace) -> DecodeStepReport:
         max_running_requests=max(256, largest),
         enable_prefix_cache=False,  # random prompts share nothing; no tree to walk
         attention_backend=args.backend,
+        weight_layout=args.weight_layout,
     )
     with random_model(shape, max_positions=max(4096, per_request)) as model_dir:
         with ModelRunner(model_dir, **settings) as runner:
@@ -498,6 +500,9 @@ def main(argv: list[str] | None = None) -> DecodeStepReport:
     parser.add_argument("--page-size", type=int, default=16)
     parser.add_argument(
         "--backend", default="auto", choices=["auto", *ATTENTION_BACKENDS], help="attention"
+    )
+    parser.add_argument(
+        "--weight-layout", default="auto", choices=WEIGHT_LAYOUTS, help="linear weights in memory"
     )
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads; 0: torch's default (all cores)"

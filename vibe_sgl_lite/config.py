@@ -27,6 +27,7 @@ DTYPES: dict[str, torch.dtype] = {
 KV_CACHE_DTYPES = ("auto", *DTYPES, "int8")
 ATTENTION_METHODS = ("dense", "streaming", "quest", "topk_oracle")  # kernels/sparse/
 QUANTIZATIONS = ("int8", "int4")  # models/quantization.py
+WEIGHT_LAYOUTS = ("auto", "row", "column")  # models/weight_layout.py
 
 
 @dataclass
@@ -82,6 +83,12 @@ class EngineConfig:
         "(groups of 32; the LM head int8) (default: float weights)",
         QUANTIZATIONS,
     )
+    weight_layout: str = setting(
+        "auto",
+        "float linear weights in memory: row ([out, in], the checkpoint's), column ([in, out]; "
+        "faster small-batch products on CPU); auto: column for float32 on CPU, else row",
+        WEIGHT_LAYOUTS,
+    )
     mem_fraction: float = setting(
         0.3, "share of free memory for the KV pool when max_total_tokens is not set"
     )
@@ -114,7 +121,13 @@ class EngineConfig:
                 f"attention_method={self.attention_method!r} needs exactly one of "
                 "budget or selection_ratio"
             )
-        for name in ("dtype", "schedule_policy", "kv_cache_dtype", "attention_method"):
+        for name in (
+            "dtype",
+            "schedule_policy",
+            "kv_cache_dtype",
+            "attention_method",
+            "weight_layout",
+        ):
             choices = FIELDS[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ValueError(

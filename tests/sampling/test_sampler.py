@@ -18,6 +18,7 @@ from vibe_sgl_lite.sampling.sampler import (
     apply_penalties,
     apply_top_k,
     apply_top_p,
+    argmax_rows,
     draw,
     sampling_probs,
 )
@@ -379,3 +380,31 @@ def test_draws_stay_in_the_allowed_set(batch: tuple[torch.Tensor, list[SamplingP
         assert probs[row, token] > 0
         assert token in allowed_tokens(logits[row].tolist(), p)
         assert logits[row][probs[row] > 0].max() == logits[row].max()
+
+
+SPECIAL_VALUES = st.sampled_from([0.0, 1.0, -1.0, 2.5, float("inf"), float("-inf"), float("nan")])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.integers(0, 4),
+    vocab=st.integers(1, 70),
+    block=st.integers(1, 16),
+    data=st.data(),
+)
+def test_argmax_rows_returns_torch_argmax_ids(rows: int, vocab: int, block: int, data: Any) -> None:
+    """Ties (few distinct values), infinities and NaNs anywhere, the tail block included."""
+    values = data.draw(st.lists(SPECIAL_VALUES, min_size=rows * vocab, max_size=rows * vocab))
+    x = torch.tensor(values, dtype=torch.float32).reshape(rows, vocab)
+    assert torch.equal(argmax_rows(x, block), x.argmax(dim=-1))
+    if rows:
+        assert torch.equal(argmax_rows(x[0], block), x[0].argmax())
+
+
+def test_argmax_rows_on_a_real_vocabulary() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(8, 151_936)
+    x[3, 151_935] = 10.0  # the tail block (151,936 = 37 * 4096 + 448) wins
+    x[5, 7] = x[5, 4096 * 20] = 10.0  # a tie across blocks: the first id
+    assert torch.equal(argmax_rows(x), x.argmax(dim=-1))
+    assert argmax_rows(x)[3] == 151_935 and argmax_rows(x)[5] == 7

@@ -31,6 +31,7 @@ from vibe_sgl_lite.models.quantization import (
     quantize_model,
 )
 from vibe_sgl_lite.models.registry import get_model_class
+from vibe_sgl_lite.models.weight_layout import relayout_linear_weights, resolve_weight_layout
 from vibe_sgl_lite.models.weights import PACKED
 
 
@@ -155,6 +156,7 @@ def load_model(
     shard: Callable[[DecoderForCausalLM], None] | None = None,
     progress: bool | None = None,
     quantization: str | None = None,
+    weight_layout: str = "auto",
 ) -> tuple[DecoderForCausalLM, ModelConfig]:
     """Build the registered class for ``model_dir`` and fill it with the checkpoint's weights.
 
@@ -174,6 +176,10 @@ def load_model(
     int4 takes the Q4_0/Q4_1 matrices' own codes rather than re-rounding their dequantised
     floats; every other case quantises the loaded floats (a Q8_0 matrix under int8 too: its
     per-32 block scales do not fit the fused kernel's one scale per row).
+
+    ``weight_layout`` stores the float linear weights row- or column-major at the end
+    (``models/weight_layout.py``; ``"auto"``: column-major for float32 on CPU, where small-batch
+    products run up to 2x faster).
     """
     model_dir = Path(model_dir)
     config = ModelConfig.from_path(model_dir)  # a folder or a .gguf file; errors otherwise
@@ -204,4 +210,7 @@ def load_model(
         model.load_weights(bar)
     if quantization is not None:
         quantize_model(model, quantization, prequantized=kept)
+    relayout_linear_weights(
+        model, resolve_weight_layout(weight_layout, torch.device(device), torch_dtype)
+    )
     return model.eval().requires_grad_(False), config

@@ -40,7 +40,12 @@ class ModelWorker:
         self.page_size = config.page_size
         self.attention = attention
         self.model, self.model_config = load_model(
-            model_path, config.dtype, self.device, shard=shard, quantization=config.quantization
+            model_path,
+            config.dtype,
+            self.device,
+            shard=shard,
+            quantization=config.quantization,
+            weight_layout=config.weight_layout,
         )
         mc = self.model_config
         self.kv_pool = KVPool(

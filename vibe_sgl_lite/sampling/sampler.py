@@ -5,7 +5,7 @@ greedy decoding):
 
 1. repetition penalty over prompt + output tokens, then frequency/presence penalties over
    output tokens only (``apply_penalties``);
-2. greedy rows (``temperature == 0``): argmax, done;
+2. greedy rows (``temperature == 0``): argmax (``argmax_rows``: the same ids, 6x faster), done;
 3. other rows: divide by temperature, softmax, then top-k, top-p, min-p (``sampling_probs``);
 4. draw one token per row with that row's own ``torch.Generator`` (``draw``).
 
@@ -147,6 +147,42 @@ def sampling_probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> to
     return probs / probs.sum(dim=-1, keepdim=True)
 
 
+ARGMAX_BLOCK = 4096
+
+
+def argmax_rows(x: torch.Tensor, block: int = ARGMAX_BLOCK) -> torch.Tensor:
+    """``x.argmax(dim=-1)`` for ``x: [B, V]`` (or ``[V]``), the same ids, ties and NaNs included.
+
+    Why not ``argmax`` itself: on CPU it runs 8x slower than ``amax`` over the same bytes (19 ms
+    against 2.5 ms for 64 rows of a 151,936-token vocabulary, float32, one thread), which made
+    greedy sampling a tenth of a batch-64 decode step. Two ``amax``-speed passes give the same
+    answer: the maximum of each ``block`` of ids, the first block holding the
+    row's maximum, then ``argmax`` inside that one block (2.9 ms for the same 64 rows). The
+    first maximum of the first block that holds one is the row's first maximum, which is the id
+    ``argmax`` returns; ``amax`` propagates NaN as ``argmax`` picks it, so NaN rows agree too.
+    The ``V mod block`` trailing ids are a block of their own, which wins only when its
+    maximum is strictly greater (or it holds the row's first NaN).
+    """
+    if x.dim() == 1:
+        return argmax_rows(x[None], block)[0]
+    rows, vocab = x.shape
+    num_blocks = vocab // block
+    if num_blocks < 2 or x.device.type != "cpu":
+        return x.argmax(dim=-1)
+    whole = num_blocks * block
+    blocks = x[:, :whole].reshape(rows, num_blocks, block)
+    block_max = blocks.amax(dim=-1)
+    best_block = block_max.argmax(dim=-1)
+    row_ids = torch.arange(rows, device=x.device)
+    ids = best_block * block + blocks[row_ids, best_block].argmax(dim=-1)
+    if whole == vocab:
+        return ids
+    best = block_max[row_ids, best_block]
+    tail_best, tail_ids = x[:, whole:].max(dim=-1)
+    tail_wins = (tail_best > best) | (tail_best.isnan() & ~best.isnan())
+    return torch.where(tail_wins, tail_ids + whole, ids)
+
+
 def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Draw one token id (0-d long tensor) from ``probs`` (``[V]``, unnormalised is fine).
 
@@ -158,7 +194,7 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor
     ``exponential_`` (0.7 ms against 4.2 ms for a 151,936-token vocabulary).
     """
     noise = torch.empty_like(probs).uniform_(generator=generator).log_().neg_()
-    return (probs / noise.clamp_min_(torch.finfo(noise.dtype).tiny)).argmax()
+    return argmax_rows(probs / noise.clamp_min_(torch.finfo(noise.dtype).tiny))
 
 
 class Sampler:
@@ -191,7 +227,7 @@ class Sampler:
             if len(seq) != batch:
                 raise ValueError(f"{name} must have one entry per row ({batch}), got {len(seq)}")
         penalised = apply_penalties(logits, params, prompt_ids, output_ids)
-        tokens = penalised.argmax(dim=-1)
+        tokens = argmax_rows(penalised)
         rows = [i for i, p in enumerate(params) if not p.is_greedy]
         if rows:
             probs = sampling_probs(penalised[rows], [params[i] for i in rows])
