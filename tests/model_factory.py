@@ -82,8 +82,8 @@ def build_hf_model(
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     config_cls = getattr(transformers, f"{architecture}Config")
     model_cls = getattr(transformers, f"{architecture}ForCausalLM")
+    config_kwargs.setdefault("vocab_size", len(tok))
     config = config_cls(
-        vocab_size=len(tok),
         initializer_range=initializer_range,
         max_position_embeddings=1024,
         eos_token_id=tok.eos_token_id,

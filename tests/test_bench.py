@@ -8,6 +8,7 @@ outputs equal transformers ``generate``'s, not the speeds.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
 from pathlib import Path
 
@@ -103,7 +104,9 @@ def test_bench_reports_every_column(capsys: pytest.CaptureFixture[str]) -> None:
     expected = [
         r"transformers generate \(batches of 6\):" + MEASURED + r" .* \(reference outputs\)",
         r"transformers continuous batching:" + MEASURED + r" .* identical greedy outputs: 6/6",
-        r"llama\.cpp: (not installed|skipped \(.*\))",
+        r"llama\.cpp: (not installed.*|skipped \(.*\)|"
+        + MEASURED
+        + r" .* identical greedy outputs: 6/6)",  # installed: on the exported F32 GGUF
         r"vibe-sgl-lite:" + MEASURED + r" +identical greedy outputs: 6/6",
     ]
     assert len(lines) == 3 + len(expected), lines
@@ -122,7 +125,10 @@ def test_equal_lengths_mode_returns_its_results_as_data() -> None:
     assert reference.name == "transformers generate (batches of 3)"  # one batch: all prompts
     assert ours is result.ours and all(len(out) == 4 for out in ours.outputs)
     assert result.identical(ours) == result.identical(continuous) == 3
-    assert llama_cpp.skipped is not None and llama_cpp.outputs == []
+    if importlib.util.find_spec("llama_cpp") is None:
+        assert llama_cpp.skipped is not None and llama_cpp.outputs == []
+    else:  # the folder exported to an F32 GGUF: the same weights, the same greedy tokens
+        assert result.identical(llama_cpp) == 3
     report = result.report()
     assert "workload: 3 requests, prompts 8 tokens, outputs 4 tokens (12 in all), seed 0" in report
 
@@ -134,4 +140,6 @@ def test_bench_on_a_model_folder(qwen3_dir: Path, capsys: pytest.CaptureFixture[
     assert main(["bench", *argv]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"model: {qwen3_dir.name}, ")
-    assert out.count("identical greedy outputs: 3/3") == 2  # continuous batching and ours
+    # continuous batching and ours, and llama.cpp on the exported F32 GGUF when installed
+    llama_cpp = importlib.util.find_spec("llama_cpp") is not None
+    assert out.count("identical greedy outputs: 3/3") == 2 + llama_cpp

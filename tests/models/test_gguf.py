@@ -15,23 +15,18 @@ Three kinds of check:
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import gguf
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from tests.model_factory import (
-    CHAT_TEMPLATE,
-    SPECIAL_TOKENS,
     TOKENIZER_CORPUS,
     build_llama,
     build_qwen2,
@@ -49,6 +44,7 @@ from vibe_sgl_lite.kernels import TorchPagedAttention
 from vibe_sgl_lite.memory import KVPool
 from vibe_sgl_lite.models import ModelConfig, load_model
 from vibe_sgl_lite.models.gguf import iter_gguf_tensors
+from vibe_sgl_lite.models.gguf_export import GGUF_ARCHITECTURES, export_gguf
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE = Path(__file__).resolve().parents[2] / "scripts" / "_cache"
@@ -180,101 +176,14 @@ TINY: dict[str, tuple[Any, dict[str, Any], str]] = {
     "qwen3moe": (build_qwen3_moe, dict(decoder_sparse_step=1, norm_topk_prob=True), "qwen3moe"),
 }
 LOGIT_PROMPTS = [[5, 17, 33, 99, 100, 3, 7, 8, 9, 10, 11], [42, 43], [7] * 9]
-_PER_EXPERT = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(\w+)\.weight")
-
-
-def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp's ``LlamaModel.permute`` (convert_hf_to_gguf.py), as it writes q/k rows."""
-    return (
-        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
-
-
-def _add_tokenizer(writer: gguf.GGUFWriter, hf_dir: Path) -> None:
-    """The folder's byte-level BPE as llama.cpp stores a "gpt2" tokenizer, ``<|im_end|>`` as the
-    end-of-turn id besides the eos."""
-    model = json.loads((hf_dir / "tokenizer.json").read_text())["model"]
-    vocab: dict[str, int] = model["vocab"]
-    tokens = sorted(vocab, key=vocab.__getitem__)
-    kinds = gguf.TokenType
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types([kinds.CONTROL if t in SPECIAL_TOKENS else kinds.NORMAL for t in tokens])
-    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in model["merges"]])
-    writer.add_eos_token_id(vocab["<|endoftext|>"])
-    writer.add_eot_token_id(vocab["<|im_end|>"])
-    writer.add_chat_template(CHAT_TEMPLATE)
 
 
 def write_gguf(
     hf_dir: Path, out: Path, arch: str, storage: str = "F32", extra_tensors: tuple[str, ...] = ()
 ) -> Path:
-    """Convert a tiny transformers folder (model and tokenizer) into a GGUF the way llama.cpp's
-    converter would.
-
-    ``storage`` is the ggml type of the 2-D weights (norms stay F32, as llama.cpp keeps them)."""
-    cfg = ModelConfig.from_model_dir(hf_dir)
-    names = gguf.get_tensor_name_map(
-        next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch), cfg.num_hidden_layers
-    )
-    writer = gguf.GGUFWriter(str(out), arch)
-    writer.add_context_length(cfg.max_position_embeddings)
-    writer.add_embedding_length(cfg.hidden_size)
-    writer.add_feed_forward_length(cfg.intermediate_size)
-    writer.add_block_count(cfg.num_hidden_layers)
-    writer.add_head_count(cfg.num_attention_heads)
-    writer.add_head_count_kv(cfg.num_key_value_heads)
-    writer.add_key_length(cfg.head_dim)
-    writer.add_value_length(cfg.head_dim)
-    writer.add_rope_dimension_count(cfg.head_dim)
-    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    writer.add_rope_freq_base(cfg.rope_theta)
-    writer.add_vocab_size(cfg.vocab_size)
-    _add_tokenizer(writer, hf_dir)
-    if cfg.num_experts:
-        writer.add_expert_count(cfg.num_experts)
-        writer.add_expert_used_count(cfg.num_experts_per_tok)
-        writer.add_expert_feed_forward_length(cfg.moe_intermediate_size)
-
-    tensors: dict[str, np.ndarray] = {}
-    experts: dict[tuple[str, str], dict[int, np.ndarray]] = {}
-    for hf_name, t in load_file(str(hf_dir / "model.safetensors")).items():
-        if cfg.tie_word_embeddings and hf_name == "lm_head.weight":
-            continue  # llama.cpp writes no output.weight for a tied head
-        w = t.float().numpy()
-        if m := _PER_EXPERT.fullmatch(hf_name):
-            experts.setdefault((m[1], m[3]), {})[int(m[2])] = w
-            continue
-        stem, suffix = hf_name.rsplit(".", 1)
-        if arch == "llama" and stem.endswith(("q_proj", "k_proj")):
-            heads = cfg.num_attention_heads if stem.endswith("q_proj") else cfg.num_key_value_heads
-            w = _llama_cpp_permute(w, heads)
-        tensors[f"{names.get_name(stem)}.{suffix}"] = w
-    for (stem, proj), per_expert in experts.items():
-        stacked = np.stack([per_expert[e] for e in sorted(per_expert)])
-        tensors[f"{names.get_name(f'{stem}.{proj}')}.weight"] = stacked
-    for name in extra_tensors:
-        tensors[name] = np.ones(cfg.head_dim // 2, dtype=np.float32)
-
-    for name, w in tensors.items():
-        if w.ndim == 1 or storage == "F32":
-            writer.add_tensor(name, w)
-        elif storage == "F16":
-            writer.add_tensor(name, w.astype(np.float16))
-        elif storage == "BF16":  # numpy has no bfloat16: hand over the bytes
-            raw = torch.from_numpy(w).to(torch.bfloat16).view(torch.uint8).numpy()
-            writer.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType.BF16)
-        else:  # blocks, given as bytes too
-            qtype = gguf.GGMLQuantizationType[storage]
-            writer.add_tensor(name, gguf.quantize(w, qtype), raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return out
+    """``export_gguf``, checking that the folder maps to the GGUF architecture ``arch``."""
+    assert GGUF_ARCHITECTURES[ModelConfig.from_model_dir(hf_dir).architecture] == arch
+    return export_gguf(hf_dir, out, storage, extra_tensors)
 
 
 @pytest.fixture(scope="module", params=list(TINY))
@@ -351,6 +260,26 @@ def test_tokenizer_from_gguf_matches_the_folder(tmp_path: Path, tokenizer_dir: P
     assert ours.eos_token_ids == {
         ref.hf.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")
     }
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("vocab_size", [300, 500])  # the tokenizer has 384 tokens
+def test_export_fits_the_token_list_to_the_embedding(
+    tmp_path: Path, tokenizer_dir: Path, vocab_size: int
+) -> None:
+    """Random benchmark models pair a tokenizer with an embedding of another size: the file
+    gets one token per embedding row (cut, or padded with ``[PADn]``), and still decodes the
+    same greedy tokens as the folder."""
+    hf_dir = build_llama(tmp_path / "hf", tokenizer_dir, vocab_size=vocab_size)
+    gguf_file = write_gguf(hf_dir, tmp_path / "m.gguf", "llama")
+    reader = gguf.GGUFReader(str(gguf_file))
+    assert len(reader.fields["tokenizer.ggml.tokens"].data) == vocab_size
+    prompts = [[5, 17, 33, 99, 100, 3], [7] * 9, [250, 251, 1]]
+    with ModelRunner(gguf_file, page_size=4, max_total_tokens=512) as runner:
+        from_file = [o.token_ids for o in runner.generate_outputs(prompts, GREEDY)]
+    with ModelRunner(hf_dir, page_size=4, max_total_tokens=512) as runner:
+        from_folder = [o.token_ids for o in runner.generate_outputs(prompts, GREEDY)]
+    assert from_file == from_folder
 
 
 @pytest.mark.distributed

@@ -20,8 +20,10 @@ The columns, each timed after a small warm-up (first-call allocations, kernel pi
   ``add_request(max_new_tokens=...)``, what ``transformers serve`` does), giving each request
   its own limit. Its KV cache is sized like ours (``--max-total-tokens``), not from free memory.
   Skipped, with the reason, when this transformers lacks it or it fails.
-* **llama.cpp**: through ``llama-cpp-python``, when installed and given a ``.gguf`` file
-  (``--gguf FILE``, or ``--model FILE.gguf``); one request at a time, as its Python API runs them.
+* **llama.cpp**: through ``llama-cpp-python`` when it is installed, continuously batched as
+  ``llama-server`` runs many requests (``cli/llama_cpp_baseline.py``), on ``--gguf FILE``,
+  ``--model FILE.gguf``, or else the model folder written to a temporary GGUF in the run's
+  dtype (``models/gguf_export.py``; F32 for float32, so all engines multiply the same numbers).
 * **vibe-sgl-lite**: ``ModelRunner.generate_outputs`` with one ``SamplingParams`` per request.
 
 Each baseline's line ends with ``vibe-sgl-lite N.NNx`` (our tokens/s over its) and, after the
@@ -60,8 +62,10 @@ from typing import Any
 import torch
 
 from vibe_sgl_lite.cli.flags import add_dataclass_flags
+from vibe_sgl_lite.cli.llama_cpp_baseline import LlamaCppEngine
 from vibe_sgl_lite.config import DTYPES, EngineConfig
 from vibe_sgl_lite.core.runner import ModelRunner, default_model_path
+from vibe_sgl_lite.models.gguf_export import export_gguf
 from vibe_sgl_lite.sampling import SamplingParams
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -528,7 +532,8 @@ def measure_throughput(
         torch.cuda.empty_cache()  # our KV pool is sized from free memory
     if gguf is None and _is_gguf(model_path):
         gguf = model_path
-    columns.append(run_llama_cpp(gguf, requests))
+    with _exported_gguf(model_path, config.dtype, gguf) as llama_file:
+        columns.append(run_llama_cpp(llama_file, requests, config))
     ours = run_vibe_sgl_lite(model_path, config, requests)
     columns.append(ours)
     return BenchResult(
@@ -699,48 +704,54 @@ def _collect(manager: Any, requests: list[Request]) -> list[list[int]]:
     return [done[i] for i in ids]
 
 
-def run_llama_cpp(gguf: Path | None, requests: list[Request]) -> Column:
-    """llama.cpp on ``gguf``, one request at a time (``Llama.generate`` decodes one sequence),
-    greedy (``top_k=1``, no penalties); its generator never stops on EOS by itself, so each
-    request takes exactly its ``max_tokens``. Skipped without the package or a ``.gguf``."""
+@contextmanager
+def _exported_gguf(model_path: Path, dtype: str, gguf: Path | None) -> Iterator[Path | None]:
+    """``gguf``, or, when llama.cpp is installed and none was given, ``model_path`` (a folder)
+    written to a temporary ``.gguf`` in ``dtype`` (F32 for float32: the same numbers llama.cpp
+    and this engine multiply), so that llama.cpp runs on the same weights as the others."""
+    if gguf is not None or importlib.util.find_spec("llama_cpp") is None or _is_gguf(model_path):
+        yield gguf
+        return
+    storage = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}[dtype]
+    with tempfile.TemporaryDirectory(prefix="vibe-sgl-lite-gguf-") as tmp:
+        exported: Path | None
+        try:
+            exported = export_gguf(model_path, Path(tmp) / f"model.{storage.lower()}.gguf", storage)
+        except (ValueError, ImportError) as exc:  # an architecture or tokenizer it cannot write
+            print(f"llama.cpp: no GGUF ({exc})", file=sys.stderr)
+            exported = None
+        yield exported
+
+
+def run_llama_cpp(gguf: Path | None, requests: list[Request], config: EngineConfig) -> Column:
+    """llama.cpp on ``gguf``, continuously batched like ``llama-server`` (``LlamaCppEngine``:
+    as many sequences at once as ours, ``--max-running-requests``), greedy, each request
+    exactly its ``max_tokens``. Skipped without the package or a ``.gguf``."""
     column = Column("llama.cpp")
     if importlib.util.find_spec("llama_cpp") is None:
-        column.skipped = "not installed"
+        column.skipped = "not installed (pip install llama-cpp-python)"
         return column
     if gguf is None:
         column.skipped = "skipped (needs a .gguf file: --gguf FILE or --model FILE.gguf)"
         return column
     try:
-        from llama_cpp import Llama
-
-        threads = torch.get_num_threads()
-        longest = max(len(r.prompt) + r.max_tokens for r in requests)
-        llm = Llama(
-            model_path=str(gguf),
-            n_ctx=longest,
-            n_threads=threads,
-            n_threads_batch=threads,
-            verbose=False,
-        )
-        if max(max(r.prompt) for r in requests) >= llm.n_vocab():
-            column.skipped = f"skipped (prompt ids exceed its vocabulary of {llm.n_vocab()})"
-            return column
-
-        def generate(request: Request) -> list[int]:
-            tokens: list[int] = []
-            sampled = llm.generate(
-                request.prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0
-            )
-            for token in sampled:
-                tokens.append(token)
-                if len(tokens) == request.max_tokens:
-                    break
-            return tokens
-
-        generate(Request(requests[0].prompt[:8], 2))  # warm-up
-        t0 = time.perf_counter()
-        column.outputs = [generate(r) for r in requests]
-        column.seconds = time.perf_counter() - t0
+        max_seqs = min(len(requests), config.max_running_requests)
+        lengths = sorted((len(r.prompt) + r.max_tokens for r in requests), reverse=True)
+        kv_dtype = "float32" if config.dtype == "float32" else "float16"
+        with LlamaCppEngine(
+            gguf,
+            max_seqs=max_seqs,
+            n_ctx=sum(lengths[:max_seqs]),
+            threads=torch.get_num_threads(),
+            kv_dtype=kv_dtype,
+        ) as llm:
+            if max(max(r.prompt) for r in requests) >= llm.n_vocab:
+                column.skipped = f"skipped (prompt ids exceed its vocabulary of {llm.n_vocab})"
+                return column
+            llm.generate([(requests[0].prompt[:8], 2)])  # warm-up
+            t0 = time.perf_counter()
+            column.outputs = llm.generate([(r.prompt, r.max_tokens) for r in requests])
+            column.seconds = time.perf_counter() - t0
     except Exception as exc:  # a file it cannot read, an architecture it lacks: report
         column.skipped = f"skipped ({type(exc).__name__}: {exc})"
     return column
