@@ -53,17 +53,28 @@ in a temporary folder; ``--hidden``, ``--layers``, ``--heads``, ``--kv-heads``, 
 (4096 ids): the random model's other ids detokenise to nothing, which costs about what real
 text costs (a few microseconds a token).
 
-    python benchmarks/decode_step.py --threads 1
+The baselines (skip them with ``--no-baselines``). The same decode step, at the same batch
+sizes and context, in transformers (``model(next ids, cache=...)`` on equal-length rows,
+its best case) and, when ``llama-cpp-python`` is installed, in llama.cpp (``LlamaCppEngine``,
+one ``llama_decode`` over all sequences, on the model exported to an F32 GGUF with a float32 KV
+cache), printed as decode tokens/s and our ratio. ``--plot PREFIX`` draws tokens/s against
+batch size for the three engines (``PREFIX-tokens.png``) and our step time split into its four
+shares (``PREFIX-breakdown.png``).
+
+    python benchmarks/decode_step.py --threads 1 --plot docs/images/decode_step
     python benchmarks/decode_step.py --threads 1 --shape qwen3-0.6b --batches 1 8 --dtype bfloat16
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import platform
 import random
 import statistics
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -82,13 +93,16 @@ from vibe_sgl_lite.cli.bench import (
     SHAPES,
     Shape,
     cpu_bf16_flags,
+    load_transformers_model,
     random_qwen3,
     shape_of,
 )
+from vibe_sgl_lite.cli.llama_cpp_baseline import LlamaCppEngine
 from vibe_sgl_lite.config import WEIGHT_LAYOUTS
 from vibe_sgl_lite.core.engine import Engine
 from vibe_sgl_lite.core.runner import ModelRunner
 from vibe_sgl_lite.kernels import ATTENTION_BACKENDS
+from vibe_sgl_lite.models.gguf_export import export_gguf
 from vibe_sgl_lite.sampling import SamplingParams
 from vibe_sgl_lite.scheduler import Request
 
@@ -385,6 +399,116 @@ def measure_batch(
     )
 
 
+# ---- the same step in transformers and llama.cpp ---------------------------------------------
+
+
+def transformers_decode_seconds(
+    model_dir: Path, dtype: str, batch: int, context: int, steps: int, seed: int
+) -> float:
+    """Median seconds of one transformers decode step of ``batch`` rows: ``context`` random
+    prompt tokens each, prefilled in one forward (no padding: every row the same length,
+    transformers' best case), then ``model(next ids [batch, 1], cache=...)`` plus the
+    argmax, ``steps`` times after one warm-up step. Only the last position's logits are kept
+    (``logits_to_keep=1``), as ``generate`` does."""
+    hf = load_transformers_model(model_dir, dtype, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, hf.config.vocab_size, (batch, context), generator=generator)
+    times = []
+    with torch.inference_mode():
+        out = hf(input_ids=ids, use_cache=True, logits_to_keep=1)
+        cache, next_ids = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
+        for _ in range(steps + 1):
+            start = time.perf_counter()
+            out = hf(input_ids=next_ids, cache=cache, use_cache=True, logits_to_keep=1)
+            cache, next_ids = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def llama_cpp_decode_seconds(
+    model_dir: Path, dtype: str, batches: Sequence[int], context: int, steps: int
+) -> dict[int, float] | str:
+    """Median seconds of one llama.cpp decode step per batch size (``LlamaCppEngine``: the model
+    exported to a GGUF in ``dtype``, F32 for float32; its KV cache in float32 likewise), or why
+    there is no llama.cpp column."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "not installed (pip install -e '.[llama-cpp]')"
+    storage = {"float32": "F32", "bfloat16": "BF16"}[dtype]
+    kv_dtype = "float32" if dtype == "float32" else "float16"
+    largest = max(batches)
+    with tempfile.TemporaryDirectory(prefix="decode-step-gguf-") as tmp:
+        gguf = export_gguf(model_dir, Path(tmp) / "model.gguf", storage)
+        n_ctx = largest * (context + steps + 2)
+        threads = torch.get_num_threads()
+        with LlamaCppEngine(
+            gguf, max_seqs=largest, n_ctx=n_ctx, threads=threads, kv_dtype=kv_dtype
+        ) as llm:
+            return {b: llm.decode_step_seconds(b, context, steps) for b in batches}
+
+
+def baseline_table(report: DecodeStepReport) -> list[str]:
+    """Decode tokens/s per batch size: ours, transformers', llama.cpp's, and our ratios."""
+    lines = [
+        f"{'batch':>5} {'ours tok/s':>11} {'transformers':>13} {'x':>6} {'llama.cpp':>10} {'x':>6}"
+    ]
+    for r in report.results:
+        hf = r.batch / report.transformers[r.batch] if r.batch in report.transformers else None
+        llama = r.batch / report.llama_cpp[r.batch] if r.batch in report.llama_cpp else None
+        cells = [f"{r.batch:>5} {r.tokens_per_second:>11.1f}"]
+        for theirs in (hf, llama):
+            cells.append(
+                f"{'-':>13} {'-':>6}"
+                if theirs is None
+                else f"{theirs:>13.1f} {r.tokens_per_second / theirs:>5.2f}x"
+            )
+        lines.append(" ".join(cells))
+    return lines
+
+
+def plot(report: DecodeStepReport, prefix: str) -> list[Path]:
+    """Two PNGs: decode tokens/s against batch size for each engine (``PREFIX-tokens.png``),
+    and our step time split into its four shares per batch size (``PREFIX-breakdown.png``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = [r.batch for r in report.results]
+    title = f"random Qwen3 {report.shape_name}, {report.dtype}, {report.limits.threads} thread(s)"
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(batches, [r.tokens_per_second for r in report.results], "o-", label="vibe-sgl-lite")
+    for name, seconds in (("transformers", report.transformers), ("llama.cpp", report.llama_cpp)):
+        if seconds:
+            ax.plot(batches, [b / seconds[b] for b in batches], "s--", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.set_xlabel("batch (sequences decoding at once)")
+    ax.set_ylabel("decode tokens / s")
+    ax.set_title(f"One decode step, {report.context}-token contexts\n{title}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    tokens_path = Path(f"{prefix}-tokens.png")
+    fig.tight_layout()
+    fig.savefig(tokens_path, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    bottom = [0.0] * len(batches)
+    for part in ("matmul", "attention", "model other", "engine"):
+        ms = [r.shares[part] * r.step_seconds * 1e3 for r in report.results]
+        ax.bar([str(b) for b in batches], ms, bottom=bottom, label=part)
+        bottom = [a + b for a, b in zip(bottom, ms)]
+    ax.set_xlabel("batch")
+    ax.set_ylabel("ms per decode step")
+    ax.set_title(f"Where one decode step goes\n{title}", fontsize=10)
+    ax.legend()
+    breakdown_path = Path(f"{prefix}-breakdown.png")
+    fig.tight_layout()
+    fig.savefig(breakdown_path, dpi=110)
+    plt.close(fig)
+    return [tokens_path, breakdown_path]
+
+
 # ---- the whole run ---------------------------------------------------------------------------
 
 
@@ -400,6 +524,8 @@ class DecodeStepReport:
     context: int
     steps: int
     results: list[BatchResult]
+    transformers: dict[int, float] = dataclasses.field(default_factory=dict)  # batch -> seconds
+    llama_cpp: dict[int, float] = dataclasses.field(default_factory=dict)
 
     def header(self) -> list[str]:
         return [
@@ -486,7 +612,24 @@ def run(args: argparse.Namespace) -> DecodeStepReport:
                 )
                 report.results.append(result)
                 print(format_row(result, limits), flush=True)
+        if args.baselines:
+            run_baselines(report, model_dir, args)
     return report
+
+
+def run_baselines(report: DecodeStepReport, model_dir: Path, args: argparse.Namespace) -> None:
+    """The same decode steps in transformers and llama.cpp, then the comparison table."""
+    for i, batch in enumerate(args.batches):
+        report.transformers[batch] = transformers_decode_seconds(
+            model_dir, args.dtype, batch, args.context, args.steps, seed=i
+        )
+    llama = llama_cpp_decode_seconds(model_dir, args.dtype, args.batches, args.context, args.steps)
+    if isinstance(llama, str):
+        print(f"llama.cpp: {llama}")
+    else:
+        report.llama_cpp = llama
+    for line in baseline_table(report):
+        print(line, flush=True)
 
 
 def main(argv: list[str] | None = None) -> DecodeStepReport:
@@ -502,6 +645,13 @@ def main(argv: list[str] | None = None) -> DecodeStepReport:
         "--backend", default="auto", choices=["auto", *ATTENTION_BACKENDS], help="attention"
     )
     parser.add_argument(
+        "--no-baselines",
+        dest="baselines",
+        action="store_false",
+        help="skip the transformers and llama.cpp decode steps",
+    )
+    parser.add_argument("--plot", metavar="PREFIX", help="write PREFIX-tokens.png, -breakdown.png")
+    parser.add_argument(
         "--weight-layout", default="auto", choices=WEIGHT_LAYOUTS, help="linear weights in memory"
     )
     parser.add_argument(
@@ -516,6 +666,9 @@ def main(argv: list[str] | None = None) -> DecodeStepReport:
     common.apply_threads(args)
     start = time.perf_counter()
     report = run(args)
+    if args.plot:
+        for path in plot(report, args.plot):
+            print(f"wrote {path}")
     print(f"total {time.perf_counter() - start:.1f} s")
     return report
 

@@ -8,30 +8,19 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from tests.benchmark_scripts import load_benchmark
+
 pytestmark = pytest.mark.integration
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 TINY_MODEL = [
     "--hidden", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2",
     "--head-dim", "16", "--intermediate", "128", "--vocab", "512", "--threads", "1",
 ]  # fmt: skip
-
-
-def load_benchmark(monkeypatch: pytest.MonkeyPatch, name: str) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts `import common`, each other
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def table_rows(out: str, header_start: str) -> list[list[str]]:
@@ -41,20 +30,36 @@ def table_rows(out: str, header_start: str) -> list[list[str]]:
     rows = []
     for line in lines[start + 1 :]:
         fields = line.split()
-        if fields and fields[0] == "total":
-            break
         if fields and fields[0][0].isdigit():
             rows.append(fields)
+        elif rows:  # the first line after the rows ends the table
+            break
     return rows
 
 
 def test_decode_step_benchmark_smoke(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     bench = load_benchmark(monkeypatch, "decode_step")
     argv = ["--batches", "1", "4", "--context", "16", "--steps", "3", "--warmup", "1"]
-    report = bench.main(TINY_MODEL + argv)
+    report = bench.main(TINY_MODEL + argv + ["--plot", str(tmp_path / "step")])
     out = capsys.readouterr().out
+    for name in ("step-tokens.png", "step-breakdown.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+
+    # the baselines: transformers always, llama.cpp when installed, our ratio against each
+    assert sorted(report.transformers) == [1, 4]
+    has_llama_cpp = importlib.util.find_spec("llama_cpp") is not None
+    assert sorted(report.llama_cpp) == ([1, 4] if has_llama_cpp else [])
+    assert has_llama_cpp or "llama.cpp: not installed" in out
+    for row, result in zip(table_rows(out, "batch  ours tok/s"), report.results):
+        assert int(row[0]) == result.batch and float(row[1]) == round(result.tokens_per_second, 1)
+        hf_tokens = result.batch / report.transformers[result.batch]
+        assert float(row[2]) == pytest.approx(hf_tokens, abs=0.06)
+        assert float(row[3].rstrip("x")) == pytest.approx(
+            result.tokens_per_second / hf_tokens, abs=0.006
+        )
+        assert (row[4] == "-") != has_llama_cpp
 
     assert "cpu:" in out and "native bf16:" in out and "limits at 1 thread(s)" in out
     assert report.limits.matmul_peak > 1e8 and report.limits.bandwidth > 1e8

@@ -8,34 +8,19 @@ well under the float32 pool's bytes.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from tests.benchmark_scripts import load_benchmark
+
 pytestmark = pytest.mark.integration
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load_benchmark(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts `import common`
-    spec = importlib.util.spec_from_file_location(
-        "sparse_attention", BENCHMARKS / "sparse_attention.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "sparse_attention", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_sparse_attention_benchmark_smoke(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    bench = load_benchmark(monkeypatch)
+    bench = load_benchmark(monkeypatch, "sparse_attention")
     argv = ["--context", "64", "--eval-tokens", "16", "--windows", "1", "--repeats", "1"]
     results = bench.main(argv + ["--plot", str(tmp_path / "plot.png")])
     out = capsys.readouterr().out

@@ -14,7 +14,10 @@ few dozen lines, so that the benchmarks compare batch against batch:
 
 The KV cache is unified (``kv_unified``): sequences share one pool of ``n_ctx`` cells, as this
 engine's paged pool is shared. ``kv_dtype`` picks its type: float32 for a like-for-like run
-against this engine's float32 cache, or llama.cpp's default float16. Needs the optional
+against this engine's float32 cache, or llama.cpp's default float16. ``extra_buffers=False``
+loads the weights without llama.cpp's repacked and AMX buffers (its plain CPU kernels): on a
+virtual machine that advertises AMX without enabling it, the AMX kernels of quantised types die
+with SIGILL. Needs the optional
 ``llama-cpp-python`` package (the ``bench`` extra); imported on construction.
 """
 
@@ -63,6 +66,7 @@ class LlamaCppEngine:
         threads: int,
         n_batch: int = 2048,
         kv_dtype: str = "float32",
+        extra_buffers: bool = True,
     ) -> None:
         import llama_cpp
 
@@ -70,9 +74,9 @@ class LlamaCppEngine:
         _silence_llama_cpp_logs(llama_cpp)
         types = {"float32": llama_cpp.GGML_TYPE_F32, "float16": llama_cpp.GGML_TYPE_F16}
         llama_cpp.llama_backend_init()
-        self.model = llama_cpp.llama_model_load_from_file(
-            str(gguf).encode(), llama_cpp.llama_model_default_params()
-        )
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.use_extra_bufts = extra_buffers
+        self.model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), model_params)
         if not self.model:
             raise ValueError(f"llama.cpp could not load {gguf}")
         params = llama_cpp.llama_context_default_params()
