@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import platform
 import random
 import statistics
@@ -97,7 +96,7 @@ from vibe_sgl_lite.cli.bench import (
     random_qwen3,
     shape_of,
 )
-from vibe_sgl_lite.cli.llama_cpp_baseline import LlamaCppEngine
+from vibe_sgl_lite.cli.llama_cpp_baseline import NOT_INSTALLED, LlamaCppEngine, llama_cpp_installed
 from vibe_sgl_lite.config import WEIGHT_LAYOUTS
 from vibe_sgl_lite.core.engine import Engine
 from vibe_sgl_lite.core.runner import ModelRunner
@@ -431,8 +430,8 @@ def llama_cpp_decode_seconds(
     """Median seconds of one llama.cpp decode step per batch size (``LlamaCppEngine``: the model
     exported to a GGUF in ``dtype``, F32 for float32; its KV cache in float32 likewise), or why
     there is no llama.cpp column."""
-    if importlib.util.find_spec("llama_cpp") is None:
-        return "not installed (pip install -e '.[llama-cpp]')"
+    if not llama_cpp_installed():
+        return NOT_INSTALLED
     storage = {"float32": "F32", "bfloat16": "BF16"}[dtype]
     kv_dtype = "float32" if dtype == "float32" else "float16"
     largest = max(batches)

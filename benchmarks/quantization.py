@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import random
@@ -69,13 +68,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import common
 import torch
 from decode_step import cpu_name
 
-from vibe_sgl_lite.cli.llama_cpp_baseline import LlamaCppEngine
+from vibe_sgl_lite.cli.llama_cpp_baseline import NOT_INSTALLED, LlamaCppEngine, llama_cpp_installed
 from vibe_sgl_lite.core.runner import ModelRunner, default_model_path
 from vibe_sgl_lite.models.config import ModelConfig
 from vibe_sgl_lite.models.gguf import is_gguf_file
@@ -97,7 +95,6 @@ loads: a default model when present."""
 CHILD_FLAG = "--llama-cpp-child"
 """Run as ``python quantization.py CHILD_FLAG``: one llama.cpp measurement (``LlamaCppChild``)."""
 
-LLAMA_CPP_MISSING = "not installed (pip install -e '.[llama-cpp]')"
 POOL_SLACK = 32
 """KV pool tokens beyond the prompt and the new tokens: the partly filled last page."""
 
@@ -386,7 +383,7 @@ def measure_model(
     with tempfile.TemporaryDirectory(prefix="quantization-gguf-") as tmp:
         for weights in WEIGHTS:
             ours = measure_ours(model, QUANTIZATION[weights], prompt, args.new_tokens, args.repeats)
-            llama_cpp, what = None, LLAMA_CPP_MISSING
+            llama_cpp, what = None, NOT_INSTALLED
             if llama_cpp_child is not None:
                 gguf, what = llama_cpp_gguf(model, weights, Path(tmp))
                 if gguf is not None:
@@ -459,13 +456,13 @@ def main(argv: Sequence[str] | None = None) -> QuantizationReport:
         prompt_len=args.prompt_len,
         new_tokens=args.new_tokens,
         repeats=args.repeats,
-        llama_cpp_installed=importlib.util.find_spec("llama_cpp") is not None,
+        llama_cpp_installed=llama_cpp_installed(),
         models=[],
     )
     for line in report.header():
         print(line, flush=True)
     if not report.llama_cpp_installed:
-        print(f"llama.cpp: {LLAMA_CPP_MISSING}", flush=True)
+        print(f"llama.cpp: {NOT_INSTALLED}", flush=True)
     child = LlamaCppChild(report.threads) if report.llama_cpp_installed else None
     for model in args.model or default_models():
         result = measure_model(model, args, child)

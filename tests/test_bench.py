@@ -8,20 +8,26 @@ outputs equal transformers ``generate``'s, not the speeds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from vibe_sgl_lite.cli import build_parser, main
 from vibe_sgl_lite.cli.bench import (
     BenchResult,
+    Request,
     bf16_report,
     check_bench_flags,
     cpu_bf16_flags,
     make_workload,
     run_bench,
+    run_transformers_continuous_batching,
 )
 from vibe_sgl_lite.cli.flags import values_of
 from vibe_sgl_lite.config import EngineConfig
@@ -143,3 +149,54 @@ def test_bench_on_a_model_folder(qwen3_dir: Path, capsys: pytest.CaptureFixture[
     # continuous batching and ours, and llama.cpp on the exported F32 GGUF when installed
     llama_cpp = importlib.util.find_spec("llama_cpp") is not None
     assert out.count("identical greedy outputs: 3/3") == 2 + llama_cpp
+
+
+class _FakeContinuousBatching:
+    """A model whose continuous-batching manager needs at most ``fits`` tokens per step (as
+    transformers' sizing refuses too large a step on a deep model) and echoes the prompt."""
+
+    def __init__(self, fits: int) -> None:
+        self.fits, self.tried, self.blocks = fits, [], []
+
+    @contextlib.contextmanager
+    def continuous_batching_context_manager(self, **kwargs: Any) -> Iterator[Any]:
+        step = kwargs["continuous_batching_config"].max_batch_tokens
+        self.tried.append(step)
+        self.blocks.append(kwargs["continuous_batching_config"].num_blocks)
+        if step > self.fits:
+            raise MemoryError(f"Memory footprint for {step} tokens is more than available")
+        results: list[Any] = []
+        ids: list[str] = []
+
+        def add_request(prompt: list[int], max_new_tokens: int, eos_token_id: int) -> str:
+            result = SimpleNamespace(
+                request_id=f"r{len(ids)}",
+                error=None,
+                is_finished=lambda: True,
+                generated_tokens=prompt[:max_new_tokens],
+            )
+            ids.append(result.request_id)
+            results.append(result)
+            return result.request_id
+
+        yield SimpleNamespace(
+            add_request=add_request,
+            get_result=lambda timeout: results.pop(0),
+            is_running=lambda: True,
+        )
+
+
+@pytest.mark.unit
+def test_continuous_batching_halves_its_step_until_its_cache_fits() -> None:
+    requests = [Request([1, 2, 3, 4], 2), Request([5, 6, 7], 3)]
+    fake = _FakeContinuousBatching(fits=1024)
+    column = run_transformers_continuous_batching(
+        fake, requests, EngineConfig(max_prefill_tokens=8192, max_total_tokens=65536)
+    )
+    assert fake.tried == [8192, 4096, 2048, 1024]
+    assert column.skipped is None and column.outputs == [[1, 2], [5, 6, 7]]
+    assert column.name == "transformers continuous batching (1024 tokens/step)"
+    assert fake.blocks == [-(-13 // 256)] * 4  # the workload's 13 tokens, not 65,536
+    too_small = _FakeContinuousBatching(fits=100)
+    column = run_transformers_continuous_batching(too_small, requests, EngineConfig())
+    assert too_small.tried[-1] == 256 and column.skipped.startswith("skipped (MemoryError")

@@ -18,7 +18,11 @@ The columns, each timed after a small warm-up (first-call allocations, kernel pi
   ``model.generate_batch`` takes a single ``max_new_tokens`` for every request, so it is driven
   through the manager ``generate_batch`` is built on (``continuous_batching_context_manager`` and
   ``add_request(max_new_tokens=...)``, what ``transformers serve`` does), giving each request
-  its own limit. Its KV cache is sized like ours (``--max-total-tokens``), not from free memory.
+  its own limit. Its KV cache holds ``--max-total-tokens`` like ours, capped at what the
+  workload can use (every request's prompt and output at once), not sized from free memory: a
+  65,536-token float32 cache of the Qwen3-0.6B shape alone is 15 GB. Its tokens per step start
+  at ``--max-prefill-tokens`` and are halved (down to 256; the column name says so) while its
+  memory estimate, which grows with tokens per step times cache size, exceeds the machine's.
   Skipped, with the reason, when this transformers lacks it or it fails.
 * **llama.cpp**: through ``llama-cpp-python`` when it is installed, continuously batched as
   ``llama-server`` runs many requests (``cli/llama_cpp_baseline.py``), on ``--gguf FILE``,
@@ -46,7 +50,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import importlib.util
 import logging
 import math
 import random
@@ -62,7 +65,7 @@ from typing import Any
 import torch
 
 from vibe_sgl_lite.cli.flags import add_dataclass_flags
-from vibe_sgl_lite.cli.llama_cpp_baseline import LlamaCppEngine
+from vibe_sgl_lite.cli.llama_cpp_baseline import NOT_INSTALLED, LlamaCppEngine, llama_cpp_installed
 from vibe_sgl_lite.config import DTYPES, EngineConfig
 from vibe_sgl_lite.core.runner import ModelRunner, default_model_path
 from vibe_sgl_lite.models.gguf_export import export_gguf
@@ -80,6 +83,7 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 AMX tiles). Without them torch converts bf16 to fp32 around every op: slower than fp32."""
 
 DEFAULT_BATCH = 16
+MIN_CB_BATCH_TOKENS = 256  # transformers continuous batching: smallest tokens per step tried
 """transformers ``generate``'s static batch: a user's typical batch size on a CPU."""
 
 EQUAL_LENGTH = 64
@@ -645,9 +649,10 @@ def run_transformers_continuous_batching(
     hf: Any, requests: list[Request], config: EngineConfig
 ) -> Column:
     """transformers' continuous batching, each request with its own ``max_new_tokens`` and no
-    EOS (``eos_token_id=-1``). Its cache gets our KV budget (``max_total_tokens``) in its own
-    pages, and ``max_prefill_tokens`` as its tokens per step: left to size itself on a CPU it
-    reserves a share of the machine's RAM, which takes seconds and slows every step."""
+    EOS (``eos_token_id=-1``). Its cache gets our KV budget (``max_total_tokens``, capped at the
+    workload's need) in its own pages, and ``max_prefill_tokens`` as its tokens per step, halved
+    while it refuses them: left to size itself on a CPU it reserves a share of the machine's RAM,
+    which takes seconds and slows every step."""
     column = Column("transformers continuous batching")
     try:
         from transformers import ContinuousBatchingConfig, GenerationConfig
@@ -660,23 +665,34 @@ def run_transformers_continuous_batching(
     cb_logger = logging.getLogger("ContinuousBatchingLogger")
     notices = _DropPsutilNotices()
     cb_logger.addFilter(notices)
+    generation_config = GenerationConfig(
+        do_sample=False, max_new_tokens=max(r.max_tokens for r in requests), eos_token_id=-1
+    )
+    need = sum(len(r.prompt) + r.max_tokens for r in requests)  # every request at once
+    budget = min(config.max_total_tokens or need, need)
+    max_batch_tokens = config.max_prefill_tokens
     try:
-        cb_config = ContinuousBatchingConfig(max_batch_tokens=config.max_prefill_tokens)
-        budget = config.max_total_tokens or sum(len(r.prompt) + r.max_tokens for r in requests)
-        cb_config.num_blocks = max(1, math.ceil(budget / cb_config.page_size))
-        generation_config = GenerationConfig(
-            do_sample=False, max_new_tokens=max(r.max_tokens for r in requests), eos_token_id=-1
-        )
-        with hf.continuous_batching_context_manager(
-            generation_config=generation_config,
-            continuous_batching_config=cb_config,
-            block=True,
-            timeout=10,
-        ) as manager:
-            _collect(manager, [Request(requests[0].prompt[:8], 2)])  # warm-up
-            t0 = time.perf_counter()
-            column.outputs = _collect(manager, requests)
-            column.seconds = time.perf_counter() - t0
+        while True:
+            cb_config = ContinuousBatchingConfig(max_batch_tokens=max_batch_tokens)
+            cb_config.num_blocks = max(1, math.ceil(budget / cb_config.page_size))
+            try:
+                with hf.continuous_batching_context_manager(
+                    generation_config=generation_config,
+                    continuous_batching_config=cb_config,
+                    block=True,
+                    timeout=10,
+                ) as manager:
+                    _collect(manager, [Request(requests[0].prompt[:8], 2)])  # warm-up
+                    t0 = time.perf_counter()
+                    column.outputs = _collect(manager, requests)
+                    column.seconds = time.perf_counter() - t0
+                break
+            except MemoryError:
+                # Its estimate grows with tokens per step x cache size; halve and retry.
+                if max_batch_tokens <= MIN_CB_BATCH_TOKENS:
+                    raise
+                max_batch_tokens //= 2
+                column.name = f"transformers continuous batching ({max_batch_tokens} tokens/step)"
     except Exception as exc:  # anything it raises on this machine: report, run the rest
         column.skipped = f"skipped ({type(exc).__name__}: {exc})"
     finally:
@@ -709,7 +725,7 @@ def _exported_gguf(model_path: Path, dtype: str, gguf: Path | None) -> Iterator[
     """``gguf``, or, when llama.cpp is installed and none was given, ``model_path`` (a folder)
     written to a temporary ``.gguf`` in ``dtype`` (F32 for float32: the same numbers llama.cpp
     and this engine multiply), so that llama.cpp runs on the same weights as the others."""
-    if gguf is not None or importlib.util.find_spec("llama_cpp") is None or _is_gguf(model_path):
+    if gguf is not None or not llama_cpp_installed() or _is_gguf(model_path):
         yield gguf
         return
     storage = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}[dtype]
@@ -728,8 +744,8 @@ def run_llama_cpp(gguf: Path | None, requests: list[Request], config: EngineConf
     as many sequences at once as ours, ``--max-running-requests``), greedy, each request
     exactly its ``max_tokens``. Skipped without the package or a ``.gguf``."""
     column = Column("llama.cpp")
-    if importlib.util.find_spec("llama_cpp") is None:
-        column.skipped = "not installed (pip install llama-cpp-python)"
+    if not llama_cpp_installed():
+        column.skipped = NOT_INSTALLED
         return column
     if gguf is None:
         column.skipped = "skipped (needs a .gguf file: --gguf FILE or --model FILE.gguf)"

@@ -24,6 +24,7 @@ with SIGILL. Needs the optional
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -33,7 +34,14 @@ from typing import Any
 
 import numpy as np
 
+NOT_INSTALLED = "not installed (pip install -e '.[llama-cpp]')"
+"""What a benchmark prints in place of llama.cpp's figures when the package is missing."""
+
 _LOG_CALLBACK: Any = None
+
+
+def llama_cpp_installed() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
 
 
 def _silence_llama_cpp_logs(llama_cpp: Any) -> None:
