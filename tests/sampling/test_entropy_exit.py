@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
 
 from tests.model_factory import build_looping_qwen3
+from tests.sampling.plugin_rows import Row
 from vibe_sgl_lite import ModelRunner, SamplingParams
 from vibe_sgl_lite.sampling.entropy import EntropyExit, next_token_entropy
 
@@ -25,6 +28,34 @@ def test_entropy_in_nats_of_each_row_and_logits_untouched() -> None:
     probs = [p / sum(probs) for p in probs]
     want = [math.log(4), -sum(p * math.log(p) for p in probs), 0.0]
     assert next_token_entropy(logits).tolist() == pytest.approx(want, abs=1e-6)
+
+
+def one_step(logits: list[float], threshold: float) -> str | None:
+    """The finish reason after one step of a request that exits on its first low step."""
+    params = SamplingParams(
+        enable_entropy_early_exit=True,
+        entropy_threshold=threshold,
+        min_tokens_before_exit=0,
+        entropy_exit_steps=1,
+    )
+    plugin, row = EntropyExit(), Row(request_id=0, params=params)
+    plugin.process_logits(torch.tensor([logits]), [row])
+    [reason] = plugin.after_token([row], [0])
+    return reason
+
+
+@settings(deadline=None)
+@given(st.lists(st.floats(-8.0, 8.0), min_size=2, max_size=32))
+@example([0.0, 0.0, 0.0, 0.0])  # ln 4
+@example([3.0, -1.0, 0.5])
+def test_entropy_exactly_at_the_threshold_is_not_low(logits: list[float]) -> None:
+    """ "Low" is strictly below ``entropy_threshold``: a step whose entropy equals the threshold
+    to the last bit does not count, the next float above it does. The threshold is the float32
+    entropy the plugin itself computes for the row, so the two compare as exactly equal."""
+    entropy = next_token_entropy(torch.tensor([logits])).item()
+    assume(entropy > 0.0)  # entropy_threshold must be > 0
+    assert one_step(logits, entropy) is None
+    assert one_step(logits, math.nextafter(entropy, math.inf)) == "entropy"
 
 
 # Two cycles: a confident one, and one whose transition out of WEAK[0] is nearly flat.
