@@ -3,36 +3,29 @@
 The scripts run as ``python benchmarks/<name>.py`` from the repository root, so this folder is
 ``sys.path[0]`` and they ``import common``. Importing it puts the repository root on
 ``sys.path`` too (for ``vibe_sgl_lite`` when it is not installed). The random models come from
-``vibe_sgl_lite.cli.bench.build_random_qwen3``, the one builder ``vibe-sgl-lite bench`` uses.
+``vibe_sgl_lite.bench.shapes``, the one builder ``vibe-sgl-lite bench`` uses, sized by
+``Shape.scaled`` from ``--hidden``/``--layers``/``--vocab``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # an uninstalled checkout
 
-from vibe_sgl_lite.cli.bench import build_random_qwen3  # noqa: E402
+from vibe_sgl_lite.bench import shapes  # noqa: E402
 
 
-@contextmanager
-def random_qwen3(args: argparse.Namespace, *, max_positions: int) -> Iterator[Path]:
-    """``build_random_qwen3`` from ``--hidden``/``--layers``/``--vocab`` in a temporary folder."""
-    with tempfile.TemporaryDirectory() as tmp:
-        yield build_random_qwen3(
-            Path(tmp),
-            hidden=args.hidden,
-            layers=args.layers,
-            vocab=args.vocab,
-            max_positions=max_positions,
-        )
+def random_qwen3(args: argparse.Namespace, *, max_positions: int) -> AbstractContextManager[Path]:
+    """``vibe_sgl_lite.bench.shapes.random_qwen3`` of ``Shape.scaled`` from ``--hidden``/
+    ``--layers``/``--vocab``, with an untied LM head, in a temporary folder."""
+    shape = shapes.Shape.scaled(args.hidden, args.layers, args.vocab)
+    return shapes.random_qwen3(shape, max_positions=max_positions, tie_embeddings=False)
 
 
 def add_common_args(

@@ -45,7 +45,7 @@ needs ``record_function`` ranges anyway. ``step ms`` and ``tok/s`` come from the
 the shares from the probed ones.
 
 The model is a random-weight Qwen3 of ``--shape`` (``vibe-sgl-lite bench``'s shapes and
-builder, ``vibe_sgl_lite/cli/bench.py``): ``small`` (hidden 512, 8 layers, heads 8/4 of 64, FFN
+builder, ``vibe_sgl_lite/bench/shapes.py``): ``small`` (hidden 512, 8 layers, heads 8/4 of 64, FFN
 1536, vocab 151936) or ``qwen3-0.6b`` (hidden 1024, 28 layers, heads 16/8 of 128, FFN 3072,
 vocab 151936), embeddings tied to the LM head as in Qwen3-0.6B, built with transformers' classes
 in a temporary folder; ``--hidden``, ``--layers``, ``--heads``, ``--kv-heads``, ``--head-dim``,
@@ -86,17 +86,10 @@ import torch
 from attention import memory_bandwidth
 from torch import nn
 
-from vibe_sgl_lite.cli.bench import (
-    BF16_CPU_FLAGS,
-    SHAPE_FLAGS,
-    SHAPES,
-    Shape,
-    cpu_bf16_flags,
-    load_transformers_model,
-    random_qwen3,
-    shape_of,
-)
-from vibe_sgl_lite.cli.llama_cpp_baseline import NOT_INSTALLED, LlamaCppEngine, llama_cpp_installed
+from vibe_sgl_lite.bench.llama_cpp import NOT_INSTALLED, LlamaCppEngine, llama_cpp_installed
+from vibe_sgl_lite.bench.report import BF16_CPU_FLAGS, cpu_bf16_flags
+from vibe_sgl_lite.bench.shapes import SHAPE_FLAGS, SHAPES, Shape, random_qwen3, shape_of
+from vibe_sgl_lite.bench.transformers_baseline import load_transformers_model
 from vibe_sgl_lite.config import WEIGHT_LAYOUTS
 from vibe_sgl_lite.core.engine import Engine
 from vibe_sgl_lite.core.runner import ModelRunner

@@ -20,7 +20,7 @@ SmolLM2-135M-Instruct Q4_1 from ``scripts/_cache``) and each weights kind:
   against 128 new tokens, it is a small share, but int4's fused kernel is slower than a GEMM
   at prefill (``models/quantization.py``), and that is counted against it, as a user would feel
   it. ``x fp32`` is a row's tokens/s over the fp32 row's.
-* ``llama.cpp tok/s``: ``LlamaCppEngine`` (``cli/llama_cpp_baseline.py``: greedy, float32 KV
+* ``llama.cpp tok/s``: ``LlamaCppEngine`` (``bench/llama_cpp.py``: greedy, float32 KV
   cache, one sequence, torch's thread count), the same prompt, the same timing, on a GGUF:
 
   - for a folder, the folder exported by ``models/gguf_export.py`` to F32 (fp32 row), Q8_0
@@ -73,7 +73,7 @@ import common
 import torch
 from decode_step import cpu_name
 
-from vibe_sgl_lite.cli.llama_cpp_baseline import NOT_INSTALLED, LlamaCppEngine, llama_cpp_installed
+from vibe_sgl_lite.bench.llama_cpp import NOT_INSTALLED, LlamaCppEngine, llama_cpp_installed
 from vibe_sgl_lite.core.runner import ModelRunner, default_model_path
 from vibe_sgl_lite.models.config import ModelConfig
 from vibe_sgl_lite.models.gguf import is_gguf_file

@@ -11,7 +11,7 @@ equal transformers ``generate``'s. ``--equal-lengths`` is the earlier benchmark 
     python benchmarks/throughput.py --threads 1 --num-prompts 32
     python benchmarks/throughput.py --threads 1 --num-prompts 32 --equal-lengths
 
-The measuring lives in the package (``vibe_sgl_lite/cli/bench.py``, which explains each
+The measuring lives in the package (``vibe_sgl_lite/bench/``, whose modules explain each
 column), so that an installed ``vibe-sgl-lite bench`` runs the same code; this script is that
 command, with the same flags (``--model DIR|FILE.gguf``, ``--gguf`` and the engine settings
 included).

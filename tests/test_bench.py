@@ -18,17 +18,11 @@ from typing import Any
 
 import pytest
 
+from vibe_sgl_lite.bench.report import BenchResult, bf16_report, cpu_bf16_flags
+from vibe_sgl_lite.bench.transformers_baseline import run_transformers_continuous_batching
+from vibe_sgl_lite.bench.workload import BenchRequest, make_workload
 from vibe_sgl_lite.cli import build_parser, main
-from vibe_sgl_lite.cli.bench import (
-    BenchResult,
-    Request,
-    bf16_report,
-    check_bench_flags,
-    cpu_bf16_flags,
-    make_workload,
-    run_bench,
-    run_transformers_continuous_batching,
-)
+from vibe_sgl_lite.cli.bench import check_bench_flags, run_bench
 from vibe_sgl_lite.cli.flags import values_of
 from vibe_sgl_lite.config import EngineConfig
 
@@ -92,6 +86,19 @@ def test_cpu_bf16_detection(tmp_path: Path) -> None:
     detection, warning = bf16_report((), "bfloat16")  # asked for, not native: warn, still run
     assert detection.startswith("cpu: no native bf16") and warning.startswith("warning: ")
     assert bf16_report(None, "float32") == ["cpu: native bf16 unknown (no /proc/cpuinfo)"]
+
+
+@pytest.mark.unit
+def test_the_old_names_still_resolve_from_cli_bench() -> None:
+    """``cli/bench.py`` held the harness before ``vibe_sgl_lite.bench``; its names still work."""
+    from vibe_sgl_lite.bench import harness, shapes, workload
+    from vibe_sgl_lite.cli import bench
+
+    assert bench.build_random_qwen3 is shapes.build_random_qwen3
+    assert bench.Request is bench.BenchRequest is workload.BenchRequest
+    assert bench.measure_throughput is harness.measure_throughput
+    with pytest.raises(AttributeError, match="no_such_name"):
+        bench.no_such_name
 
 
 # ---- smoke runs ------------------------------------------------------------------------------
@@ -188,7 +195,7 @@ class _FakeContinuousBatching:
 
 @pytest.mark.unit
 def test_continuous_batching_halves_its_step_until_its_cache_fits() -> None:
-    requests = [Request([1, 2, 3, 4], 2), Request([5, 6, 7], 3)]
+    requests = [BenchRequest([1, 2, 3, 4], 2), BenchRequest([5, 6, 7], 3)]
     fake = _FakeContinuousBatching(fits=1024)
     column = run_transformers_continuous_batching(
         fake, requests, EngineConfig(max_prefill_tokens=8192, max_total_tokens=65536)

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vibe_sgl_lite.cli.llama_cpp_baseline import LlamaCppEngine
+from vibe_sgl_lite.bench.llama_cpp import LlamaCppEngine
 
 pytestmark = pytest.mark.unit
 

@@ -1,5 +1,5 @@
 """llama.cpp as a baseline: continuous batching over many sequences, greedy, through
-``llama-cpp-python``'s low-level API.
+``llama-cpp-python``'s low-level API; ``run_llama_cpp`` is its column of ``vibe-sgl-lite bench``.
 
 ``llama_cpp.Llama`` (the high-level class) decodes one sequence at a time, which is not how a
 llama.cpp user serves many requests: ``llama-server`` keeps several sequences ("slots") in one
@@ -17,22 +17,36 @@ engine's paged pool is shared. ``kv_dtype`` picks its type: float32 for a like-f
 against this engine's float32 cache, or llama.cpp's default float16. ``extra_buffers=False``
 loads the weights without llama.cpp's repacked and AMX buffers (its plain CPU kernels): on a
 virtual machine that advertises AMX without enabling it, the AMX kernels of quantised types die
-with SIGILL. Needs the optional
-``llama-cpp-python`` package (the ``bench`` extra); imported on construction.
+with SIGILL. Needs the optional ``llama-cpp-python`` package (the ``llama-cpp`` extra), imported
+on construction.
+
+The column runs on ``--gguf FILE``, ``--model FILE.gguf``, or else the model folder written to a
+temporary GGUF in the run's dtype (``models/gguf_export.py``; F32 for float32, so all engines
+multiply the same numbers).
 """
 
 from __future__ import annotations
 
 import ctypes
 import importlib.util
+import sys
+import tempfile
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from vibe_sgl_lite.bench.report import Column
+from vibe_sgl_lite.bench.shapes import is_gguf
+from vibe_sgl_lite.bench.workload import BenchRequest
+
+if TYPE_CHECKING:
+    from vibe_sgl_lite.config import EngineConfig
 
 NOT_INSTALLED = "not installed (pip install -e '.[llama-cpp]')"
 """What a benchmark prints in place of llama.cpp's figures when the package is missing."""
@@ -198,3 +212,64 @@ class LlamaCppEngine:
             tokens = [self._argmax(i) for i in range(batch)]
             times.append(time.perf_counter() - t0)
         return float(np.median(times[1:]))
+
+
+# ---- the benchmark's column ------------------------------------------------------------------
+
+
+@contextmanager
+def exported_gguf(model_path: Path, dtype: str, gguf: Path | None) -> Iterator[Path | None]:
+    """``gguf``, or, when llama.cpp is installed and none was given, ``model_path`` (a folder)
+    written to a temporary ``.gguf`` in ``dtype`` (F32 for float32: the same numbers llama.cpp
+    and this engine multiply), so that llama.cpp runs on the same weights as the others."""
+    if gguf is not None or not llama_cpp_installed() or is_gguf(model_path):
+        yield gguf
+        return
+    from vibe_sgl_lite.models.gguf_export import export_gguf  # torch: only to export
+
+    storage = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}[dtype]
+    with tempfile.TemporaryDirectory(prefix="vibe-sgl-lite-gguf-") as tmp:
+        exported: Path | None
+        try:
+            exported = export_gguf(model_path, Path(tmp) / f"model.{storage.lower()}.gguf", storage)
+        except (ValueError, ImportError) as exc:  # an architecture or tokenizer it cannot write
+            print(f"llama.cpp: no GGUF ({exc})", file=sys.stderr)
+            exported = None
+        yield exported
+
+
+def run_llama_cpp(
+    gguf: Path | None, requests: list[BenchRequest], config: EngineConfig, threads: int
+) -> Column:
+    """llama.cpp on ``gguf``, continuously batched like ``llama-server`` (``LlamaCppEngine``:
+    as many sequences at once as ours, ``--max-running-requests``), greedy, each request
+    exactly its ``max_tokens``, on ``threads`` threads. Skipped without the package or a
+    ``.gguf``."""
+    column = Column("llama.cpp")
+    if not llama_cpp_installed():
+        column.skipped = NOT_INSTALLED
+        return column
+    if gguf is None:
+        column.skipped = "skipped (needs a .gguf file: --gguf FILE or --model FILE.gguf)"
+        return column
+    try:
+        max_seqs = min(len(requests), config.max_running_requests)
+        lengths = sorted((len(r.prompt) + r.max_tokens for r in requests), reverse=True)
+        kv_dtype = "float32" if config.dtype == "float32" else "float16"
+        with LlamaCppEngine(
+            gguf,
+            max_seqs=max_seqs,
+            n_ctx=sum(lengths[:max_seqs]),
+            threads=threads,
+            kv_dtype=kv_dtype,
+        ) as llm:
+            if max(max(r.prompt) for r in requests) >= llm.n_vocab:
+                column.skipped = f"skipped (prompt ids exceed its vocabulary of {llm.n_vocab})"
+                return column
+            llm.generate([(requests[0].prompt[:8], 2)])  # warm-up
+            t0 = time.perf_counter()
+            column.outputs = llm.generate([(r.prompt, r.max_tokens) for r in requests])
+            column.seconds = time.perf_counter() - t0
+    except Exception as exc:  # a file it cannot read, an architecture it lacks: report
+        column.skipped = f"skipped ({type(exc).__name__}: {exc})"
+    return column
