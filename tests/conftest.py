@@ -6,6 +6,9 @@ from pathlib import Path
 # Triton kernels run on CPU through triton's interpreter; it must be chosen before any kernel
 # module is imported (``triton.jit`` reads it at decoration time).
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# Tests run one per core under pytest-xdist, and so do the engines they start in subprocesses
+# (the CLI, the server, TP workers): intra-op threads would only fight each other.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
@@ -24,7 +27,6 @@ def qwen3_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> 
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Tests run one per core under pytest-xdist; intra-op threads would only fight each other.
     import torch
 
     torch.set_num_threads(1)

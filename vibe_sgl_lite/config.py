@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from vibe_sgl_lite.utils.settings import check_fraction, check_int, setting
+from vibe_sgl_lite.utils.threads import default_num_threads
+
+if TYPE_CHECKING:  # torch loads with the engine, not with the settings (``--help`` needs none)
+    import torch
 
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight", "priority", "random")
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-KV_CACHE_DTYPES = ("auto", *DTYPES, "int8")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+"""The ``dtype`` choices; ``DTYPES`` maps each to its ``torch.dtype``."""
+KV_CACHE_DTYPES = ("auto", *DTYPE_NAMES, "int8")
 ATTENTION_METHODS = ("dense", "streaming", "quest", "topk_oracle")  # kernels/sparse/
 QUANTIZATIONS = ("int8", "int4")  # models/quantization.py
 WEIGHT_LAYOUTS = ("auto", "row", "column")  # models/weight_layout.py
@@ -34,7 +33,7 @@ WEIGHT_LAYOUTS = ("auto", "row", "column")  # models/weight_layout.py
 class EngineConfig:
     """The engine's settings; validated on construction (``ValueError`` naming the field)."""
 
-    dtype: str = setting("float32", "weights and activations dtype", tuple(DTYPES))
+    dtype: str = setting("float32", "weights and activations dtype", DTYPE_NAMES)
     device: str = setting("cpu", "torch device: cpu, cuda or cuda:N")
     seed: int = setting(0, "seed of the runner (unseeded sampling derives from it)")
     page_size: int = setting(16, "tokens per KV-cache page")
@@ -92,13 +91,20 @@ class EngineConfig:
     mem_fraction: float = setting(
         0.3, "share of free memory for the KV pool when max_total_tokens is not set"
     )
+    num_threads: int | None = setting(
+        None,
+        "threads of the model's products (with tp_size/ep_size > 1: in all, shared by the ranks) "
+        "(default: $OMP_NUM_THREADS if set, else one per physical core; 1 is faster on a busy "
+        "machine)",
+        aliases=("--threads",),
+    )
     tp_size: int = setting(1, "tensor-parallel degree (worker processes)")
     ep_size: int = setting(1, "expert-parallel degree (mixture-of-experts models)")
 
     def __post_init__(self) -> None:
         for name in ("page_size", "max_running_requests", "max_prefill_tokens", "seed"):
             check_int(name, getattr(self, name), minimum=0 if name == "seed" else 1)
-        for name in ("max_total_tokens", "chunked_prefill_size", "max_model_len"):
+        for name in ("max_total_tokens", "chunked_prefill_size", "max_model_len", "num_threads"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), minimum=1, or_none=True)
         check_int("tp_size", self.tp_size, minimum=1)
@@ -162,13 +168,19 @@ class EngineConfig:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        return torch_dtype(self.dtype)
 
     @property
     def kv_torch_dtype(self) -> torch.dtype:
         if self.kv_cache_dtype == "int8":
-            return torch.int8  # quantised per token and head, scales beside the pool
-        return DTYPES[self.dtype if self.kv_cache_dtype == "auto" else self.kv_cache_dtype]
+            return torch_dtype("int8")  # quantised per token and head, scales beside the pool
+        return torch_dtype(self.dtype if self.kv_cache_dtype == "auto" else self.kv_cache_dtype)
+
+    @property
+    def threads_per_rank(self) -> int:
+        """Intra-op threads of each process that runs the model (``num_threads`` resolved)."""
+        total = self.num_threads if self.num_threads is not None else default_num_threads()
+        return max(1, total // self.world_size)
 
     @property
     def world_size(self) -> int:
@@ -194,8 +206,25 @@ class EngineConfig:
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(EngineConfig)}
 
 
+def torch_dtype(name: str) -> torch.dtype:
+    """The ``torch.dtype`` called ``name`` (``"float32"`` -> ``torch.float32``)."""
+    import torch
+
+    return getattr(torch, name)  # type: ignore[no-any-return]
+
+
+def __getattr__(name: str) -> Any:
+    """``DTYPES``: ``{name: torch.dtype}`` of ``DTYPE_NAMES``, built when first asked for, so
+    that importing the settings does not import torch."""
+    if name == "DTYPES":
+        return {n: torch_dtype(n) for n in DTYPE_NAMES}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def check_device(device: str) -> None:
     """Refuse a device this torch cannot use, with the reason, before anything is loaded."""
+    import torch
+
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):

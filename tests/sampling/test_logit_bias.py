@@ -1,5 +1,5 @@
 """``LogitBias``'s ``bad_words``, driven directly with the test tokenizer: a word is banned in
-both of its spellings, as written and with a leading space, whose token sequences differ in a
+both of its spellings, without and with a leading space, however it was written, whose token sequences differ in a
 byte-level BPE ("time" and " time" end in the same token after different heads; " the" is one
 token, "the" two), so each spelling must be matched on its own."""
 
@@ -58,9 +58,12 @@ def test_a_word_without_a_space_is_banned_with_a_leading_space_too(
 
 
 @pytest.mark.parametrize("word", [" time", " the", " fox", " self", " brown"])
-def test_a_word_with_a_leading_space_is_banned_as_written(
+def test_a_word_with_a_leading_space_is_banned_without_it_too(
     tokenizer: PreTrainedTokenizerBase, word: str
 ) -> None:
-    """``" word"`` is its own spelling with a leading space: its token sequence is banned."""
-    ids = encode(tokenizer, word)
-    assert ids[-1] in banned_after(tokenizer, [word], CONTEXT + ids[:-1]), ids
+    """``" word"`` bans its own token sequence and that of ``"word"`` (the start of a text, or
+    after a newline), as vLLM does."""
+    spaced, plain = encode(tokenizer, word), encode(tokenizer, word.lstrip(" "))
+    assert plain != spaced
+    for ids in (spaced, plain):
+        assert ids[-1] in banned_after(tokenizer, [word], CONTEXT + ids[:-1]), ids

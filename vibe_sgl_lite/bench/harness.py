@@ -46,8 +46,7 @@ from vibe_sgl_lite.sampling import SamplingParams
 
 def run_bench(args: argparse.Namespace, config: EngineConfig) -> BenchResult:
     """Build or take the model, then ``measure_throughput`` with the flags' workload."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(config.threads_per_rank)  # every column, not only ours (the Engine's)
     bf16_flags = cpu_bf16_flags()
     if config.device == "cpu" and config.dtype == "bfloat16" and not bf16_flags:
         print(bf16_report(bf16_flags, config.dtype)[-1], file=sys.stderr)  # before the long run

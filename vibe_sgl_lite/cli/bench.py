@@ -80,9 +80,6 @@ def add_bench_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
         help="a .gguf file for the llama.cpp column, needs llama-cpp-python (default: --model "
         "when it is a .gguf file, else no llama.cpp column)",
     )
-    parser.add_argument(
-        "--threads", type=int, default=0, help="torch threads; 0: torch's default (all cores)"
-    )
     random_model = parser.add_argument_group(
         "random model (ignored with --model); a size flag overrides the shape's"
     )
@@ -99,7 +96,7 @@ def add_bench_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
     # a share of the machine's RAM, reserved up front for a few thousand tokens.
     return add_dataclass_flags(
         parser.add_argument_group(
-            "engine settings (vibe-sgl-lite's; --dtype, --device and --seed for all columns)"
+            "engine settings (vibe-sgl-lite's; --dtype, --device, --seed, --threads: all columns)"
         ),
         EngineConfig,
         defaults={"max_total_tokens": 65536},
@@ -122,8 +119,6 @@ def check_bench_flags(args: argparse.Namespace) -> None:
             "--prompt-len and --output-len need --equal-lengths (otherwise lengths are drawn "
             "from --prompt-range and --output-range)"
         )
-    if args.threads < 0:
-        raise ValueError(f"threads must be >= 0, got {args.threads}")
     if args.model_path is not None and not is_model(Path(args.model_path)):
         raise ValueError(
             f"--model must be a Hugging Face model folder or a .gguf file, got {args.model_path}"

@@ -11,10 +11,25 @@ import argparse
 import dataclasses
 import types
 import typing
-from typing import Any
+from typing import Any, NoReturn
 
 SAMPLING_FLAG_NAMES = {"seed": "sampling_seed"}
 """Sampling fields whose flag differs from their name (``--seed`` is the engine's)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line: ``error: MESSAGE (see 'PROG
+    --help')`` on stderr, exit code 2.
+
+    argparse prints the whole usage block before a bad value's message, which for ``generate``
+    is some fifty lines of flags burying the one that matters. Its message already names the
+    flag (``argument --temperature: invalid float value: 'abc'``), so the line alone says what
+    went wrong, like the errors found after parsing. Subparsers are built from the parser's own
+    class, so one subclass covers every subcommand.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -66,7 +81,8 @@ def add_dataclass_flags(
             kwargs["choices"] = f.metadata.get("choices")
             kwargs["action"] = "append" if repeat else "store"
             kwargs["default"] = None if repeat else default
-        parser.add_argument("--" + dest.replace("_", "-"), **kwargs)
+        aliases = f.metadata.get("aliases", ())
+        parser.add_argument("--" + dest.replace("_", "-"), *aliases, **kwargs)
     return dests
 
 

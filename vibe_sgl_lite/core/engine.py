@@ -78,6 +78,7 @@ class Engine:
     ) -> None:
         self.config = config
         self.device = torch.device(config.device)
+        torch.set_num_threads(config.threads_per_rank)
         torch.manual_seed(config.seed)
         self.model_config = ModelConfig.from_path(model_path)  # folder or .gguf
         self.tokenizer = Tokenizer.from_pretrained(model_path)

@@ -176,7 +176,7 @@ class MultiprocessExecutor:
         self._pending: deque[tuple[WorkerProcess, str, Any]] = deque()
         self._finalizer = weakref.finalize(self, _shutdown, self.procs)
         port = find_free_port()
-        threads = max(1, (os.cpu_count() or 1) // self.world_size)
+        threads = config.threads_per_rank
         try:
             env = worker_env()
             for rank in range(self.world_size):

@@ -51,6 +51,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -93,11 +94,18 @@ def kernel_op() -> Any:
     fallback to a slower one would only hide the problem. ``-march=native`` ties the build to
     this CPU; torch's cache is per user and machine, so that is what we want.
     """
-    from torch.utils.cpp_extension import load
+    from torch.utils.cpp_extension import _get_build_directory, load
 
+    name = f"vibe_sgl_lite_cpu_paged_{_cpu_tag()}"
+    if not (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists():
+        print(
+            "vibe-sgl-lite: compiling the C++ attention kernel for this CPU (once, ~20 s)...",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         load(
-            name=f"vibe_sgl_lite_cpu_paged_{_cpu_tag()}",
+            name=name,
             sources=[str(_SOURCE)],
             extra_cflags=_CFLAGS,
             extra_ldflags=["-fopenmp"],

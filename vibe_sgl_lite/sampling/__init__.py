@@ -1,6 +1,24 @@
-"""Sampling: per-request parameters and the batched sampler that applies them."""
+"""Sampling: per-request parameters and the batched sampler that applies them.
+
+``SamplingParams`` needs no torch, so the CLI can build its flags from it without loading
+torch; the sampler's names are imported on first use (PEP 562).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from vibe_sgl_lite.sampling.params import FIELD_NAMES, SamplingParams
-from vibe_sgl_lite.sampling.sampler import Sampler, SamplerOutput, TokenLogprobs
+
+if TYPE_CHECKING:
+    from vibe_sgl_lite.sampling.sampler import Sampler, SamplerOutput, TokenLogprobs
 
 __all__ = ["FIELD_NAMES", "Sampler", "SamplerOutput", "SamplingParams", "TokenLogprobs"]
+_LAZY = {"Sampler", "SamplerOutput", "TokenLogprobs"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module("vibe_sgl_lite.sampling.sampler"), name)
+    raise AttributeError(f"module 'vibe_sgl_lite.sampling' has no attribute {name!r}")

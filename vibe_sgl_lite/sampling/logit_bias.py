@@ -5,8 +5,9 @@ Per step, for the rows of requests that use any of the three, as tensor ops on `
     logit_bias         logits[r, t] += bias                    (OpenAI: bias in [-100, 100])
     allowed_token_ids  logits[r, t] = -inf for every t not listed
     bad_words          logits[r, last] = -inf when the output ends with the word's other tokens
-                       (a one-token word is banned outright); each word is tokenised as written
+                       (a one-token word is banned outright); each word is tokenised without
                        and with a leading space, as vLLM does, so both spellings are caught
+                       however the user wrote it
 
 Index tensors are built once per request (its first step) and concatenated per step: one
 ``index_put_`` each for the biases, the allowed-token mask and the bans, however many rows use
@@ -59,7 +60,8 @@ class LogitBias(Plugin):
             params = row.params
             words: list[list[int]] = []
             for word in params.bad_words or []:
-                for spelling in (word, " " + word.lstrip(" ")):
+                bare = word.lstrip(" ")
+                for spelling in (bare, " " + bare):
                     ids = self.encode(spelling)
                     if ids and ids not in words:
                         words.append(ids)

@@ -37,9 +37,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-import torch
+if TYPE_CHECKING:  # SamplingParams holds plugins (and needs no torch); this module reads params
+    import torch
 
-if TYPE_CHECKING:  # SamplingParams holds plugins; this module only reads params
     from vibe_sgl_lite.sampling.params import SamplingParams
 
 
@@ -158,10 +158,9 @@ class PluginSet:
                 continue
             if step.logits is logits:
                 step.logits = logits.clone()
-            index = torch.tensor(idx, device=logits.device)
             try:
-                out = plugin.process_logits(step.logits[index], [rows[i] for i in idx])
-                step.logits[index] = out
+                out = plugin.process_logits(step.logits[idx], [rows[i] for i in idx])
+                step.logits[idx] = out
             except Exception:
                 for i in idx:  # one by one: only the rows the plugin fails on fail
                     try:

@@ -21,14 +21,22 @@ def setting(
     *,
     cli: bool = True,
     cli_type: Callable[[str], Any] | None = None,
+    aliases: tuple[str, ...] = (),
 ) -> Any:
     """A dataclass field that documents itself.
 
     ``metadata``: ``help`` and ``choices`` (help text, allowed values), ``cli`` (False: no flag,
-    for values only Python can pass) and ``cli_type`` (how a flag's text becomes the value when
-    the field's type alone cannot say, e.g. a JSON file).
+    for values only Python can pass), ``cli_type`` (how a flag's text becomes the value when
+    the field's type alone cannot say, e.g. a JSON file) and ``aliases`` (more spellings of
+    the flag, e.g. ``("--threads",)``).
     """
-    metadata = {"help": help, "choices": choices, "cli": cli, "cli_type": cli_type}
+    metadata = {
+        "help": help,
+        "choices": choices,
+        "cli": cli,
+        "cli_type": cli_type,
+        "aliases": aliases,
+    }
     return field(default=default, metadata=metadata)
 
 
