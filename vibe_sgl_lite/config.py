@@ -52,7 +52,9 @@ class EngineConfig:
     enable_prefix_cache: bool = setting(True, "share KV pages of common prefixes (radix tree)")
     attention_backend: str = setting(
         "auto",
-        "attention implementation: auto (torch on CPU, triton on CUDA), torch, reference, triton",
+        "attention implementation: auto (cpu_paged on CPU, triton on CUDA), cpu_paged (C++ "
+        "in-place decode), torch_native (gather + SDPA), triton; 'torch' and 'reference' are "
+        "the earlier names of cpu_paged and torch_native",
     )
     kv_cache_dtype: str = setting(
         "auto",

@@ -34,6 +34,7 @@ from vibe_sgl_lite.kernels.sparse import (
     attend_selection,
     make_attention_method,
 )
+from vibe_sgl_lite.kernels.sparse.backend import SparseAttention
 from vibe_sgl_lite.memory.kv_pool import KVPool, LayerKV, quantize_int8
 
 pytestmark = pytest.mark.kernels
@@ -738,7 +739,7 @@ def brute_extend(kv: LayerKV, table: list[int], q: torch.Tensor, seq_len: int) -
 
 
 def run_steps(
-    backend: PagedAttentionBackend, pool: KVPool, layer: int, steps: TwoSteps
+    backend: PagedAttentionBackend | SparseAttention, pool: KVPool, layer: int, steps: TwoSteps
 ) -> list[torch.Tensor]:
     outs = []
     for batch, (q, k, v) in zip(steps.batches, steps.qkv):
@@ -756,10 +757,10 @@ def test_backend_mixed_batch(backend_name: str, int8: bool, method_name: str) ->
     dtype = torch.int8 if int8 else torch.float32
     pools = [KVPool(2, 24, PS, HKV, DIM, dtype) for _ in range(2)]
     plain = get_attention_backend(backend_name)
-    hooked = get_attention_backend(backend_name)
-    assert isinstance(plain, PagedAttentionBackend) and isinstance(hooked, PagedAttentionBackend)
+    inner = get_attention_backend(backend_name)
+    assert isinstance(plain, PagedAttentionBackend) and isinstance(inner, PagedAttentionBackend)
     methods = [METHODS[method_name](), METHODS[method_name]()]
-    hooked.set_attention_methods(methods)
+    hooked = SparseAttention(inner, methods)
     plain_out = run_steps(plain, pools[0], 1, steps)
     out = run_steps(hooked, pools[1], 1, steps)
     kv = pools[1].layer(1)
@@ -825,11 +826,11 @@ def test_backend_mixed_batch(backend_name: str, int8: bool, method_name: str) ->
 def test_backend_plain_kv_pair_reads_densely() -> None:
     """With a bare (k, v) pair instead of a LayerKV there is no layer index: no method runs."""
     steps = two_steps(seed=1)
-    backend = get_attention_backend("reference")
+    inner = get_attention_backend("reference")
     plain = get_attention_backend("reference")
-    assert isinstance(backend, PagedAttentionBackend)
+    assert isinstance(inner, PagedAttentionBackend)
     method = StreamingAttention(1, 1)
-    backend.set_attention_methods([method])
+    backend = SparseAttention(inner, [method])
     outs = []
     for b in (backend, plain):
         pair = (torch.zeros(24 * PS, HKV, DIM), torch.zeros(24 * PS, HKV, DIM))
@@ -938,9 +939,9 @@ def test_score_capture_through_backend(backend_name: str) -> None:
     """Installed on a backend: one record per decode row of the wanted layers, by request id."""
     steps = two_steps(seed=3)
     pool = KVPool(2, 24, PS, HKV, DIM, torch.float32)
-    backend = get_attention_backend(backend_name)
-    assert isinstance(backend, PagedAttentionBackend)
-    backend.set_attention_methods([AttentionMethod(), StreamingAttention(1, 2)])
+    inner = get_attention_backend(backend_name)
+    assert isinstance(inner, PagedAttentionBackend)
+    backend = SparseAttention(inner, [AttentionMethod(), StreamingAttention(1, 2)])
     backend.capture = ScoreCapture(frozenset({1}))
     for layer in (0, 1):
         run_steps(backend, pool, layer, steps)

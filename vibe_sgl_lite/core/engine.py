@@ -41,24 +41,17 @@ from vibe_sgl_lite.kernels.attention import (
     default_attention_backend,
     get_attention_backend,
 )
-from vibe_sgl_lite.kernels.sparse import (
-    AttentionMethod,
-    ScoreCapture,
-    TokenPruner,
-    make_attention_method,
-)
+from vibe_sgl_lite.kernels.sparse import ScoreCapture
 from vibe_sgl_lite.memory.kv_pool import KVPool
 from vibe_sgl_lite.memory.page_allocator import PageAllocator
 from vibe_sgl_lite.models.config import ModelConfig
 from vibe_sgl_lite.models.worker import ModelWorker
+from vibe_sgl_lite.research import DENSE_STATS, MethodSpec, ResearchLayer, build_research_layer
 from vibe_sgl_lite.sampling import Sampler, SamplerOutput, SamplingParams
 from vibe_sgl_lite.sampling.builtin import builtin_plugins
 from vibe_sgl_lite.sampling.plugins import Plugin, PluginSet
 from vibe_sgl_lite.scheduler import ScheduledBatch, Scheduler, make_scheduler
 from vibe_sgl_lite.scheduler.request import FREED_PAGE, Request
-
-MethodSpec = str | AttentionMethod | Sequence[str | AttentionMethod]
-"""``attention_method=``: a name, an object, or one of those per layer."""
 from vibe_sgl_lite.utils.memory import available_memory_bytes
 
 CHECK_INVARIANTS_ENV = "VIBE_SGL_LITE_CHECK_INVARIANTS"
@@ -98,15 +91,23 @@ class Engine:
             self.attention.check_supported(
                 self.model_config.head_dim, config.torch_dtype, config.kv_torch_dtype, self.device
             )
-        self.attention_methods = self._attention_methods(attention_method)
-        self.pruner = self._token_pruner()
+        # Sparse attention, pruning, capture: an opt-in layer around the backend (research/).
+        self.research = build_research_layer(
+            self.attention,
+            config,
+            self.model_config.num_hidden_layers,
+            self.allocator,
+            self.scheduler,
+            attention_method,
+        )
         self.sampler = Sampler()
         self.plugins = PluginSet(
             [*builtin_plugins(self.tokenizer.hf, eos_token_ids=self.eos_token_ids), *plugins]
         )
         self.outputs = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_model_len)
         # Last: everything that can refuse a setting has done so before worker processes start.
-        self.executor = self._make_executor(model_path, num_pages)
+        backend = self.research.attention if self.research is not None else self.attention
+        self.executor = self._make_executor(model_path, num_pages, backend)
         self.check_invariants = os.environ.get(CHECK_INVARIANTS_ENV, "") not in ("", "0")
 
         self._next_request_id = 0
@@ -116,8 +117,6 @@ class Engine:
             num_prefill_tokens_computed=0,
             num_decode_tokens_computed=0,
             num_steps=0,
-            num_pruned_tokens=0,
-            num_pruned_pages_freed=0,
         )
 
     def _default_attention(self) -> AttentionBackend:
@@ -128,98 +127,33 @@ class Engine:
             else name
         )
 
-    def _attention_methods(self, spec: MethodSpec | None) -> list[AttentionMethod]:
-        """One method per layer from a name, an object or a per-layer list; [] when all dense."""
-        num_layers = self.model_config.num_hidden_layers
-        spec = self.config.attention_method if spec is None else spec
-        if isinstance(spec, (str, AttentionMethod)):
-            items = [spec] * num_layers
-        else:
-            items = list(spec)
-        if len(items) != num_layers:
-            raise ValueError(
-                f"attention_method: a per-layer list needs {num_layers} entries (one per "
-                f"layer), got {len(items)}"
-            )
-        methods = [self._attention_method(item) for item in items]
-        if all(type(m) is AttentionMethod for m in methods) and self.config.pruning_ratio == 0:
-            return []  # dense everywhere: the backend's plain path (pruning needs the counts)
-        if not isinstance(self.attention, PagedAttentionBackend) or self.config.world_size > 1:
-            raise ValueError(
-                "attention_method other than 'dense' needs a PagedAttentionBackend "
-                "(torch, reference, triton) and tp_size = ep_size = 1"
-            )
-        self.attention.set_attention_methods(methods)
-        return methods
-
-    def _attention_method(self, item: str | AttentionMethod) -> AttentionMethod:
-        if isinstance(item, AttentionMethod):
-            return item
-        c = self.config
-        return make_attention_method(
-            item,
-            num_sink_tokens=c.num_sink_tokens,
-            attention_window=c.attention_window,
-            budget=c.budget,
-            selection_ratio=c.selection_ratio,
-        )
-
-    def _token_pruner(self) -> TokenPruner | None:
-        if self.config.pruning_ratio == 0.0:
-            return None
-        if not isinstance(self.attention, PagedAttentionBackend) or self.config.world_size > 1:
-            raise ValueError(
-                "pruning_ratio > 0 needs a PagedAttentionBackend and tp_size = ep_size = 1"
-            )
-        pruner = TokenPruner(self.config.pruning_ratio, self.config.min_tokens_after_pruning)
-        self.attention.pruner = pruner
-        self.scheduler.on_release.append(lambda req: pruner.release(req.request_id))
-        return pruner
-
-    def _prune(self, requests: Sequence[Request]) -> None:
-        """Drop each decoding request's least-attended tokens; free pages left empty.
-
-        A page is freed only when the request is its only holder: pages the prefix cache (or
-        another request) holds keep their K/V, this request just stops reading those tokens.
-        """
-        assert self.pruner is not None
-        page_size = self.config.page_size
-        for req in requests:
-            length = req.num_computed_tokens
-            self.counters["num_pruned_tokens"] += len(
-                self.pruner.plan(req.request_id, length, page_size)
-            )
-            for i in self.pruner.fully_pruned_pages(req.request_id, length, page_size):
-                page = req.page_table[i]
-                if page != FREED_PAGE and self.allocator.refcount(page) == 1:
-                    self.allocator.free([page])
-                    req.page_table[i] = FREED_PAGE
-                    self.counters["num_pruned_pages_freed"] += 1
-
     def start_capture(self, layers: Sequence[int] | None = None) -> ScoreCapture:
         """Record raw decode scores from now on (``ModelRunner.capture_attention``)."""
-        if not isinstance(self.attention, PagedAttentionBackend) or self.config.world_size > 1:
-            raise ValueError(
-                "capture_attention needs a PagedAttentionBackend and tp_size = ep_size = 1"
+        if self.research is None:
+            research = ResearchLayer(
+                self.attention, self.config, self.model_config.num_hidden_layers, self.allocator
             )
-        num_layers = self.model_config.num_hidden_layers
-        for layer in layers or ():
-            if not (isinstance(layer, int) and 0 <= layer < num_layers):
-                raise ValueError(f"layers: each must be in [0, {num_layers - 1}], got {layer!r}")
-        capture = ScoreCapture(None if layers is None else frozenset(layers))
-        self.attention.capture = capture
-        return capture
+            self.research = research
+            assert isinstance(self.executor, LocalExecutor)  # ResearchLayer refused tp_size > 1
+            self.executor.worker.attention = research.attention
+        return self.research.start_capture(layers)
 
     def stop_capture(self) -> None:
-        if isinstance(self.attention, PagedAttentionBackend):
-            self.attention.capture = None
+        if self.research is not None:
+            self.research.stop_capture()
+            if self.research.idle:  # built for the capture alone: back to the plain backend
+                assert isinstance(self.executor, LocalExecutor)
+                self.executor.worker.attention = self.attention
+                self.research = None
 
-    def _make_executor(self, model_path: str | Path, num_pages: int) -> ModelExecutor:
+    def _make_executor(
+        self, model_path: str | Path, num_pages: int, attention: AttentionBackend
+    ) -> ModelExecutor:
         if self.config.world_size == 1:
-            return LocalExecutor(ModelWorker(model_path, self.config, num_pages, self.attention))
+            return LocalExecutor(ModelWorker(model_path, self.config, num_pages, attention))
         from vibe_sgl_lite.distributed import start_parallel_executor
 
-        return start_parallel_executor(model_path, self.config, num_pages, self.attention)
+        return start_parallel_executor(model_path, self.config, num_pages, attention)
 
     @property
     def is_driver(self) -> bool:
@@ -325,12 +259,13 @@ class Engine:
             return self._idle()
         rows = self._build_rows(scheduled)
         logits = self.executor.execute(rows)
-        sampling = [req for req, row in zip(scheduled.requests, rows) if row.sample]
-        controlled = self.plugins.process_logits(logits, sampling)
-        sampled = self._sample(controlled.logits, sampling, raw_logits=logits)
-        if self.pruner is not None:
-            self._prune(sampling)
-        finished = self._process_outputs(sampling, sampled, controlled.errors)
+        self.scheduler.cache_computed(scheduled)  # pages whose K/V now exist become shareable
+        sampling_reqs = [req for req, row in zip(scheduled.requests, rows) if row.sample]
+        controlled = self.plugins.process_logits(logits, sampling_reqs)
+        sampled = self._sample(controlled.logits, sampling_reqs, raw_logits=logits)
+        if self.research is not None:
+            self.research.after_sample(sampling_reqs)
+        finished = self._process_outputs(sampling_reqs, sampled, controlled.errors)
         for req in finished:
             self.scheduler.finish(req)
             self.plugins.release(req.request_id)
@@ -450,7 +385,5 @@ class Engine:
         stats["cache_hit_rate"] = self.scheduler.num_cached_tokens / admitted if admitted else 0.0
         stats.update(self.outputs.mean_timings())
         stats.update(self.plugins.stats())
-        methods = {id(m): m for m in self.attention_methods}.values()
-        read, total = sum(m.stats.kv_read for m in methods), sum(m.stats.kv_total for m in methods)
-        stats["attention_kv_read_fraction"] = read / total if total else 1.0
+        stats.update(self.research.stats() if self.research is not None else DENSE_STATS)
         return stats

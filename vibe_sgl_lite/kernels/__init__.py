@@ -2,6 +2,7 @@
 
 from vibe_sgl_lite.kernels.attention import (
     ATTENTION_BACKENDS,
+    BACKEND_ALIASES,
     AttentionBackend,
     AttentionMetadata,
     CpuPagedAttention,
@@ -14,6 +15,7 @@ from vibe_sgl_lite.kernels.attention import (
 
 __all__ = [
     "ATTENTION_BACKENDS",
+    "BACKEND_ALIASES",
     "AttentionBackend",
     "AttentionMetadata",
     "CpuPagedAttention",

@@ -2,12 +2,14 @@
 
 The contract every backend honours is in ``kernels/backend.py``; the implementations are
 
-    "torch"      CpuPagedAttention     CPU: decode reads pages in place (C++), extend per row
-                                       through SDPA (cpu_paged.py + cpu_paged.cpp)
-    "reference"  TorchPagedAttention   gather each row's pages, then SDPA (torch_backend.py)
-    "triton"     TritonPagedAttention  Triton kernels walking the page table (triton/)
+    "cpu_paged"     CpuPagedAttention     CPU: decode reads pages in place (C++), extend per row
+                                          through SDPA (cpu_paged.py + cpu_paged.cpp)
+    "torch_native"  TorchPagedAttention   gather each row's pages, then SDPA (torch_backend.py):
+                                          plain torch, the reference the others are tested against
+    "triton"        TritonPagedAttention  Triton kernels walking the page table (triton/)
 
-Any object with ``prepare`` and ``forward`` (``AttentionBackend``) may be passed instead of a name.
+``"torch"`` and ``"reference"``, their earlier names, are accepted as aliases. Any object with
+``prepare`` and ``forward`` (``AttentionBackend``) may be passed instead of a name.
 """
 
 from __future__ import annotations
@@ -39,23 +41,25 @@ def _triton_backend() -> AttentionBackend:
 
 
 ATTENTION_BACKENDS: dict[str, Callable[[], AttentionBackend]] = {
-    "torch": CpuPagedAttention,
-    "reference": TorchPagedAttention,
+    "cpu_paged": CpuPagedAttention,
+    "torch_native": TorchPagedAttention,
     "triton": _triton_backend,
 }
+BACKEND_ALIASES = {"torch": "cpu_paged", "reference": "torch_native"}
+"""Earlier names, still accepted: ``"torch"`` was the C++ kernel, ``"reference"`` gather + SDPA."""
 
 
 def default_attention_backend(device: torch.device | str, kv_cache_dtype: str = "auto") -> str:
-    """``"torch"`` on CPU; ``"triton"`` elsewhere when triton imports, else ``"reference"``.
+    """``"cpu_paged"`` on CPU; ``"triton"`` elsewhere when triton imports, else ``"torch_native"``.
 
-    An int8 KV cache on CPU gets ``"reference"``: the C++ decode kernel reads float caches only.
+    An int8 KV cache on CPU gets ``"torch_native"``: the C++ decode kernel reads float caches only.
     """
     if torch.device(device).type == "cpu":
-        return "reference" if kv_cache_dtype == "int8" else "torch"
+        return "torch_native" if kv_cache_dtype == "int8" else "cpu_paged"
     try:
         import triton  # noqa: F401
     except ImportError:
-        return "reference"
+        return "torch_native"
     return "triton"
 
 
@@ -63,16 +67,18 @@ def get_attention_backend(name_or_backend: str | AttentionBackend) -> AttentionB
     """The backend called ``name_or_backend``, or the object itself when it is not a name."""
     if not isinstance(name_or_backend, str):
         return name_or_backend
-    if name_or_backend not in ATTENTION_BACKENDS:
+    name = BACKEND_ALIASES.get(name_or_backend, name_or_backend)
+    if name not in ATTENTION_BACKENDS:
         raise ValueError(
-            f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)} "
-            f"or an AttentionBackend object, got {name_or_backend!r}"
+            f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)} (or the aliases "
+            f"{', '.join(BACKEND_ALIASES)}) or an AttentionBackend object, got {name_or_backend!r}"
         )
-    return ATTENTION_BACKENDS[name_or_backend]()
+    return ATTENTION_BACKENDS[name]()
 
 
 __all__ = [
     "ATTENTION_BACKENDS",
+    "BACKEND_ALIASES",
     "AttentionBackend",
     "AttentionMetadata",
     "CpuPagedAttention",

@@ -1,4 +1,4 @@
-"""The attention-backend contract: what every implementation of paged attention must do.
+"""The attention-backend contract, and ``PagedAttentionBackend``, the one base class to know.
 
 A model layer hands its backend this step's ``q, k, v`` and its slice of the KV pool; the
 backend answers ``[T, num_heads, head_dim]``. Per step and per layer, in this order:
@@ -25,31 +25,29 @@ Layouts::
 
     row r, q_len Q, kv_len L: its query i sits at position L - Q + i and sees keys 0 .. L - Q + i
 
-``tests/kernels/test_backend_contract.py`` checks every registered backend against these rules.
+Research hooks (sparse attention methods, token pruning, score capture) are not here: they wrap
+a backend from outside (``kernels/sparse/backend.py``), so a dense engine runs none of their
+code. ``tests/kernels/test_backend_contract.py`` checks every registered backend against these
+rules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from vibe_sgl_lite.batch.forward_batch import ForwardBatch
-from vibe_sgl_lite.kernels.sparse.method import (
-    AttentionMethod,
-    DecodeView,
-    KVSelection,
-    ScoreCapture,
-    attend_selection,
-)
-from vibe_sgl_lite.kernels.sparse.pruning import TokenPruner
 from vibe_sgl_lite.memory.kv_pool import LayerKV, quantize_int8
 
 KVCache = LayerKV | tuple[torch.Tensor, torch.Tensor]
 """One layer's cache: the pool's ``LayerKV`` (which unpacks as ``k_cache, v_cache``, each
 ``[num_slots, Hkv, D]``, and may carry int8 scales), or a plain pair of tensors."""
+
+DecodeFn = Callable[[torch.Tensor, KVCache, torch.Tensor, ForwardBatch, float], None]
+"""``forward_decode``'s signature: ``(q, kv_cache, out, batch, scale)``, fills ``out`` in place."""
 
 
 class AttentionBackend(Protocol):
@@ -89,7 +87,6 @@ class AttentionMetadata:
     decode_rows_cpu: list[int]
     extend_rows_cpu: list[int]
     max_query_len: int
-    max_seq_len: int
 
     @classmethod
     def from_batch(cls, batch: ForwardBatch) -> AttentionMetadata:
@@ -102,34 +99,38 @@ class AttentionMetadata:
             decode_rows_cpu=decode,
             extend_rows_cpu=extend,
             max_query_len=max(batch.query_lens_cpu),
-            max_seq_len=max(batch.seq_lens_cpu),
         )
 
 
+def int8_scales(kv_cache: KVCache) -> dict[str, torch.Tensor]:
+    """``{"k_scale": ..., "v_scale": ...}`` for an int8 layer, ``{}`` for a float one."""
+    if isinstance(kv_cache, LayerKV) and kv_cache.k_scale is not None:
+        assert kv_cache.v_scale is not None
+        return {"k_scale": kv_cache.k_scale, "v_scale": kv_cache.v_scale}
+    return {}
+
+
 class PagedAttentionBackend:
-    """A backend written as its three parts; ``forward`` runs them in the contract's order.
+    """A backend written as its parts; ``forward`` runs them in the contract's order.
 
-    Subclasses implement ``forward_decode`` and ``forward_extend`` (each fills its rows of
-    ``out``) and may override ``store_kv``, ``prepare`` and ``forward_decode_selected``;
-    ``check_supported`` refuses, at engine construction, a model shape or dtype the
-    implementation cannot run.
+    The usual backend is two kernels with one shared signature (``cpu_paged``, ``triton``)::
 
-    Research hooks live here too, so every subclass gets them: ``methods`` (one
-    ``AttentionMethod`` per layer, ``kernels/sparse/``) choose which keys decode rows read, and
-    ``capture`` records raw pre-softmax decode scores. Both need the pool's ``LayerKV`` (it
-    carries the layer index); with a plain ``(k, v)`` pair the layer reads densely.
+        kernel(q, k_cache, v_cache, out, rows, query_start_loc, seq_lens, page_table,
+               page_size, scale, [max_query_len=], [k_scale=, v_scale=])   -> fills out[rows]
+
+    Such a subclass only sets ``decode_kernel`` and ``extend_kernel``; int8 scales are passed
+    only for an int8 layer, so a kernel without them must refuse int8 in ``check_supported``.
+    A backend that is not a kernel pair (``torch_backend``: gather + SDPA) overrides
+    ``forward_decode`` and ``forward_extend`` instead. ``check_supported`` refuses, at engine
+    construction, a model shape or dtype the implementation cannot run.
     """
 
     name = "paged"
+    decode_kernel: Callable[..., None]
+    extend_kernel: Callable[..., None]
 
     def __init__(self) -> None:
         self.metadata: AttentionMetadata | None = None
-        self.methods: list[AttentionMethod] = []  # per layer; empty: dense everywhere
-        self.capture: ScoreCapture | None = None
-        self.pruner: TokenPruner | None = None
-
-    def set_attention_methods(self, methods: Sequence[AttentionMethod]) -> None:
-        self.methods = list(methods)
 
     def check_supported(
         self, head_dim: int, dtype: torch.dtype, kv_dtype: torch.dtype, device: torch.device
@@ -171,7 +172,13 @@ class PagedAttentionBackend:
         scale: float,
     ) -> None:
         """Fill ``out`` at the token of every row in ``metadata.decode_rows``."""
-        raise NotImplementedError
+        assert self.metadata is not None
+        k_cache, v_cache = kv_cache
+        self.decode_kernel(
+            *(q, k_cache, v_cache, out, self.metadata.decode_rows, batch.query_start_loc),
+            *(batch.seq_lens, batch.page_table, batch.page_size, scale),
+            **int8_scales(kv_cache),
+        )
 
     def forward_extend(
         self,
@@ -182,72 +189,34 @@ class PagedAttentionBackend:
         scale: float,
     ) -> None:
         """Fill ``out`` at the tokens of every row in ``metadata.extend_rows``."""
-        raise NotImplementedError
-
-    def forward_decode_selected(
-        self,
-        q: torch.Tensor,
-        view: DecodeView,
-        selection: KVSelection,
-        out: torch.Tensor,
-        batch: ForwardBatch,
-    ) -> None:
-        """Decode rows reading only ``selection``'s keys (gathered: N is a budget, small)."""
         assert self.metadata is not None
-        tokens = batch.query_start_loc.index_select(0, self.metadata.decode_rows)
-        out.index_copy_(0, tokens, attend_selection(view, selection).to(out.dtype))
+        k_cache, v_cache = kv_cache
+        self.extend_kernel(
+            *(q, k_cache, v_cache, out, self.metadata.extend_rows, batch.query_start_loc),
+            *(batch.seq_lens, batch.page_table, batch.page_size, scale),
+            max_query_len=self.metadata.max_query_len,
+            **int8_scales(kv_cache),
+        )
 
-    def decode_with_hooks(
+    def attend(
         self,
         q: torch.Tensor,
         kv_cache: KVCache,
-        out: torch.Tensor,
         batch: ForwardBatch,
         scale: float,
-        method: AttentionMethod | None,
-    ) -> None:
-        """Decode, letting the layer's method choose the keys and the capture record scores."""
-        assert self.metadata is not None
-        layer = kv_cache if isinstance(kv_cache, LayerKV) else None
-        capture, pruner = self.capture, self.pruner
-        if layer is None or (method is None and capture is None and pruner is None):
-            self.forward_decode(q, kv_cache, out, batch, scale)
-            return
-        view = self.decode_view(q, layer, batch, scale)
-        if capture is not None and capture.wants(layer.index):
-            capture.capture(view)
-        selection = method.select(view) if method is not None else None
-        if pruner is not None:
-            selection = pruner.restrict(view, selection)
-            pruner.observe(view, selection)
-        if method is not None:
-            method.record(view, selection)
-        if selection is None:
-            self.forward_decode(q, kv_cache, out, batch, scale)
-        else:
-            self.forward_decode_selected(q, view, selection, out, batch)
-
-    def decode_view(
-        self, q: torch.Tensor, kv: LayerKV, batch: ForwardBatch, scale: float
-    ) -> DecodeView:
-        """What a method sees of this layer's decode rows (see ``kernels/sparse/method.py``)."""
-        assert self.metadata is not None
-        rows = self.metadata.decode_rows
-        return DecodeView(
-            layer=kv.index,
-            request_ids=(
-                [batch.request_ids[r] for r in self.metadata.decode_rows_cpu]
-                if batch.request_ids
-                else [-1] * len(self.metadata.decode_rows_cpu)
-            ),
-            q=q.index_select(0, batch.query_start_loc.index_select(0, rows)),
-            kv=kv,
-            page_table=batch.page_table.index_select(0, rows),
-            seq_lens=batch.seq_lens.index_select(0, rows),
-            seq_lens_cpu=[batch.seq_lens_cpu[r] for r in self.metadata.decode_rows_cpu],
-            page_size=batch.page_size,
-            scale=scale,
-        )
+        decode: DecodeFn | None = None,
+    ) -> torch.Tensor:
+        """Decode rows, then extend rows, into a new ``[T, Hq, D]``; ``decode`` replaces
+        ``forward_decode`` (a research wrapper choosing which keys decode reads)."""
+        meta = self.metadata
+        if meta is None:
+            raise RuntimeError(f"{type(self).__name__}.prepare(batch) must run before forward")
+        out = torch.empty_like(q)
+        if meta.decode_rows_cpu:
+            (decode or self.forward_decode)(q, kv_cache, out, batch, scale)
+        if meta.extend_rows_cpu:
+            self.forward_extend(q, kv_cache, out, batch, scale)
+        return out
 
     def forward(
         self,
@@ -258,75 +227,11 @@ class PagedAttentionBackend:
         batch: ForwardBatch,
         scale: float,
     ) -> torch.Tensor:
-        meta = self.metadata
-        if meta is None:
+        if self.metadata is None:
             raise RuntimeError(f"{type(self).__name__}.prepare(batch) must run before forward")
         self.store_kv(k, v, kv_cache, batch)
-        layer = kv_cache if isinstance(kv_cache, LayerKV) else None
-        method = self.methods[layer.index] if layer is not None and self.methods else None
-        if method is not None:
-            assert layer is not None
-            method.observe_store(layer, batch.slot_mapping, batch.page_size)
-        out = torch.empty_like(q)
-        if meta.decode_rows_cpu:
-            self.decode_with_hooks(q, kv_cache, out, batch, scale, method)
-        if meta.extend_rows_cpu:
-            self.forward_extend(q, kv_cache, out, batch, scale)
-        return out
+        return self.attend(q, kv_cache, batch, scale)
 
 
-def int8_scales(kv_cache: KVCache) -> dict[str, torch.Tensor]:
-    """``{"k_scale": ..., "v_scale": ...}`` for an int8 layer, ``{}`` for a float one."""
-    if isinstance(kv_cache, LayerKV) and kv_cache.k_scale is not None:
-        assert kv_cache.v_scale is not None
-        return {"k_scale": kv_cache.k_scale, "v_scale": kv_cache.v_scale}
-    return {}
-
-
-class PagedKernelBackend(PagedAttentionBackend):
-    """A backend made of two kernels with the shared signature of ``cpu_paged`` and ``triton``:
-
-        kernel(q, k_cache, v_cache, out, rows, query_start_loc, seq_lens, page_table,
-               page_size, scale, [max_query_len=], [k_scale=, v_scale=])   -> fills out[rows]
-
-    Subclasses set ``decode_kernel`` and ``extend_kernel``; int8 scales are passed only for an
-    int8 layer, so a kernel without them must refuse int8 in ``check_supported``.
-    """
-
-    decode_kernel: Callable[..., None]
-    extend_kernel: Callable[..., None]
-
-    def forward_decode(
-        self,
-        q: torch.Tensor,
-        kv_cache: KVCache,
-        out: torch.Tensor,
-        batch: ForwardBatch,
-        scale: float,
-    ) -> None:
-        assert self.metadata is not None
-        k_cache, v_cache = kv_cache
-        rows = self.metadata.decode_rows
-        self.decode_kernel(
-            *(q, k_cache, v_cache, out, rows, batch.query_start_loc, batch.seq_lens),
-            *(batch.page_table, batch.page_size, scale),
-            **int8_scales(kv_cache),
-        )
-
-    def forward_extend(
-        self,
-        q: torch.Tensor,
-        kv_cache: KVCache,
-        out: torch.Tensor,
-        batch: ForwardBatch,
-        scale: float,
-    ) -> None:
-        assert self.metadata is not None
-        k_cache, v_cache = kv_cache
-        rows = self.metadata.extend_rows
-        self.extend_kernel(
-            *(q, k_cache, v_cache, out, rows, batch.query_start_loc, batch.seq_lens),
-            *(batch.page_table, batch.page_size, scale),
-            max_query_len=self.metadata.max_query_len,
-            **int8_scales(kv_cache),
-        )
+PagedKernelBackend = PagedAttentionBackend
+"""The earlier name of the kernel-pair base class, now ``PagedAttentionBackend`` itself."""

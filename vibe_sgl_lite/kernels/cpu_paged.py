@@ -58,7 +58,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vibe_sgl_lite.kernels.backend import PagedKernelBackend
+from vibe_sgl_lite.kernels.backend import PagedAttentionBackend
 
 _SOURCE = Path(__file__).with_name("cpu_paged.cpp")
 _CFLAGS = [
@@ -195,10 +195,11 @@ def paged_extend_attention(
         out[start:end] = o[0].transpose(0, 1)
 
 
-class CpuPagedAttention(PagedKernelBackend):
-    """``attention_backend="torch"``, the CPU default: decode in place, extend per row + SDPA."""
+class CpuPagedAttention(PagedAttentionBackend):
+    """``attention_backend="cpu_paged"`` (or ``"torch"``), the CPU default: decode in place,
+    extend per row + SDPA."""
 
-    name = "torch"
+    name = "cpu_paged"
     decode_kernel = staticmethod(paged_decode_attention)
     extend_kernel = staticmethod(paged_extend_attention)
 
@@ -207,20 +208,20 @@ class CpuPagedAttention(PagedKernelBackend):
     ) -> None:
         if device.type != "cpu":
             raise ValueError(
-                "attention_backend='torch' runs on the CPU; on "
-                f"device={str(device)!r} use 'triton' or 'reference'"
+                "attention_backend='cpu_paged' runs on the CPU; on "
+                f"device={str(device)!r} use 'triton' or 'torch_native'"
             )
         allowed = (torch.float32, torch.bfloat16, torch.float16)
         for option, value in (("dtype", dtype), ("kv_cache_dtype", kv_dtype)):
             if value not in allowed:
                 raise ValueError(
-                    f"attention_backend='torch' supports {option} in float32, bfloat16, "
+                    f"attention_backend='cpu_paged' supports {option} in float32, bfloat16, "
                     f"float16; got {value}"
                 )
         try:
             kernel_op()  # build now, at ModelRunner(...), rather than inside the first step
         except RuntimeError as e:
             raise ValueError(
-                f"attention_backend='torch' could not build its CPU kernel ({e}); install a C++ "
-                "compiler and ninja, or pass attention_backend='reference'"
+                f"attention_backend='cpu_paged' could not build its CPU kernel ({e}); install a C++ "
+                "compiler and ninja, or pass attention_backend='torch_native'"
             ) from e

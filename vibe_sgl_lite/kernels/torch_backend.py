@@ -80,9 +80,10 @@ def _next_pow2(n: int) -> int:
 
 
 class TorchPagedAttention(PagedAttentionBackend):
-    """The reference backend: gather through page tables, then ``scaled_dot_product_attention``."""
+    """``attention_backend="torch_native"`` (or ``"reference"``): gather through page tables,
+    then ``scaled_dot_product_attention``; the reference every other backend is tested against."""
 
-    name = "reference"
+    name = "torch_native"
 
     def __init__(self) -> None:
         super().__init__()

@@ -48,6 +48,9 @@ class Request:
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0
     cache_node: RadixNode | None = None  # the prefix-cache node this request keeps locked
+    # Tokens whose K/V may be shared through the prefix cache (None: every computed one); token
+    # pruning lowers it (research/layer.py).
+    max_cached_tokens: int | None = None
     finish_reason: str | None = None
     error: str | None = None  # why, when finish_reason == "error"
     logprobs: list[TokenLogprobs] = field(default_factory=list)

@@ -159,9 +159,9 @@ class Scheduler:
     def _prefix_in_flight(self, req: Request, num_matched: int) -> bool:
         """Is a running request still prefilling whole pages that ``req`` shares beyond its match?
 
-        Admitting ``req`` now would compute those pages a second time; a few steps later they are
-        in the cache. (Pages completed in the current step are already in the tree, so this only
-        happens with chunked prefill.) The wait ends when that prefill ends or is preempted.
+        Admitting ``req`` now would compute those pages a second time; a step or a few later
+        they are in the cache (a prefill admitted in this very step counts: its pages enter the
+        tree after the forward). The wait ends when that prefill ends or is preempted.
         """
         if isinstance(self.cache, NoPrefixCache):
             return False
@@ -204,22 +204,23 @@ class Scheduler:
     def _add_to_batch(self, req: Request, n: int, batch: ScheduledBatch) -> None:
         batch.requests.append(req)
         batch.num_new_tokens.append(n)
+
+    def cache_computed(self, batch: ScheduledBatch) -> None:
+        """After the forward: whole pages that ``batch`` completed enter the prefix cache.
+
+        Only what has been computed is shared: a page enters the tree once its K/V are in the
+        pool, never when it is merely scheduled (a request admitted in the same step as one
+        whose prefix it shares waits a step for it, ``_prefix_in_flight``).
+        """
         page_size = self.config.page_size
-        end = req.num_computed_tokens + n
-        if end // page_size > req.num_computed_tokens // page_size:
-            # Whole pages this step completes become shareable now; the backend writes their
-            # K/V before any request of this batch reads them (see kernels/attention.py).
-            self._cache_tokens(req, end)
+        for req, n in zip(batch.requests, batch.num_new_tokens):
+            end = req.num_computed_tokens
+            if end // page_size > (end - n) // page_size:
+                self._cache_tokens(req, end)
 
     def _cache_tokens(self, req: Request, num_tokens: int) -> None:
-        if self.config.pruning_ratio > 0:
-            # Token pruning frees a request's own pages; only its prompt is shared, and
-            # nothing from the first freed page on.
-            num_tokens = min(num_tokens, req.num_prompt_tokens)
-            if FREED_PAGE in req.page_table:
-                num_tokens = min(
-                    num_tokens, req.page_table.index(FREED_PAGE) * self.config.page_size
-                )
+        if req.max_cached_tokens is not None:
+            num_tokens = min(num_tokens, req.max_cached_tokens)
         node = self.cache.insert(req.token_ids[:num_tokens], req.page_table)
         self.cache.lock(node)
         if req.cache_node is not None:
