@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -105,6 +106,25 @@ def test_stream_equals_generate(qwen3_dir: Path) -> None:
             text = runner.generate(prompt, **kwargs)
             assert "".join(pieces) == text
             assert len(pieces) > 1
+        assert_all_pages_free(runner)
+
+
+def test_stream_deltas_add_up_to_the_output(qwen3_dir: Path) -> None:
+    """Text, token ids and logprobs of the deltas join to ``generate_outputs``' result, and only
+    the last delta carries the finish reason."""
+    kwargs: dict[str, Any] = dict(temperature=0.8, seed=3, max_tokens=16, stop=["e"], logprobs=2)
+    with ModelRunner(qwen3_dir, page_size=4, max_total_tokens=1024) as runner:
+        (want,) = runner.generate_outputs(["Café 日本語"], SamplingParams(**kwargs))
+        deltas = list(runner.stream_deltas("Café 日本語", **kwargs))
+        assert "".join(d.text for d in deltas) == want.text
+        assert [t for d in deltas for t in d.token_ids] == want.token_ids
+        assert [lp for d in deltas for lp in d.logprobs] == want.logprobs
+        assert [d.finish_reason for d in deltas] == [None] * (len(deltas) - 1) + [
+            want.finish_reason
+        ]
+        closed = runner.stream_deltas("Once upon a time", max_tokens=50, ignore_eos=True)
+        next(closed)
+        closed.close()  # the request is aborted, its pages go back
         assert_all_pages_free(runner)
 
 

@@ -49,6 +49,23 @@ class GenerationOutput:
         return cls(prompt_ids, [], "", "error", error=error)
 
 
+@dataclass
+class StreamDelta:
+    """What a streamed request produced since its previous delta (``ModelRunner.stream_deltas``).
+
+    ``text`` can lag ``token_ids``: text that ends in half a UTF-8 character, or that could be
+    the start of a stop string, is held back and arrives with a later delta. ``logprobs`` has one
+    entry per token when the request asked for them (``SamplingParams.logprobs``), else none.
+    The last delta carries the ``finish_reason`` (and the ``error`` when it is ``"error"``).
+    """
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprobs]
+    finish_reason: str | None = None
+    error: str | None = None
+
+
 class TextStream:
     """One request's text: token ids -> complete UTF-8 text -> cut at the first stop string."""
 

@@ -4,6 +4,7 @@
     runner.generate("Once upon a time", max_tokens=50)            -> str
     runner.generate_batch([...], temperature=0)                   -> list[str]
     runner.generate_stream("Explain KV caches:")                  -> Iterator[str]
+    runner.stream_deltas("Explain KV caches:", logprobs=2)        -> Iterator[StreamDelta]
     runner.generate_outputs([...], sampling_params)               -> list[GenerationOutput]
 
 Every call enqueues requests into one ``Engine`` and steps it until they finish, so requests of
@@ -17,8 +18,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 from vibe_sgl_lite.cache.base import PrefixCache
 from vibe_sgl_lite.config import FIELDS, EngineConfig
 from vibe_sgl_lite.core.engine import Engine
-from vibe_sgl_lite.core.output import GenerationOutput
+from vibe_sgl_lite.core.output import GenerationOutput, StreamDelta
 from vibe_sgl_lite.core.tokenizer import Tokenizer
 from vibe_sgl_lite.kernels.attention import AttentionBackend
 from vibe_sgl_lite.kernels.sparse import CapturedScores
@@ -161,15 +162,39 @@ class ModelRunner:
         batch: list[Prompt] = [prompts] if single else list(prompts)  # type: ignore[list-item,arg-type]
         return self._run(batch, sampling_params, use_tqdm, priorities)
 
-    def generate_stream(self, prompt: Prompt, **sampling: Any) -> Iterator[str]:
+    def generate_stream(self, prompt: Prompt, **sampling: Any) -> Generator[str, None, None]:
         """Yield text pieces as they are produced; their concatenation is ``generate``'s text."""
+        with closing(self.stream_deltas(prompt, **sampling)) as deltas:
+            for delta in deltas:
+                if delta.text:
+                    yield delta.text
+
+    def stream_deltas(self, prompt: Prompt, **sampling: Any) -> Generator[StreamDelta, None, None]:
+        """``generate_stream`` with the tokens, logprobs and finish reason behind the text.
+
+        One ``StreamDelta`` per engine step that produced something. The prompt is checked when
+        the first delta is asked for: a refused prompt raises ``ValueError`` there, before any
+        output, so a caller that shows the prompt can wait for that first delta. Closing the
+        iterator early aborts the request (its KV pages go back).
+        """
         engine = self._engine
         req = engine.add_request(prompt, SamplingParams.from_kwargs(**sampling))
+        sent_tokens = sent_logprobs = 0
         try:
             while True:
-                if req.pending_text:
-                    piece, req.pending_text = req.pending_text, ""
-                    yield piece
+                num_tokens = req.num_output_tokens
+                if req.pending_text or num_tokens > sent_tokens or req.is_finished:
+                    finished = req.is_finished
+                    delta = StreamDelta(
+                        req.pending_text,
+                        req.output_ids[sent_tokens:],
+                        req.logprobs[sent_logprobs:],
+                        req.finish_reason if finished else None,
+                        req.error if finished else None,
+                    )
+                    req.pending_text = ""
+                    sent_tokens, sent_logprobs = num_tokens, len(req.logprobs)
+                    yield delta
                 if req.is_finished:
                     break
                 engine.step()
