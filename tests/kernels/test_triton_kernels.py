@@ -23,12 +23,15 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
+from vibe_sgl_lite.batch import BatchRow, ForwardBatch
 from vibe_sgl_lite.kernels.triton import (
     paged_decode_attention,
     paged_extend_attention,
     store_kv,
 )
+from vibe_sgl_lite.kernels.triton.backend import TritonPagedAttention
 from vibe_sgl_lite.kernels.triton.decode import MAX_SPLITS, default_num_splits
+from vibe_sgl_lite.kernels.triton.decode_plan import SplitScratch
 from vibe_sgl_lite.kernels.triton.store import MIN_SCALE
 
 pytestmark = pytest.mark.kernels
@@ -463,3 +466,36 @@ def test_default_num_splits_fills_the_machine_only_for_long_contexts() -> None:
     assert default_num_splits(num_programs=8, max_kv_len=32768, num_sms=132) == 17  # one wave
     assert default_num_splits(num_programs=1, max_kv_len=1 << 20, num_sms=132) == MAX_SPLITS
     assert default_num_splits(num_programs=8, max_kv_len=32768, num_sms=1) == 1  # interpreter
+
+
+def test_split_scratch_is_reused_across_calls_and_grows_on_demand() -> None:
+    scratch = SplitScratch()
+    m, l, acc = scratch.partials(4, 8, 3, 64, DEVICE)
+    assert m.shape == l.shape == (4, 8, 3) and acc.shape == (4, 8, 3, 64)
+    buffer = scratch.buffer
+    assert buffer is not None
+    smaller = scratch.partials(2, 8, 2, 64, DEVICE)
+    assert scratch.buffer is buffer and smaller[0].data_ptr() == buffer.data_ptr()
+    scratch.partials(16, 8, 4, 64, DEVICE)
+    assert scratch.buffer is not buffer and scratch.buffer.numel() >= 16 * 8 * 4 * 66
+
+
+def test_the_backend_checks_the_step_once_and_plans_its_decode_once() -> None:
+    batch = ForwardBatch.build(
+        [BatchRow([5], 6, [1, 2], sample=True), BatchRow([1, 2, 3], 0, [3], sample=True)],
+        page_size=4,
+        device=DEVICE,
+    )
+    backend = TritonPagedAttention()
+    with pytest.raises(ValueError, match="page_table"):
+        backend.prepare(replace(batch, page_table=batch.page_table.float()))
+    backend.prepare(batch)
+    q = torch.randn(batch.num_tokens, 4, 64, device=DEVICE)
+    plans = []
+    for _ in range(2):  # two layers of one step
+        kv = (torch.randn(24, 2, 64, device=DEVICE), torch.randn(24, 2, 64, device=DEVICE))
+        backend.forward(q, torch.randn(4, 2, 64), torch.randn(4, 2, 64), kv, batch, 0.125)
+        plans.append(backend.decode_plan)
+    assert plans[0] is not None and plans[1] is plans[0]
+    backend.prepare(batch)
+    assert backend.decode_plan is None  # a new step plans afresh

@@ -23,12 +23,17 @@ import torch
 import triton
 import triton.language as tl
 
-from vibe_sgl_lite.kernels.triton.decode import (
-    check_attention_args,
-    dot_operand_dtype,
-    load_kv_tile,
-    paged_slots,
-    scale_args,
+from vibe_sgl_lite.kernels.triton.args import (
+    HeadShape,
+    PagedIndex,
+    check_index_args,
+    check_layer_args,
+    layer_launch_args,
+)
+from vibe_sgl_lite.kernels.triton.common import (
+    attend_paged_keys,
+    load_query_tile,
+    store_output_tile,
 )
 
 EXTEND_BLOCK_M = 32
@@ -46,14 +51,6 @@ def _extend_kernel(
     k_scale_ptr,
     v_scale_ptr,
     out_ptr,
-    rows_ptr,
-    query_start_loc_ptr,
-    seq_lens_ptr,
-    page_table_ptr,
-    sm_scale,
-    page_size,
-    group,
-    head_dim,
     stride_q_tok,
     stride_q_head,
     stride_q_dim,
@@ -70,9 +67,19 @@ def _extend_kernel(
     stride_o_tok,
     stride_o_head,
     stride_o_dim,
+    query_start_loc_ptr,
+    seq_lens_ptr,
+    page_table_ptr,
+    page_size,
     stride_len_row,
+    stride_len_head,
     stride_pt_row,
+    stride_pt_head,
     stride_pt_page,
+    rows_ptr,
+    sm_scale,
+    group,
+    head_dim,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -82,7 +89,8 @@ def _extend_kernel(
     """Grid ``(num_extend_rows, num_heads, cdiv(max_query_len, BLOCK_M))``.
 
     Program ``(b, head, m)`` computes queries ``m * BLOCK_M ..`` of row ``rows[b]`` for one
-    query head, reading KV head ``head // group``.
+    query head, reading KV head ``head // group``. The head strides of ``seq_lens`` and the
+    page table are 0: every head of a row reads the same keys.
     """
     batch_idx = tl.program_id(0)
     head = tl.program_id(1)
@@ -92,87 +100,85 @@ def _extend_kernel(
     row = tl.load(rows_ptr + batch_idx)
     q_start = tl.load(query_start_loc_ptr + row)
     q_len = tl.load(query_start_loc_ptr + row + 1) - q_start
-    kv_len = tl.load(seq_lens_ptr + row * stride_len_row)
+    kv_len = tl.load(seq_lens_ptr + row * stride_len_row + kv_head * stride_len_head)
+    page_list_ptr = page_table_ptr + row * stride_pt_row + kv_head * stride_pt_head
     prefix_len = kv_len - q_len
 
     offs_m = block_m * BLOCK_M + tl.arange(0, BLOCK_M)  # query index within the row
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
     m_mask = offs_m < q_len
-    d_mask = offs_d < head_dim
-    positions = prefix_len + offs_m  # [BLOCK_M]
-
-    q_ptrs = q_ptr + (q_start + offs_m)[:, None] * stride_q_tok + head * stride_q_head
-    q = tl.load(
-        q_ptrs + offs_d[None, :] * stride_q_dim, mask=m_mask[:, None] & d_mask[None, :], other=0.0
-    ).to(DOT_DTYPE)
-
-    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)  # finite: exp(m_old - m_new) never NaN
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    tokens = q_start + offs_m
+    q_offsets = tokens * stride_q_tok + head * stride_q_head
+    q = load_query_tile(q_ptr, q_offsets, m_mask, stride_q_dim, head_dim, BLOCK_D, DOT_DTYPE)
 
     # Keys this block can see: up to its last query's position (causal), at most kv_len; none
     # when the whole block lies past the row's last query.
     kv_end = tl.minimum(kv_len, prefix_len + (block_m + 1) * BLOCK_M)
     kv_end = tl.where(block_m * BLOCK_M < q_len, kv_end, 0)
 
-    page_list_ptr = page_table_ptr + row * stride_pt_row
-    for block_start in range(0, kv_end, BLOCK_N):
-        keys = block_start + offs_n
-        key_mask = keys < kv_end
-        slots = paged_slots(page_list_ptr, stride_pt_page, keys, key_mask, page_size)
-        k = load_kv_tile(
-            k_cache_ptr,
-            k_scale_ptr,
-            slots,
-            key_mask,
-            kv_head,
-            offs_d,
-            d_mask,
-            stride_k_slot,
-            stride_k_head,
-            stride_k_dim,
-            stride_ks_slot,
-            stride_ks_head,
-            QUANTIZED,
-            DOT_DTYPE,
-        )
-        scores = tl.dot(q, tl.trans(k), input_precision="ieee") * sm_scale  # [BLOCK_M, BLOCK_N]
-        visible = key_mask[None, :] & (keys[None, :] <= positions[:, None])
-        scores = tl.where(visible, scores, -1.0e30)
-
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.where(visible, tl.exp(scores - m_new[:, None]), 0.0)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-
-        v = load_kv_tile(
-            v_cache_ptr,
-            v_scale_ptr,
-            slots,
-            key_mask,
-            kv_head,
-            offs_d,
-            d_mask,
-            stride_v_slot,
-            stride_v_head,
-            stride_v_dim,
-            stride_vs_slot,
-            stride_vs_head,
-            QUANTIZED,
-            DOT_DTYPE,
-        )
-        acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision="ieee")
-        m_i = m_new
-
+    m_i, l_i, acc = attend_paged_keys(
+        q,
+        prefix_len + offs_m,
+        0,
+        kv_end,
+        sm_scale,
+        page_list_ptr,
+        stride_pt_page,
+        page_size,
+        kv_head,
+        head_dim,
+        k_cache_ptr,
+        v_cache_ptr,
+        k_scale_ptr,
+        v_scale_ptr,
+        stride_k_slot,
+        stride_k_head,
+        stride_k_dim,
+        stride_v_slot,
+        stride_v_head,
+        stride_v_dim,
+        stride_ks_slot,
+        stride_ks_head,
+        stride_vs_slot,
+        stride_vs_head,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_D,
+        QUANTIZED,
+        DOT_DTYPE,
+    )
     # Every real query sees at least its own key, so l_i >= 1 there; padding queries (l_i = 0)
-    # are not stored, the floor only keeps their division finite.
-    result = acc / tl.maximum(l_i, 1.0)[:, None]
-    o_ptrs = out_ptr + (q_start + offs_m)[:, None] * stride_o_tok + head * stride_o_head
-    tl.store(
-        o_ptrs + offs_d[None, :] * stride_o_dim,
-        result.to(out_ptr.dtype.element_ty),
-        mask=m_mask[:, None] & d_mask[None, :],
+    # are not stored.
+    o_offsets = tokens * stride_o_tok + head * stride_o_head
+    store_output_tile(out_ptr, o_offsets, m_mask, stride_o_dim, l_i, acc, head_dim, BLOCK_D)
+
+
+def launch_extend(
+    heads: HeadShape,
+    index: PagedIndex,
+    rows: torch.Tensor,
+    max_query_len: int,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    out: torch.Tensor,
+    scale: float,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> None:
+    """Launch the extend kernel on (already checked) arguments: no checks, no allocation."""
+    grid = (rows.shape[0], heads.num_heads, triton.cdiv(max_query_len, EXTEND_BLOCK_M))
+    _extend_kernel[grid](
+        *layer_launch_args(q, k_cache, v_cache, k_scale, v_scale, out),
+        *index.launch_args,
+        rows,
+        scale,
+        heads.group,
+        heads.head_dim,
+        BLOCK_M=EXTEND_BLOCK_M,
+        BLOCK_N=EXTEND_BLOCK_N,
+        BLOCK_D=heads.block_d,
+        QUANTIZED=heads.quantized,
+        DOT_DTYPE=heads.dot_dtype,
     )
 
 
@@ -200,60 +206,15 @@ def paged_extend_attention(
 
     Row ``r``'s tokens ``query_start_loc[r] .. query_start_loc[r + 1] - 1`` are written, nothing
     else. ``max_query_len`` (a host int, so the launch needs no device sync) must be at least
-    the largest ``q_len`` among ``rows``: it sizes the grid.
+    the largest ``q_len`` among ``rows``: it sizes the grid. Checks every argument on each
+    call; the backend checks once per step instead.
     """
-    shape = check_attention_args(
-        q,
-        k_cache,
-        v_cache,
-        out,
-        rows,
-        query_start_loc,
-        seq_lens,
-        page_table,
-        page_size,
-        k_scale,
-        v_scale,
-        per_head_tables=False,
-    )
+    heads = check_layer_args(q, k_cache, v_cache, out, k_scale, v_scale)
+    index = check_index_args((rows,), query_start_loc, seq_lens, page_table, page_size, q.device)
     if max_query_len < 1:
         raise ValueError(f"max_query_len: must be >= 1, got {max_query_len}")
-    num_rows = rows.shape[0]
-    if num_rows == 0:
+    if rows.shape[0] == 0:
         return
-
-    k_scale_arg, stride_ks_slot, stride_ks_head = scale_args(k_cache, k_scale)
-    v_scale_arg, stride_vs_slot, stride_vs_head = scale_args(v_cache, v_scale)
-    grid = (num_rows, shape.num_heads, triton.cdiv(max_query_len, EXTEND_BLOCK_M))
-    _extend_kernel[grid](
-        q,
-        k_cache,
-        v_cache,
-        k_scale_arg,
-        v_scale_arg,
-        out,
-        rows,
-        query_start_loc,
-        seq_lens,
-        page_table,
-        scale,
-        page_size,
-        shape.group,
-        shape.head_dim,
-        *q.stride(),
-        *k_cache.stride(),
-        *v_cache.stride(),
-        stride_ks_slot,
-        stride_ks_head,
-        stride_vs_slot,
-        stride_vs_head,
-        *out.stride(),
-        shape.len_strides[0],
-        shape.table_strides[0],
-        shape.table_strides[2],
-        BLOCK_M=EXTEND_BLOCK_M,
-        BLOCK_N=EXTEND_BLOCK_N,
-        BLOCK_D=shape.block_d,
-        QUANTIZED=shape.quantized,
-        DOT_DTYPE=dot_operand_dtype(q.dtype),
+    launch_extend(
+        heads, index, rows, max_query_len, q, k_cache, v_cache, out, scale, k_scale, v_scale
     )
