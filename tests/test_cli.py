@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -14,8 +15,11 @@ from typing import Any
 import pytest
 
 import vibe_sgl_lite
-from vibe_sgl_lite import ModelRunner
+from tests.model_factory import CHAT_TEMPLATE
+from vibe_sgl_lite import ModelRunner, SamplingParams
 from vibe_sgl_lite.cli import main
+from vibe_sgl_lite.cli.chat import turn_stops
+from vibe_sgl_lite.core.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.integration
 
@@ -106,15 +110,37 @@ def test_max_model_len_beyond_the_model_is_refused(
     assert "max_model_len must be <=" in capsys.readouterr().err
 
 
-def test_an_error_while_streaming_starts_its_own_line(
-    qwen3_dir: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
+def test_a_refused_prompt_is_one_error_line_and_no_echo(
+    qwen3_dir: Path, capsys: pytest.CaptureFixture[str], stream: str
 ) -> None:
     prompt = "Once upon a time there was a tiny language model"
-    args = ["generate", "--model", str(qwen3_dir), prompt, "--max-model-len", "8"]
+    args = ["generate", "--model", str(qwen3_dir), prompt, "--max-model-len", "8", stream]
     assert main(args + ["--max-total-tokens", "64"]) == 2
     captured = capsys.readouterr()
-    assert captured.out == prompt + "\n"
-    assert captured.err.startswith("error: prompt has")
+    assert captured.out == ""  # the prompt is shown once the engine has accepted it
+    assert captured.err.startswith("error: prompt has ") and captured.err.count("\n") == 1
+    assert "shorter than max_model_len (8)" in captured.err
+
+
+def test_a_prompt_past_the_tokenizers_length_gets_our_error_only() -> None:
+    """The bundled tokenizer says ``model_max_length=1024``; transformers' warning about a
+    longer text ("Token indices sequence length is longer than ...") is silenced, and both
+    modes print the same single line."""
+    prompt = "word " * 1100
+    errors = []
+    for stream in ("--stream", "--no-stream"):
+        argv = ["generate", prompt, stream, "--max-total-tokens", "2048"]
+        proc = subprocess.run(
+            [sys.executable, "-m", "vibe_sgl_lite", *argv],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
+        errors.append(proc.stderr)
+    assert errors[0] == errors[1]
+    assert errors[0].startswith("error: prompt has ") and errors[0].count("\n") == 1
 
 
 def test_ctrl_c_is_one_line(
@@ -123,7 +149,7 @@ def test_ctrl_c_is_one_line(
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ModelRunner, "generate_stream", interrupted)
+    monkeypatch.setattr(ModelRunner, "stream_deltas", interrupted)
     args = ["generate", "--model", str(qwen3_dir), "hi", "--max-total-tokens", "64"]
     assert main(args) == 130
     assert capsys.readouterr().err == "interrupted\n"
@@ -142,6 +168,95 @@ def test_generation_control_flags(qwen3_dir: Path, capsys: pytest.CaptureFixture
     assert main(args + flags + ["--max-total-tokens", "256"]) == 0
     assert capsys.readouterr().out == "hi" + expected + "\n"
     assert expected == repeated
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["generate", "--temperature", "abc"], "--temperature"),
+        (["generate", "--dtype", "float64"], "--dtype"),
+        (["chat", "--max-tokens", "many"], "--max-tokens"),
+        (["serve", "--port", "http"], "--port"),
+        (["bench", "--num-prompts", "x"], "--num-prompts"),
+        (["generate", "--no-such-flag"], "--no-such-flag"),
+    ],
+)
+def test_a_bad_flag_is_one_line_naming_it(
+    capsys: pytest.CaptureFixture[str], argv: list[str], flag: str
+) -> None:
+    """argparse would print the whole usage block (some fifty lines for ``generate``) first."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and flag in err, err
+    assert err.endswith(" --help')\n")  # where the right spelling is
+
+
+@pytest.mark.parametrize("mode", ["stream", "no-stream", "chat"])
+def test_a_closed_stdout_ends_quietly(qwen3_dir: Path, mode: str) -> None:
+    """``generate ... | head -3``: once the reader is gone, no ``Broken pipe`` error, no
+    traceback, exit code 141 (SIGPIPE's). The read end is closed before the command writes
+    anything, so its first write meets the closed pipe whatever the timing."""
+    args = ["--model", str(qwen3_dir), "--max-tokens", "8", "--max-total-tokens", "256"]
+    argv = ["chat", *args] if mode == "chat" else ["generate", "hi", f"--{mode}", *args]
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "vibe_sgl_lite", *argv],
+            input=b"Hi\nAnd then?\n",
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141 and proc.stderr == b"", proc.stderr.decode()
+
+
+def test_logprobs_streamed_one_line_per_token_on_stderr(
+    qwen3_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sampling: dict[str, Any] = dict(max_tokens=4, temperature=0, ignore_eos=True, logprobs=2)
+    with ModelRunner(qwen3_dir, max_total_tokens=256) as runner:
+        (want,) = runner.generate_outputs(["hi"], SamplingParams(**sampling))
+        text = runner.tokenizer.decode
+    args = ["generate", "--model", str(qwen3_dir), "hi", "--max-tokens", "4", "--temperature", "0"]
+    assert main(args + ["--ignore-eos", "--logprobs", "2", "--max-total-tokens", "256"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "hi" + want.text + "\n"  # the text alone, as without --logprobs
+    lines = captured.err.splitlines()
+    assert want.logprobs is not None and len(lines) == len(want.logprobs) == 4
+    for line, item in zip(lines, want.logprobs):
+        chosen, top = line.split("  top: ")
+        assert chosen == f"{text([item.token_id], False)!r} {item.logprob:.4f}"
+        assert top == "  ".join(f"{text([t], False)!r} {v:.4f}" for t, v in item.top)
+        assert len(item.top) == 2
+
+
+def test_logprobs_not_streamed_are_json(
+    qwen3_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sampling: dict[str, Any] = dict(max_tokens=3, temperature=0, ignore_eos=True, logprobs=1)
+    with ModelRunner(qwen3_dir, max_total_tokens=256) as runner:
+        want = runner.generate_outputs(["a", "b"], SamplingParams(**sampling))
+    args = ["generate", "--model", str(qwen3_dir), "a", "b", "--max-tokens", "3"]
+    flags = ["--temperature", "0", "--ignore-eos", "--logprobs", "1", "--max-total-tokens", "256"]
+    assert main(args + flags) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    blocks = captured.out.split("-" * 40 + "\n")
+    assert blocks[-1] == "" and len(blocks) == 3
+    for block, prompt, out in zip(blocks, ["a", "b"], want):
+        assert block.startswith(prompt + out.text + "\n")
+        items = json.loads(block.rstrip("\n").rsplit("\n", 1)[1])["logprobs"]
+        assert out.logprobs is not None
+        assert [i["token_id"] for i in items] == out.token_ids
+        assert [i["logprob"] for i in items] == pytest.approx([lp.logprob for lp in out.logprobs])
+        assert [[t["token_id"] for t in i["top_logprobs"]] for i in items] == [
+            [t for t, _ in lp.top] for lp in out.logprobs
+        ]
 
 
 # ---- chat ------------------------------------------------------------------------------------
@@ -196,8 +311,8 @@ def test_chat_keeps_the_history_and_resets_it(
         second_prompt = runner.tokenizer.decode(prompts[1], skip_special_tokens=False)
         assert second_prompt == runner.tokenizer.apply_chat_template(history)
     assert first and first in second_prompt  # the second turn saw the first answer
-    # Piped: the answers alone, one per line; /reset starts over, /exit ends before EOF.
-    assert printed == f"{first}\n{second}\n{first}\n"
+    # Piped: the answers alone, each closed by a blank line; /reset starts over, /exit ends.
+    assert printed == f"{first}\n\n{second}\n\n{first}\n\n"
     assert len(prompts) == 3 and prompts[2] == prompts[0]
 
 
@@ -210,7 +325,7 @@ def test_chat_system_message_and_end_of_input(
     with ModelRunner(qwen3_dir, max_total_tokens=512) as runner:
         messages = [{"role": "system", "content": "Be brief."}, _user("Hello")]
         expected = runner.chat(messages, max_tokens=6, temperature=0, ignore_eos=True)
-    assert capsys.readouterr().out == expected + "\n"
+    assert capsys.readouterr().out == expected + "\n\n"
 
 
 def test_chat_on_a_terminal_reports_a_failed_turn_and_goes_on(
@@ -223,8 +338,8 @@ def test_chat_on_a_terminal_reports_a_failed_turn_and_goes_on(
     with ModelRunner(qwen3_dir, max_total_tokens=512) as runner:
         answer = runner.chat([_user("hi")], max_tokens=6, temperature=0, ignore_eos=True)
     assert captured.err.startswith("error: prompt has") and captured.err.count("\n") == 1
-    # The failed turn left the history: "hi" was answered as the first question.
-    assert captured.out.endswith(f"> \n> {answer}\n> \n")
+    # The failed turn printed nothing and left the history: "hi" was the first question.
+    assert captured.out.endswith(f"> > {answer}\n\n> \n")
 
 
 def test_chat_from_a_pipe_fails_on_a_failed_turn(
@@ -234,7 +349,55 @@ def test_chat_from_a_pipe_fails_on_a_failed_turn(
     args = ["chat", "--model", str(qwen3_dir), *CHAT_FLAGS, "--max-model-len", "64"]
     assert main(args) == 2
     captured = capsys.readouterr()
-    assert captured.out == "\n" and captured.err.startswith("error: prompt has")
+    assert captured.out == "" and captured.err.startswith("error: prompt has")
+
+
+def test_chat_on_the_bundled_model_stops_at_the_next_speaker(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bundled model writes scenes, not chats, so its answer runs on into other speakers'
+    lines; the chat template's end of a turn (a blank line) is what stops it."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Good morrow.\nWhat news?\n"))
+    flags = ["--temperature", "0", "--max-tokens", "60", "--max-total-tokens", "1024"]
+    assert main(["chat", *flags]) == 0
+    printed = capsys.readouterr().out
+    with ModelRunner(max_total_tokens=1024) as runner:
+        stops = turn_stops(runner.tokenizer)
+        history: list[dict[str, str]] = []
+        for question in ("Good morrow.", "What news?"):
+            history.append(_user(question))
+            ids = runner.tokenizer.encode(
+                runner.tokenizer.apply_chat_template(history), add_special_tokens=False
+            )
+            params = SamplingParams(max_tokens=60, temperature=0, stop=stops)
+            (out,) = runner.generate_outputs([ids], params)
+            assert out.finish_reason == "stop" and len(out.token_ids) < 60
+            assert out.text and "\n\n" not in out.text  # one speech
+            history.append(_assistant(out.text))
+    assert stops == ["\n\n", "\n\nUSER:\n"]
+    assert printed == "".join(m["content"] + "\n\n" for m in history[1::2])
+
+
+@pytest.mark.parametrize(
+    "template, stops",
+    [
+        (  # ChatML: special tokens, never in the decoded text; the EOS ends the turn instead
+            CHAT_TEMPLATE,
+            ["<|im_end|>\n<|im_start|>", "<|im_end|>\n<|im_start|>user\n"],
+        ),
+        (  # turns joined by a space: a space cannot end a message, the user's name can
+            "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}",
+            [" user: "],
+        ),
+        ("{{ raise_exception('no') }}", []),
+    ],
+)
+def test_turn_stops_are_read_off_the_template(
+    tokenizer_dir: Path, template: str, stops: list[str]
+) -> None:
+    tok = Tokenizer.from_pretrained(tokenizer_dir)
+    tok.hf.chat_template = template
+    assert turn_stops(tok) == stops
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from vibe_sgl_lite import __version__
 from vibe_sgl_lite.cli.bench import add_bench_flags, check_bench_flags, run_bench
 from vibe_sgl_lite.cli.flags import (
     SAMPLING_FLAG_NAMES,
+    ArgumentParser,
     HelpFormatter,
     add_dataclass_flags,
     values_of,
@@ -52,7 +53,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str], dict[str, s
     their sampling flags from ``SamplingParams``) with the same destinations, so one pair of
     ``{dest: field}`` maps serves them all.
     """
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(  # its subcommands' parsers are ArgumentParsers too
         prog="vibe-sgl-lite",
         description="A small, readable LLM inference engine. 'vibe-sgl-lite COMMAND --help' lists "
         "a command's flags with their defaults.",
@@ -158,21 +159,17 @@ def _chat(args: argparse.Namespace, config: EngineConfig, sampling: dict[str, An
 
 
 def _generate(args: argparse.Namespace, config: EngineConfig, sampling: dict[str, Any]) -> int:
+    from vibe_sgl_lite.cli.output import print_completions, reader_went_away, stream_completion
     from vibe_sgl_lite.core.runner import ModelRunner
 
-    with ModelRunner(args.model_path, **dataclasses.asdict(config)) as runner:
-        if len(args.prompt) == 1 and args.stream:
-            print(args.prompt[0], end="", flush=True)
-            try:
-                for piece in runner.generate_stream(args.prompt[0], **sampling):
-                    print(piece, end="", flush=True)
-            finally:
-                print()  # an error or Ctrl-C is reported on a line of its own
-        else:
-            texts = runner.generate_batch(args.prompt, use_tqdm=False, **sampling)
-            for prompt, text in zip(args.prompt, texts):
-                print(prompt + text)
-                print("-" * 40)
-        if args.stats:
-            print(json.dumps(runner.get_stats(), indent=2))
+    try:
+        with ModelRunner(args.model_path, **dataclasses.asdict(config)) as runner:
+            if len(args.prompt) == 1 and args.stream:
+                stream_completion(runner, args.prompt[0], sampling)
+            else:
+                print_completions(runner, args.prompt, sampling)
+            if args.stats:
+                print(json.dumps(runner.get_stats(), indent=2))
+    except BrokenPipeError:  # stdout's reader stopped reading: `generate ... | head -3`
+        return reader_went_away()
     return 0

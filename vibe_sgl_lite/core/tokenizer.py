@@ -26,6 +26,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 REPLACEMENT_CHAR = "\ufffd"
 
+TOO_LONG_WARNING = "sequence-length-is-longer-than-the-specified-maximum"
+"""The key under which a transformers tokenizer records that it has warned about a text longer
+than its ``model_max_length``; it warns only while the key is unset."""
+
 
 def _read_eos_ids(json_path: Path) -> set[int]:
     """The ``eos_token_id`` of a config file, which models write as null, an int or a list."""
@@ -46,10 +50,17 @@ class Tokenizer:
     post-processor adds (nothing for Qwen, a BOS for Llama) is part of what the model was trained
     to see. Chat prompts already carry those tokens in the template's text, so callers encoding a
     templated prompt pass ``add_special_tokens=False``.
+
+    Transformers' warning that a text is longer than the tokenizer's ``model_max_length`` is
+    turned off: the engine checks every prompt against its own ``max_model_len`` and refuses a
+    long one with an error naming both lengths, while ``model_max_length`` is a separate, often
+    stale figure (1024 for the bundled model, whatever ``max_model_len`` says), so the warning
+    only misled.
     """
 
     def __init__(self, hf_tokenizer: PreTrainedTokenizerBase, extra_eos_ids: set[int]) -> None:
         self.hf = hf_tokenizer
+        hf_tokenizer.deprecation_warnings[TOO_LONG_WARNING] = True  # "already warned"
         self._eos_ids = set(extra_eos_ids)
         if hf_tokenizer.eos_token_id is not None:
             self._eos_ids.add(int(hf_tokenizer.eos_token_id))
