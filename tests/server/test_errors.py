@@ -3,6 +3,7 @@ API key, the model name, the chat template's absence, and the small endpoints.""
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from vibe_sgl_lite import ModelRunner, SamplingParams
 
 COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
 USER = [{"role": "user", "content": "hi"}]
+IMAGE_PART = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
 
 
 def body(path: str, **fields: Any) -> dict[str, Any]:
@@ -49,6 +51,9 @@ BAD = [
     (CHAT, {"model": MODEL}, "messages"),
     (CHAT, body(CHAT, messages=[]), "messages"),
     (CHAT, body(CHAT, messages=[{"role": "robot", "content": "hi"}]), "messages"),
+    (CHAT, body(CHAT, messages=[{"role": "user", "content": [IMAGE_PART]}]), "messages.0.content"),
+    (CHAT, body(CHAT, messages=[{"role": "user", "content": [{"type": "text"}]}]), "messages"),
+    (CHAT, body(CHAT, messages=[{"role": "user", "content": ["hi"]}]), "messages"),
     (COMPLETIONS, body(COMPLETIONS, logit_bias={"abc": 5}), "logit_bias"),
     (CHAT, body(CHAT, logit_bias={"1.5": 5}), "logit_bias"),
     (COMPLETIONS, body(COMPLETIONS, logit_bias={"5": 1000}), "logit_bias"),
@@ -105,6 +110,42 @@ def test_bad_request_400_names_field(
     status, answer = server.request("POST", path, {**payload, "stream": stream})
     assert_error(status, answer, 400, param)
     assert_serving(server)
+
+
+def test_an_image_part_is_refused_by_name(server: LiveServer) -> None:
+    payload = body(CHAT, messages=[{"role": "user", "content": [{"type": "text"}, IMAGE_PART]}])
+    payload["messages"][0]["content"][0]["text"] = "Describe:"
+    status, answer = server.request("POST", CHAT, payload)
+    assert_error(status, answer, 400, "messages.0.content")
+    assert "part 1 has type 'image_url'" in answer["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "method, path, status",
+    [
+        ("GET", "/v1/no-such-endpoint", 404),
+        ("POST", "/v2/completions", 404),
+        ("GET", COMPLETIONS, 405),
+        ("DELETE", "/v1/models", 405),
+        ("POST", "/health", 405),
+    ],
+)
+def test_routing_errors_have_openai_shape(
+    server: LiveServer, method: str, path: str, status: int
+) -> None:
+    """docs/serving.md promises OpenAI's error shape for every error, FastAPI's own included."""
+    got, answer = server.request(method, path)
+    assert_error(got, answer, status, None)
+    assert path in answer["error"]["message"]
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    try:
+        conn.request(method, path)
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    if status == 405:
+        assert response.getheader("allow")  # which methods the path does take
 
 
 def test_openai_client_raises_bad_request(server: LiveServer) -> None:

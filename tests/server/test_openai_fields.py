@@ -142,6 +142,19 @@ def test_chat_greedy_equal_runner_chat(
             assert response.usage.prompt_tokens == len(chat_ids(reference, messages))
 
 
+def test_chat_content_parts_are_joined(server: LiveServer, reference: ModelRunner) -> None:
+    """What many OpenAI clients send: ``content`` as a list of text parts."""
+    parts = [{"type": "text", "text": "Once upon"}, {"type": "text", "text": " a time"}]
+    messages = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]}]
+    messages.append({"role": "user", "content": parts})
+    plain = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Once upon a time"},
+    ]
+    want = reference.chat(plain, temperature=0, max_tokens=8)
+    assert chat(server, messages, temperature=0, max_tokens=8).choices[0].message.content == want
+
+
 def test_prompt_shapes(server: LiveServer, reference: ModelRunner) -> None:
     """A list of strings, token ids, and a list of token-id lists: one choice per prompt."""
     texts = PROMPTS[:3]

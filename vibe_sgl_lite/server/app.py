@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from jinja2 import TemplateError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vibe_sgl_lite.core.output import GenerationOutput
 from vibe_sgl_lite.core.runner import ModelRunner
@@ -95,7 +96,7 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
         first = exc.errors()[0]
         where = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(where) or None
-        message = first.get("msg", "invalid request body")
+        message = first.get("msg", "invalid request body").removeprefix("Value error, ")
         if first.get("type") == "json_invalid":
             return error_response(400, "the request body is not valid JSON")
         return error_response(400, f"{param}: {message}" if param else message, param)
@@ -103,6 +104,15 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
         return error_response(exc.status, exc.message, exc.param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Routing's own errors (an unknown path: 404, a wrong method: 405 with its ``Allow``
+        header) in OpenAI's shape too, instead of FastAPI's ``{"detail": ...}``."""
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        response = error_response(exc.status_code, message)
+        response.headers.update(exc.headers or {})
+        return response
 
     # ---- helpers -----------------------------------------------------------------------------
 

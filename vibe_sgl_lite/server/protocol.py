@@ -115,10 +115,35 @@ class CompletionRequest(CommonFields):
 
 
 class ChatMessage(BaseModel):
+    """One message; ``content`` is a string or a list of content parts, joined to a string.
+
+    Many OpenAI clients send ``[{"type": "text", "text": "Hi"}]`` rather than ``"Hi"``. Text
+    parts are concatenated in order; any other part (``image_url``, ``input_audio``, ...) is a
+    400 naming it, since this server has no model that could read it.
+    """
+
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant", "developer"]
     content: str
     name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _join_text_parts(cls, content: Any) -> Any:
+        if not isinstance(content, list):
+            return content  # a string, or what the ``str`` check refuses
+        texts = []
+        for i, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise ValueError(f'part {i} must be an object with a "type", got {part!r}')
+            if part["type"] != "text":
+                raise ValueError(
+                    f"part {i} has type {part['type']!r}; only text parts are supported"
+                )
+            if not isinstance(part.get("text"), str):
+                raise ValueError(f'part {i} must have a string "text"')
+            texts.append(part["text"])
+        return "".join(texts)
 
 
 class ChatCompletionRequest(CommonFields):
