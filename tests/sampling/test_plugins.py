@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vibe_sgl_lite import ModelRunner, SamplingParams
+from vibe_sgl_lite.core.tokenizer import Tokenizer
 from vibe_sgl_lite.sampling.plugins import Plugin, PluginRow
 
 pytestmark = pytest.mark.integration
@@ -117,9 +118,8 @@ def test_plugin_finishes_with_its_own_reason(qwen3_dir: Path, reference: list[li
 def test_a_plugin_that_raises_fails_only_its_request(
     qwen3_dir: Path, reference: list[list[int]], where: str
 ) -> None:
-    with ModelRunner(qwen3_dir, max_total_tokens=512) as runner:
-        bad = runner.tokenizer.encode(PROMPTS[1])[0]
-        runner.engine.plugins.plugins.append(Boom(bad, where))  # type: ignore[union-attr]
+    bad = Tokenizer.from_pretrained(qwen3_dir).encode(PROMPTS[1])[0]
+    with ModelRunner(qwen3_dir, max_total_tokens=512, plugins=[Boom(bad, where)]) as runner:
         outs = runner.generate_outputs(PROMPTS, SamplingParams(**GREEDY))
         stats = runner.get_stats()
         assert runner.flush_cache()
@@ -196,8 +196,56 @@ def test_plugin_state_is_released(qwen3_dir: Path) -> None:
         assert engine is not None
         it = runner.generate_stream("hello", logit_bias={3: 1.0}, max_tokens=20)
         next(it)
-        assert engine.plugins._active
+        assert engine.plugins.active
         it.close()
         runner.generate("hello", logit_bias={3: 1.0}, max_tokens=3)
-        assert not engine.plugins._active
+        assert not engine.plugins.active
         assert not engine.plugins.plugins[0]._rules  # type: ignore[attr-defined]
+
+
+BUILTIN_TRIGGERS: list[dict[str, object]] = [
+    dict(logit_bias={3: 1.0}),
+    dict(allowed_token_ids=[1, 2]),
+    dict(bad_words=["hello"]),
+    dict(repeat_check=True),
+    dict(enable_entropy_early_exit=True, entropy_threshold=0.5),
+    dict(json_schema={"type": "object"}),
+    dict(regex="[a-z]+"),
+    dict(grammar='start: "a"'),
+]
+
+
+@pytest.mark.parametrize("fields", BUILTIN_TRIGGERS, ids=lambda f: next(iter(f)))
+def test_needs_plugins_agrees_with_every_builtin(
+    qwen3_dir: Path, fields: dict[str, object]
+) -> None:
+    """The engine consults the plugins only for requests whose ``needs_plugins`` is true: a
+    field that turns a built-in plugin on must turn it on, and default parameters must not."""
+    from vibe_sgl_lite.sampling.builtin import builtin_plugins
+
+    builtins = builtin_plugins(Tokenizer.from_pretrained(qwen3_dir).hf)
+    params = SamplingParams(**fields)  # type: ignore[arg-type]
+    assert any(p.applies(params) for p in builtins)
+    assert params.needs_plugins
+    assert not any(p.applies(SamplingParams()) for p in builtins)
+    assert not SamplingParams().needs_plugins
+
+
+def test_default_requests_never_enter_the_plugins(qwen3_dir: Path) -> None:
+    """With no plugin field set and none registered, no plugin hook runs (zero cost)."""
+    with ModelRunner(qwen3_dir, max_total_tokens=256) as runner:
+        engine = runner.engine
+        assert engine is not None
+        calls: list[str] = []
+        for hook in ("add_request", "process_logits", "after_token", "release"):
+            original = getattr(engine.plugins, hook)
+
+            def spy(*args: object, _hook: str = hook, _original: object = original) -> object:
+                calls.append(_hook)
+                return _original(*args)  # type: ignore[operator]
+
+            setattr(engine.plugins, hook, spy)
+        runner.generate_batch(["hello", "world"], max_tokens=4, use_tqdm=False)
+        assert calls == []
+        runner.generate("hello", max_tokens=4, logit_bias={3: 1.0})
+        assert {"add_request", "process_logits", "after_token", "release"} <= set(calls)

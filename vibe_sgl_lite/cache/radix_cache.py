@@ -159,20 +159,20 @@ class RadixCache:
     def _touch(self, node: RadixNode) -> None:
         """Mark ``node`` and its ancestors as used now (a logical clock, so tests can rely on it)."""
         self._clock += 1
-        for n in node.path():
+        for n in _ancestors(node):
             n.last_access = self._clock
 
     # ---- locking, eviction, flushing -------------------------------------------------------
 
     def lock(self, node: RadixNode) -> None:
         """Pin ``node`` and its ancestors: none of them can be evicted until ``unlock``."""
-        for n in node.path():
+        for n in _ancestors(node):
             n.lock_ref += 1
 
     def unlock(self, node: RadixNode) -> None:
         if node.lock_ref <= 0:
             raise RuntimeError("unlock of a node that is not locked (lock_ref would go negative)")
-        for n in node.path():
+        for n in _ancestors(node):
             n.lock_ref -= 1
 
     def evict(self, num_pages: int) -> int:
@@ -312,3 +312,10 @@ def _dot_label(node: RadixNode, decode: Callable[[Sequence[int]], str] | None) -
 
 def _dot_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _ancestors(node: RadixNode | None) -> Iterator[RadixNode]:
+    """``node`` and its ancestors, deepest first, root last (``RadixNode.path`` as a walk)."""
+    while node is not None:
+        yield node
+        node = node.parent

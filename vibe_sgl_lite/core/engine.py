@@ -32,7 +32,7 @@ from vibe_sgl_lite.batch.forward_batch import BatchRow
 from vibe_sgl_lite.cache.base import NoPrefixCache, PrefixCache
 from vibe_sgl_lite.cache.radix_cache import RadixCache
 from vibe_sgl_lite.config import EngineConfig
-from vibe_sgl_lite.core.executor import LocalExecutor, ModelExecutor
+from vibe_sgl_lite.core.executor import ModelExecutor
 from vibe_sgl_lite.core.output import OutputProcessor
 from vibe_sgl_lite.core.tokenizer import Tokenizer
 from vibe_sgl_lite.kernels.attention import (
@@ -47,7 +47,7 @@ from vibe_sgl_lite.memory.page_allocator import PageAllocator
 from vibe_sgl_lite.models.config import ModelConfig
 from vibe_sgl_lite.models.worker import ModelWorker
 from vibe_sgl_lite.research import DENSE_STATS, MethodSpec, ResearchLayer, build_research_layer
-from vibe_sgl_lite.sampling import Sampler, SamplerOutput, SamplingParams
+from vibe_sgl_lite.sampling import Sampler, SamplingParams
 from vibe_sgl_lite.sampling.builtin import builtin_plugins
 from vibe_sgl_lite.sampling.plugins import Plugin, PluginSet
 from vibe_sgl_lite.scheduler import ScheduledBatch, Scheduler, make_scheduler
@@ -104,6 +104,7 @@ class Engine:
         self.plugins = PluginSet(
             [*builtin_plugins(self.tokenizer.hf, eos_token_ids=self.eos_token_ids), *plugins]
         )
+        self.runner_has_plugins = bool(plugins)  # else only requests that ask meet the plugins
         self.outputs = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_model_len)
         # Last: everything that can refuse a setting has done so before worker processes start.
         backend = self.research.attention if self.research is not None else self.attention
@@ -134,23 +135,23 @@ class Engine:
                 self.attention, self.config, self.model_config.num_hidden_layers, self.allocator
             )
             self.research = research
-            assert isinstance(self.executor, LocalExecutor)  # ResearchLayer refused tp_size > 1
-            self.executor.worker.attention = research.attention
+            assert isinstance(self.executor, ModelWorker)  # ResearchLayer refused tp_size > 1
+            self.executor.attention = research.attention
         return self.research.start_capture(layers)
 
     def stop_capture(self) -> None:
         if self.research is not None:
             self.research.stop_capture()
             if self.research.idle:  # built for the capture alone: back to the plain backend
-                assert isinstance(self.executor, LocalExecutor)
-                self.executor.worker.attention = self.attention
+                assert isinstance(self.executor, ModelWorker)
+                self.executor.attention = self.attention
                 self.research = None
 
     def _make_executor(
         self, model_path: str | Path, num_pages: int, attention: AttentionBackend
     ) -> ModelExecutor:
         if self.config.world_size == 1:
-            return LocalExecutor(ModelWorker(model_path, self.config, num_pages, attention))
+            return ModelWorker(model_path, self.config, num_pages, attention)
         from vibe_sgl_lite.distributed import start_parallel_executor
 
         return start_parallel_executor(model_path, self.config, num_pages, attention)
@@ -213,9 +214,11 @@ class Engine:
             mixed = (self.config.seed * 2654435761 + req_id) % 2**32
             seed = params.seed if params.seed is not None else mixed
             generator = torch.Generator(self.device).manual_seed(seed)
-        self.plugins.add_request(req_id, params, self.model_config.vocab_size)
-        req = Request(req_id, prompt_ids, params, generator, arrival_order=req_id)
-        req.priority = priority
+        if params.needs_plugins or self.runner_has_plugins:
+            self.plugins.add_request(req_id, params, self.model_config.vocab_size)
+        req = Request(
+            req_id, prompt_ids, params, generator, arrival_order=req_id, priority=priority
+        )
         self.outputs.add_request(req)
         self.scheduler.add_request(req)
         self.counters["num_requests"] += 1
@@ -261,14 +264,11 @@ class Engine:
         logits = self.executor.execute(rows)
         self.scheduler.cache_computed(scheduled)  # pages whose K/V now exist become shareable
         sampling_reqs = [req for req, row in zip(scheduled.requests, rows) if row.sample]
-        controlled = self.plugins.process_logits(logits, sampling_reqs)
-        sampled = self._sample(controlled.logits, sampling_reqs, raw_logits=logits)
-        if self.research is not None:
-            self.research.after_sample(sampling_reqs)
-        finished = self._process_outputs(sampling_reqs, sampled, controlled.errors)
+        finished = self._sample_and_process(logits, sampling_reqs)
         for req in finished:
             self.scheduler.finish(req)
-            self.plugins.release(req.request_id)
+            if req.request_id in self.plugins.active:
+                self.plugins.release(req.request_id)
         if self.check_invariants:
             self.assert_invariants()
         return finished
@@ -302,24 +302,27 @@ class Engine:
         self.counters["num_steps"] += 1
         return rows
 
-    def _sample(
-        self, logits: torch.Tensor, requests: list[Request], raw_logits: torch.Tensor
-    ) -> SamplerOutput:
-        """One token per request from its row of ``logits [len(requests), vocab]``."""
-        return self.sampler.sample(
-            logits,
+    def _sample_and_process(self, logits: torch.Tensor, requests: list[Request]) -> list[Request]:
+        """One token per request from its row of ``logits [len(requests), vocab]``, through
+        the plugins of the requests that use some, then ``OutputProcessor``; returns the
+        finished requests."""
+        controlled, errors = logits, {}
+        if self.plugins.active:
+            step = self.plugins.process_logits(logits, requests)
+            controlled, errors = step.logits, step.errors
+        sampled = self.sampler.sample(
+            controlled,
             [r.params for r in requests],
             [r.generator for r in requests],
             [r.prompt_ids for r in requests],
             [r.output_ids for r in requests],
-            raw_logits=raw_logits,
+            raw_logits=logits,
         )
-
-    def _process_outputs(
-        self, requests: list[Request], sampled: SamplerOutput, errors: dict[int, str]
-    ) -> list[Request]:
-        """Plugins' finish reasons, then ``OutputProcessor``; returns the finished requests."""
-        reasons = self.plugins.after_token(requests, sampled.token_ids, errors)
+        if self.research is not None:
+            self.research.after_sample(requests)
+        reasons: list[str | None] = [None] * len(requests)
+        if self.plugins.active:
+            reasons = self.plugins.after_token(requests, sampled.token_ids, errors)
         finished = []
         for i, (req, token) in enumerate(zip(requests, sampled.token_ids)):
             if i in errors:
@@ -354,7 +357,8 @@ class Engine:
         """Drop a request wherever it is (a streaming client went away); frees its pages."""
         self.scheduler.abort(req)
         self.outputs.abort(req)
-        self.plugins.release(req.request_id)
+        if req.request_id in self.plugins.active:
+            self.plugins.release(req.request_id)
 
     def assert_invariants(self) -> None:
         """Every page is free or held, and its reference count equals its holders: the

@@ -1,8 +1,8 @@
 """Executors: where the forward pass runs, behind one small interface.
 
 The engine hands an executor the rows of one step (``BatchRow``s: plain token ids, positions and
-page tables) and gets back the logits of the rows that sample. ``LocalExecutor`` runs a
-``ModelWorker`` in this process; ``distributed/`` runs one worker per rank (tensor and expert
+page tables) and gets back the logits of the rows that sample. A ``ModelWorker`` runs the model
+in this process (``LocalExecutor``); ``distributed/`` runs one worker per rank (tensor and expert
 parallelism) behind the same methods, so the engine does not know which it has.
 """
 
@@ -30,20 +30,6 @@ class ModelExecutor(Protocol):
         ...
 
 
-class LocalExecutor:
-    """The whole model in this process."""
-
-    is_driver = True
-
-    def __init__(self, worker: ModelWorker) -> None:
-        self.worker = worker
-
-    @property
-    def model(self) -> torch.nn.Module:
-        return self.worker.model
-
-    def execute(self, rows: Sequence[BatchRow]) -> torch.Tensor:
-        return self.worker.forward(rows)
-
-    def close(self) -> None:
-        pass
+LocalExecutor = ModelWorker
+"""The whole model in this process: a ``ModelWorker`` is an executor itself (``execute``,
+``close``, ``is_driver``), so a step on one process makes no extra hop."""

@@ -12,9 +12,6 @@ per layer: one byte per element plus 4 bytes per token and head, about half of b
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-
 import torch
 
 INT8_MIN_SCALE = 1e-8
@@ -36,25 +33,32 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
     return (q.float() * scale.unsqueeze(-1)).to(dtype)
 
 
-@dataclass
-class LayerKV:
+class LayerKV(tuple[torch.Tensor, torch.Tensor]):
     """One layer's slice of the pool, as attention reads and writes it.
 
     ``k, v``: ``[num_slots, num_kv_heads, head_dim]``; ``k_scale, v_scale``:
-    ``[num_slots, num_kv_heads]`` float32 for an int8 pool, else ``None``. It unpacks as
-    ``k_cache, v_cache = layer_kv``, so a backend that needs only the two tensors reads it like
-    a pair.
+    ``[num_slots, num_kv_heads]`` float32 for an int8 pool, else ``None``; ``index``: the
+    layer's number. It *is* the pair ``(k, v)`` (a tuple), so a backend that needs only the two
+    tensors unpacks it as ``k_cache, v_cache = layer_kv``.
     """
 
-    index: int
+    index: int  # type: ignore[assignment]  # the layer number shadows tuple.index, unused here
     k: torch.Tensor
     v: torch.Tensor
-    k_scale: torch.Tensor | None = None
-    v_scale: torch.Tensor | None = None
+    k_scale: torch.Tensor | None
+    v_scale: torch.Tensor | None
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        yield self.k
-        yield self.v
+    def __new__(
+        cls,
+        index: int,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_scale: torch.Tensor | None = None,
+        v_scale: torch.Tensor | None = None,
+    ) -> LayerKV:
+        self = super().__new__(cls, (k, v))
+        self.index, self.k, self.v, self.k_scale, self.v_scale = index, k, v, k_scale, v_scale
+        return self
 
     @property
     def quantized(self) -> bool:
@@ -92,6 +96,8 @@ class KVPool:
         self.v_scale = [
             torch.zeros(scales, device=device) for _ in range(num_layers if quantized else 0)
         ]
+        self.layers = [self._view(i) for i in range(num_layers)]
+        """Layer ``i``'s ``LayerKV``, built once: the model indexes this list every step."""
 
     @property
     def num_slots(self) -> int:
@@ -99,6 +105,9 @@ class KVPool:
 
     def layer(self, i: int) -> LayerKV:
         """Layer ``i``: K and V viewed as ``[num_slots, num_kv_heads, head_dim]`` (+ scales)."""
+        return self.layers[i]
+
+    def _view(self, i: int) -> LayerKV:
         flat = (self.num_slots, self.num_kv_heads, self.head_dim)
         if self.k_scale:
             return LayerKV(

@@ -161,7 +161,7 @@ class DecoderForCausalLM(nn.Module):
         """Run one flat batch; returns float32 logits ``[len(batch.sample_indices), vocab]``."""
         h = self.embed_tokens(batch.input_ids)
         for i, layer in enumerate(self.layers):
-            h = layer(h, batch, kv_pool.layer(i), backend)
+            h = layer(h, batch, kv_pool.layers[i], backend)
         h = self.norm(h[batch.sample_indices])
         return self.lm_head(h).float()
 

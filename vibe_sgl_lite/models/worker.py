@@ -26,6 +26,11 @@ from vibe_sgl_lite.models.loader import load_model
 
 
 class ModelWorker:
+    """One forward per step on a model and its KV pool; in a single process it is the
+    engine's executor itself (``core/executor.py``)."""
+
+    is_driver = True
+
     def __init__(
         self,
         model_path: str | Path,
@@ -65,3 +70,8 @@ class ModelWorker:
         self.attention.prepare(batch)
         logits: torch.Tensor = self.model(batch, self.kv_pool, self.attention)
         return logits
+
+    execute = forward
+
+    def close(self) -> None:
+        """Nothing to stop: the model and pool go with the worker."""

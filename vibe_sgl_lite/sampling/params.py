@@ -218,6 +218,21 @@ class SamplingParams:
         """Whether a json_schema, regex or grammar constrains the output."""
         return self.json_schema is not None or self.regex is not None or self.grammar is not None
 
+    @property
+    def needs_plugins(self) -> bool:
+        """Whether a built-in plugin acts on this request (``sampling/builtin.py``), or it
+        brings plugins of its own. When not, and the runner has none of its own, the engine
+        never enters ``sampling/plugins.py`` for it: unused generation control costs nothing."""
+        return bool(
+            self.logit_bias
+            or self.allowed_token_ids
+            or self.bad_words
+            or self.repeat_check
+            or self.enable_entropy_early_exit
+            or self.structured
+            or self.plugins
+        )
+
     @staticmethod
     def _normalise_stop(stop: object) -> list[str]:
         items = [stop] if isinstance(stop, str) else [] if stop is None else stop

@@ -113,7 +113,8 @@ class PluginSet:
             raise ValueError(f"plugins must have distinct names, got {duplicate[0]!r} twice")
         self.plugins = list(plugins)
         self._per_request: dict[int, Plugin] = {}  # plugins requests brought, by identity
-        self._active: dict[int, list[Plugin]] = {}  # request id -> plugins that act on it
+        # request id -> plugins that act on it; empty: the engine skips every hook below
+        self.active: dict[int, list[Plugin]] = {}
         self.finished: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
 
@@ -132,17 +133,17 @@ class PluginSet:
         for plugin in params.plugins or []:
             self._per_request.setdefault(id(plugin), plugin)
         if active:
-            self._active[request_id] = active
+            self.active[request_id] = active
 
     def release(self, request_id: int) -> None:
-        for plugin in self._active.pop(request_id, []):
+        for plugin in self.active.pop(request_id, []):
             plugin.release(request_id)
 
     def _groups(self, rows: Sequence[PluginRow]) -> list[tuple[Plugin, list[int]]]:
         """Each plugin acting on some row, with the indices of its rows, in registration order."""
         groups: dict[int, tuple[Plugin, list[int]]] = {}
         for i, row in enumerate(rows):
-            for plugin in self._active.get(row.request_id, ()):
+            for plugin in self.active.get(row.request_id, ()):
                 groups.setdefault(id(plugin), (plugin, []))[1].append(i)
         return list(groups.values())
 
@@ -150,7 +151,7 @@ class PluginSet:
         """Apply every plugin to its rows of ``logits [len(rows), V]``; the input is not changed
         (the engine keeps the raw logits for logprobs)."""
         step = PluginStep(logits, {})
-        if not self._active:
+        if not self.active:
             return step
         for plugin, idx in self._groups(rows):
             idx = [i for i in idx if i not in step.errors]
@@ -176,7 +177,7 @@ class PluginSet:
         """Each row's finish reason from the plugins (the first plugin to finish it wins);
         rows whose plugin raises go into ``errors``."""
         reasons: list[str | None] = [None] * len(rows)
-        if not self._active:
+        if not self.active:
             return reasons
         for plugin, idx in self._groups(rows):
             idx = [i for i in idx if i not in errors]
