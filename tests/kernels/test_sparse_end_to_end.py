@@ -18,7 +18,7 @@ import pytest
 
 from tests.model_factory import hf_greedy, load_hf
 from vibe_sgl_lite import ModelRunner, SamplingParams
-from vibe_sgl_lite.core import engine as engine_module
+from vibe_sgl_lite.core import capacity as capacity_module
 from vibe_sgl_lite.kernels.sparse import AttentionMethod, StreamingAttention
 
 pytestmark = [pytest.mark.kernels, pytest.mark.integration]
@@ -200,7 +200,7 @@ def test_int8_kv_on_each_backend_that_supports_it(qwen3_dir: Path, backend: str)
 def test_int8_pool_holds_about_twice_the_tokens_of_bf16(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(engine_module, "available_memory_bytes", lambda device: 64 << 20)
+    monkeypatch.setattr(capacity_module, "available_memory_bytes", lambda device: 64 << 20)
     pages = {}
     for kv in ("bfloat16", "int8"):
         with ModelRunner(kv_cache_dtype=kv, mem_fraction=0.5, max_running_requests=4096) as r:

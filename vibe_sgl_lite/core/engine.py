@@ -3,15 +3,18 @@
     add_request(prompt, params)         tokenise, validate, enqueue
     step():
         scheduler.schedule()            which requests run, how many tokens each   scheduler/
-        self._build_rows(scheduled)     each request's share of one flat batch     batch/
+        scheduler.rows(scheduled)       each request's share of one flat batch     batch/
         executor.execute(rows)          one forward, logits of the sampling rows   models/, kernels/
-        self._sample(logits, reqs)      one token per row, per-request params      sampling/
+        scheduler.cache_computed(...)   completed pages become shareable           cache/
+        sampler.sample(logits, ...)     one token per row, per-request params      sampling/
         outputs.process(req, token)     stops, finish reason, text, timings        core/output.py
         scheduler.finish(req)           pages to the prefix cache or the free list
 
 It owns the page allocator, the prefix cache, the scheduler, the output processor and an
 executor that holds the model and its KV pool (in this process, or sharded over worker
-processes). It is synchronous and single-threaded: ``ModelRunner`` drives it.
+processes). It is synchronous and single-threaded: ``ModelRunner`` drives it. Generation-control
+plugins run only for requests that use them; sparse attention, pruning and score capture live
+in ``research/`` and run only when a setting asks for them.
 
 Set ``VIBE_SGL_LITE_CHECK_INVARIANTS=1`` to check after every step that each page's reference
 count equals its holders (running requests plus prefix-cache nodes) and that no page is both
@@ -21,8 +24,6 @@ free and held: slow, meant for tests and debugging.
 from __future__ import annotations
 
 import os
-import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,17 +33,16 @@ from vibe_sgl_lite.batch.forward_batch import BatchRow
 from vibe_sgl_lite.cache.base import NoPrefixCache, PrefixCache
 from vibe_sgl_lite.cache.radix_cache import RadixCache
 from vibe_sgl_lite.config import EngineConfig
+from vibe_sgl_lite.core.capacity import max_model_len, plan_kv_pages
 from vibe_sgl_lite.core.executor import ModelExecutor
 from vibe_sgl_lite.core.output import OutputProcessor
 from vibe_sgl_lite.core.tokenizer import Tokenizer
 from vibe_sgl_lite.kernels.attention import (
     AttentionBackend,
     PagedAttentionBackend,
-    default_attention_backend,
-    get_attention_backend,
+    resolve_attention_backend,
 )
 from vibe_sgl_lite.kernels.sparse import ScoreCapture
-from vibe_sgl_lite.memory.kv_pool import KVPool
 from vibe_sgl_lite.memory.page_allocator import PageAllocator
 from vibe_sgl_lite.models.config import ModelConfig
 from vibe_sgl_lite.models.worker import ModelWorker
@@ -50,9 +50,8 @@ from vibe_sgl_lite.research import DENSE_STATS, MethodSpec, ResearchLayer, build
 from vibe_sgl_lite.sampling import Sampler, SamplingParams
 from vibe_sgl_lite.sampling.builtin import builtin_plugins
 from vibe_sgl_lite.sampling.plugins import Plugin, PluginSet
-from vibe_sgl_lite.scheduler import ScheduledBatch, Scheduler, make_scheduler
-from vibe_sgl_lite.scheduler.request import FREED_PAGE, Request
-from vibe_sgl_lite.utils.memory import available_memory_bytes
+from vibe_sgl_lite.scheduler import Scheduler, make_scheduler
+from vibe_sgl_lite.scheduler.request import Request
 
 CHECK_INVARIANTS_ENV = "VIBE_SGL_LITE_CHECK_INVARIANTS"
 
@@ -77,16 +76,20 @@ class Engine:
         self.tokenizer = Tokenizer.from_pretrained(model_path)
         self.eos_token_ids = self.tokenizer.eos_token_ids | set(self.model_config.eos_token_ids)
 
-        num_pages = self._plan_kv_pages()
+        num_pages = plan_kv_pages(config, self.model_config, self.device)
         self.allocator = PageAllocator(num_pages)
-        self.max_model_len = self._max_model_len(num_pages)
-        self.cache: PrefixCache = cache if cache is not None else self._default_cache()
+        self.max_model_len = max_model_len(config, self.model_config, num_pages)
+        if cache is None:
+            cache = RadixCache() if config.enable_prefix_cache else NoPrefixCache()
+        self.cache = cache
         self.cache.attach(self.allocator, config.page_size)
         self.scheduler = (
             scheduler if scheduler is not None else make_scheduler(config.schedule_policy)
         )
         self.scheduler.attach(config, self.allocator, self.cache)
-        self.attention = attention_backend or self._default_attention()
+        self.attention = attention_backend or resolve_attention_backend(
+            config.attention_backend, self.device, config.kv_cache_dtype
+        )
         if isinstance(self.attention, PagedAttentionBackend):
             self.attention.check_supported(
                 self.model_config.head_dim, config.torch_dtype, config.kv_torch_dtype, self.device
@@ -112,21 +115,7 @@ class Engine:
         self.check_invariants = os.environ.get(CHECK_INVARIANTS_ENV, "") not in ("", "0")
 
         self._next_request_id = 0
-        self.counters = dict(
-            num_requests=0,
-            num_prompt_tokens=0,
-            num_prefill_tokens_computed=0,
-            num_decode_tokens_computed=0,
-            num_steps=0,
-        )
-
-    def _default_attention(self) -> AttentionBackend:
-        name = self.config.attention_backend
-        return get_attention_backend(
-            default_attention_backend(self.device, self.config.kv_cache_dtype)
-            if name == "auto"
-            else name
-        )
+        self.counters = {"num_requests": 0, "num_prompt_tokens": 0}
 
     def start_capture(self, layers: Sequence[int] | None = None) -> ScoreCapture:
         """Record raw decode scores from now on (``ModelRunner.capture_attention``)."""
@@ -164,39 +153,6 @@ class Engine:
     def close(self) -> None:
         self.executor.close()
 
-    def _default_cache(self) -> PrefixCache:
-        return RadixCache() if self.config.enable_prefix_cache else NoPrefixCache()
-
-    def _plan_kv_pages(self) -> int:
-        """Pool size: ``max_total_tokens`` if given, else a share of free memory (capped)."""
-        cfg, mc = self.config, self.model_config
-        if cfg.max_total_tokens is not None:
-            return -(-cfg.max_total_tokens // cfg.page_size)
-        per_token = KVPool.bytes_per_token(
-            mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim, cfg.kv_torch_dtype
-        )
-        budget_tokens = int(available_memory_bytes(self.device) * cfg.mem_fraction) // per_token
-        max_len = cfg.max_model_len or mc.max_position_embeddings
-        useful_tokens = cfg.max_running_requests * max_len
-        tokens = max(min(budget_tokens, useful_tokens), cfg.page_size)
-        return -(-tokens // cfg.page_size)
-
-    def _max_model_len(self, num_pages: int) -> int:
-        """The model's positions, or the pool if smaller; an explicit larger value is refused."""
-        asked, positions = self.config.max_model_len, self.model_config.max_position_embeddings
-        pool_tokens = num_pages * self.config.page_size
-        if asked is not None and asked > positions:
-            raise ValueError(
-                f"max_model_len must be <= the model's max_position_embeddings ({positions}), "
-                f"got {asked}"
-            )
-        if asked is not None and asked > pool_tokens:
-            raise ValueError(
-                f"max_model_len must be <= the KV pool's {pool_tokens} tokens, got {asked}; "
-                "raise max_total_tokens (or mem_fraction) or lower max_model_len"
-            )
-        return min(asked or positions, pool_tokens)
-
     # ---- requests in -------------------------------------------------------------------------
 
     def add_request(
@@ -204,7 +160,9 @@ class Engine:
     ) -> Request:
         """Validate and enqueue; raises ``ValueError`` (naming the problem) before queueing."""
         params = params.validated_copy()
-        prompt_ids = self._prompt_ids(prompt)
+        prompt_ids = self.tokenizer.prompt_ids(
+            prompt, self.model_config.vocab_size, self.max_model_len
+        )
         req_id = self._next_request_id
         self._next_request_id += 1
         generator = None
@@ -225,30 +183,6 @@ class Engine:
         self.counters["num_prompt_tokens"] += len(prompt_ids)
         return req
 
-    def _prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
-        if isinstance(prompt, str):
-            if not prompt:
-                raise ValueError("prompt must not be empty")
-            ids = self.tokenizer.encode(prompt)
-        elif isinstance(prompt, Sequence) and all(
-            isinstance(t, int) and not isinstance(t, bool) for t in prompt
-        ):
-            ids = [int(t) for t in prompt]
-            vocab = self.model_config.vocab_size
-            bad = [t for t in ids if not 0 <= t < vocab]
-            if bad:
-                raise ValueError(f"prompt token ids must be in [0, {vocab}), got {bad[0]}")
-        else:
-            raise ValueError("prompt must be a string or a list of token ids (ints)")
-        if not ids:
-            raise ValueError("prompt must not be empty")
-        if len(ids) >= self.max_model_len:
-            raise ValueError(
-                f"prompt has {len(ids)} tokens; it must be shorter than max_model_len "
-                f"({self.max_model_len}) to leave room for at least one generated token"
-            )
-        return ids
-
     # ---- one step ----------------------------------------------------------------------------
 
     def has_unfinished(self) -> bool:
@@ -260,7 +194,7 @@ class Engine:
         scheduled = self.scheduler.schedule()
         if not scheduled.requests:
             return self._idle()
-        rows = self._build_rows(scheduled)
+        rows = self.scheduler.rows(scheduled)  # advances each request's num_computed_tokens
         logits = self.executor.execute(rows)
         self.scheduler.cache_computed(scheduled)  # pages whose K/V now exist become shareable
         sampling_reqs = [req for req, row in zip(scheduled.requests, rows) if row.sample]
@@ -280,27 +214,6 @@ class Engine:
                 f"({self.allocator.num_pages} pages of {self.config.page_size} tokens)"
             )
         return []
-
-    def _build_rows(self, scheduled: ScheduledBatch) -> list[BatchRow]:
-        """Each scheduled request's tokens for this step; advances ``num_computed_tokens``.
-
-        A row samples when it brings its request up to date (the last prompt chunk, or a decode).
-        """
-        rows: list[BatchRow] = []
-        now = time.perf_counter()
-        for req, n in zip(scheduled.requests, scheduled.num_new_tokens):
-            start = req.num_computed_tokens
-            sample = start + n == len(req.token_ids)
-            tokens = req.token_ids[start : start + n]
-            rows.append(BatchRow(tokens, start, req.page_table, sample, request_id=req.request_id))
-            req.num_computed_tokens += n
-            if req.first_scheduled_time is None:
-                req.first_scheduled_time = now
-            is_decode = n == 1 and sample and start >= req.num_prompt_tokens
-            key = "num_decode_tokens_computed" if is_decode else "num_prefill_tokens_computed"
-            self.counters[key] += n
-        self.counters["num_steps"] += 1
-        return rows
 
     def _sample_and_process(self, logits: torch.Tensor, requests: list[Request]) -> list[Request]:
         """One token per request from its row of ``logits [len(requests), vocab]``, through
@@ -341,7 +254,7 @@ class Engine:
         One forward over the whole text, on pages borrowed from the allocator for the duration
         of the call, outside the scheduler: the same model code and KV path as generation.
         """
-        ids = self._prompt_ids(prompt)
+        ids = self.tokenizer.prompt_ids(prompt, self.model_config.vocab_size, self.max_model_len)
         pages = self.allocator.alloc(-(-len(ids) // self.config.page_size))
         try:
             logits = self.executor.execute([BatchRow(ids, 0, pages, False, all_logits=True)])
@@ -361,32 +274,14 @@ class Engine:
             self.plugins.release(req.request_id)
 
     def assert_invariants(self) -> None:
-        """Every page is free or held, and its reference count equals its holders: the
-        running requests' page tables plus the prefix cache's nodes (see ``PageAllocator``)."""
-        self.allocator.check_invariants()
-        holders = Counter(self.cache.referenced_pages())
-        for req in self.scheduler.running:
-            holders.update(p for p in req.page_table if p != FREED_PAGE)
-        for page in range(self.allocator.num_pages):
-            count = self.allocator.refcount(page)
-            assert count == holders[page], f"page {page}: refcount {count}, {holders[page]} holders"
+        """Every page is free or held, and its reference count equals its holders."""
+        self.scheduler.check_invariants()
 
     def get_stats(self) -> dict[str, float | int]:
         stats: dict[str, float | int] = dict(self.counters)
         stats["num_generated_tokens"] = self.outputs.num_generated_tokens
-        stats["num_cached_tokens"] = self.scheduler.num_cached_tokens
-        stats["num_preemptions"] = self.scheduler.num_preemptions
-        stats["num_running_requests"] = len(self.scheduler.running)
-        stats["num_waiting_requests"] = len(self.scheduler.waiting)
-        stats["kv_pages_total"] = self.allocator.num_pages
-        stats["kv_pages_free"] = self.allocator.num_free
-        stats["page_size"] = self.config.page_size
+        stats.update(self.scheduler.stats())
         stats["max_model_len"] = self.max_model_len
-        stats["num_cached_pages"] = self.cache.num_cached_pages
-        stats["num_evictable_pages"] = self.cache.evictable_pages()
-        stats["num_evicted_pages"] = self.cache.num_evicted_pages
-        admitted = self.scheduler.num_admitted_tokens
-        stats["cache_hit_rate"] = self.scheduler.num_cached_tokens / admitted if admitted else 0.0
         stats.update(self.outputs.mean_timings())
         stats.update(self.plugins.stats())
         stats.update(self.research.stats() if self.research is not None else DENSE_STATS)

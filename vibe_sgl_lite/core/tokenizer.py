@@ -13,8 +13,10 @@ Three pieces live here:
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,20 +86,33 @@ class Tokenizer:
         )
         return cls(hf_tokenizer, extra)
 
+    _gguf_tokenizers: dict[tuple[str, int, int], PreTrainedTokenizerBase] = {}
+    """The last GGUF tokenizer rebuilt, keyed by ``(path, mtime_ns, size)``; see ``_from_gguf``."""
+
     @classmethod
     def _from_gguf(cls, file: Path) -> Tokenizer:
         """The tokenizer a GGUF file carries (vocabulary, merges, chat template), rebuilt by
-        transformers; the end ids are every eos/eot/eom id the file's metadata names."""
+        transformers; the end ids are every eos/eot/eom id the file's metadata names.
+
+        The rebuild parses the whole file again and converts its vocabulary (about 9 s for
+        SmolLM2's 49k tokens), so the last file's tokenizer is kept and a second runner on it
+        gets a deep copy (0.3 s): a copy, because a tokenizer is mutable (added tokens, warning
+        flags). ``mtime_ns`` and size are part of the key, so a rewritten file is read again."""
         from vibe_sgl_lite.models.gguf import eos_token_ids
 
         eos_ids = eos_token_ids(file)  # first: without the gguf package, our one-line error
-        try:
-            hf_tokenizer = AutoTokenizer.from_pretrained(
-                str(file.parent), gguf_file=file.name, local_files_only=True
-            )
-        except (OSError, ValueError, ImportError) as exc:
-            raise ValueError(f"could not load a tokenizer from {file}: {exc}") from exc
-        return cls(hf_tokenizer, eos_ids)
+        stat = file.stat()
+        key = (str(file.resolve()), stat.st_mtime_ns, stat.st_size)
+        if key not in cls._gguf_tokenizers:
+            try:
+                hf_tokenizer = AutoTokenizer.from_pretrained(
+                    str(file.parent), gguf_file=file.name, local_files_only=True
+                )
+            except (OSError, ValueError, ImportError) as exc:
+                raise ValueError(f"could not load a tokenizer from {file}: {exc}") from exc
+            cls._gguf_tokenizers.clear()  # one file's at a time: a vocabulary is megabytes
+            cls._gguf_tokenizers[key] = hf_tokenizer
+        return cls(copy.deepcopy(cls._gguf_tokenizers[key]), eos_ids)
 
     @property
     def eos_token_ids(self) -> set[int]:
@@ -113,6 +128,34 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
+
+    def prompt_ids(
+        self, prompt: str | Sequence[int], vocab_size: int, max_model_len: int
+    ) -> list[int]:
+        """A prompt (text, or token ids) as ids the model can run, else ``ValueError`` naming
+        what is wrong: empty, an id outside ``[0, vocab_size)``, or no room under
+        ``max_model_len`` for one generated token."""
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt must not be empty")
+            ids = self.encode(prompt)
+        elif isinstance(prompt, Sequence) and all(
+            isinstance(t, int) and not isinstance(t, bool) for t in prompt
+        ):
+            ids = [int(t) for t in prompt]
+            bad = [t for t in ids if not 0 <= t < vocab_size]
+            if bad:
+                raise ValueError(f"prompt token ids must be in [0, {vocab_size}), got {bad[0]}")
+        else:
+            raise ValueError("prompt must be a string or a list of token ids (ints)")
+        if not ids:
+            raise ValueError("prompt must not be empty")
+        if len(ids) >= max_model_len:
+            raise ValueError(
+                f"prompt has {len(ids)} tokens; it must be shorter than max_model_len "
+                f"({max_model_len}) to leave room for at least one generated token"
+            )
+        return ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         """Decode without the legacy "clean-up" of spaces (``" ." -> "."``): it rewrites text

@@ -63,6 +63,15 @@ def default_attention_backend(device: torch.device | str, kv_cache_dtype: str = 
     return "triton"
 
 
+def resolve_attention_backend(
+    name: str, device: torch.device | str, kv_cache_dtype: str = "auto"
+) -> AttentionBackend:
+    """The backend the ``attention_backend`` setting names (``"auto"``: the device's default)."""
+    if name == "auto":
+        name = default_attention_backend(device, kv_cache_dtype)
+    return get_attention_backend(name)
+
+
 def get_attention_backend(name_or_backend: str | AttentionBackend) -> AttentionBackend:
     """The backend called ``name_or_backend``, or the object itself when it is not a name."""
     if not isinstance(name_or_backend, str):
@@ -88,4 +97,5 @@ __all__ = [
     "TorchPagedAttention",
     "default_attention_backend",
     "get_attention_backend",
+    "resolve_attention_backend",
 ]

@@ -22,9 +22,12 @@ oldest first, whatever the policy says (see ``scheduler/policies.py``).
 from __future__ import annotations
 
 import os
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from vibe_sgl_lite.batch.forward_batch import BatchRow
 from vibe_sgl_lite.cache.base import NoPrefixCache, PrefixCache, PrefixMatch
 from vibe_sgl_lite.config import EngineConfig
 from vibe_sgl_lite.memory.page_allocator import PageAllocator
@@ -55,6 +58,9 @@ class Scheduler:
         self.num_preemptions = 0
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at admission
         self.num_admitted_tokens = 0  # tokens of every admitted request (the hit-rate denominator)
+        self.num_prefill_tokens_computed = 0  # prompt (and recomputed) tokens run through the model
+        self.num_decode_tokens_computed = 0
+        self.num_forwards = 0  # steps that ran the model (``num_steps`` counts every schedule)
         self._config: EngineConfig | None = None
         self._allocator: PageAllocator | None = None
         self.cache: PrefixCache = NoPrefixCache()
@@ -205,6 +211,28 @@ class Scheduler:
         batch.requests.append(req)
         batch.num_new_tokens.append(n)
 
+    def rows(self, batch: ScheduledBatch) -> list[BatchRow]:
+        """Each scheduled request's tokens for this step; advances ``num_computed_tokens``.
+
+        A row samples when it brings its request up to date (the last prompt chunk, or a decode).
+        """
+        rows: list[BatchRow] = []
+        now = time.perf_counter()
+        self.num_forwards += 1
+        for req, n in zip(batch.requests, batch.num_new_tokens):
+            start = req.num_computed_tokens
+            sample = start + n == len(req.token_ids)
+            tokens = req.token_ids[start : start + n]
+            rows.append(BatchRow(tokens, start, req.page_table, sample, request_id=req.request_id))
+            req.num_computed_tokens += n
+            if req.first_scheduled_time is None:
+                req.first_scheduled_time = now
+            if n == 1 and sample and start >= req.num_prompt_tokens:
+                self.num_decode_tokens_computed += n
+            else:
+                self.num_prefill_tokens_computed += n
+        return rows
+
     def cache_computed(self, batch: ScheduledBatch) -> None:
         """After the forward: whole pages that ``batch`` completed enter the prefix cache.
 
@@ -258,3 +286,36 @@ class Scheduler:
         self._cache_tokens(req, req.num_computed_tokens)
         self._release(req)
         self.running.remove(req)
+
+    # ---- invariants, statistics --------------------------------------------------------------
+
+    def check_invariants(self) -> None:
+        """Every page is free or held, and its reference count equals its holders: the
+        running requests' page tables plus the prefix cache's nodes (see ``PageAllocator``)."""
+        self.allocator.check_invariants()
+        holders = Counter(self.cache.referenced_pages())
+        for req in self.running:
+            holders.update(p for p in req.page_table if p != FREED_PAGE)
+        for page in range(self.allocator.num_pages):
+            count = self.allocator.refcount(page)
+            assert count == holders[page], f"page {page}: refcount {count}, {holders[page]} holders"
+
+    def stats(self) -> dict[str, float | int]:
+        """Queues, preemptions, pages and the prefix cache's share of admitted tokens."""
+        admitted = self.num_admitted_tokens
+        return {
+            "num_prefill_tokens_computed": self.num_prefill_tokens_computed,
+            "num_decode_tokens_computed": self.num_decode_tokens_computed,
+            "num_steps": self.num_forwards,
+            "num_cached_tokens": self.num_cached_tokens,
+            "num_preemptions": self.num_preemptions,
+            "num_running_requests": len(self.running),
+            "num_waiting_requests": len(self.waiting),
+            "kv_pages_total": self.allocator.num_pages,
+            "kv_pages_free": self.allocator.num_free,
+            "page_size": self.config.page_size,
+            "num_cached_pages": self.cache.num_cached_pages,
+            "num_evictable_pages": self.cache.evictable_pages(),
+            "num_evicted_pages": self.cache.num_evicted_pages,
+            "cache_hit_rate": self.num_cached_tokens / admitted if admitted else 0.0,
+        }
