@@ -186,13 +186,12 @@ class ModelRunner:
                 if req.pending_text or num_tokens > sent_tokens or req.is_finished:
                     finished = req.is_finished
                     delta = StreamDelta(
-                        req.pending_text,
+                        req.take_text(),
                         req.output_ids[sent_tokens:],
                         req.logprobs[sent_logprobs:],
                         req.finish_reason if finished else None,
                         req.error if finished else None,
                     )
-                    req.pending_text = ""
                     sent_tokens, sent_logprobs = num_tokens, len(req.logprobs)
                     yield delta
                 if req.is_finished:

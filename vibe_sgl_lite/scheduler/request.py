@@ -88,6 +88,11 @@ class Request:
     def is_finished(self) -> bool:
         return self.state is RequestState.FINISHED
 
+    def take_text(self) -> str:
+        """The text released since the last call, cleared: a streaming reader's next delta."""
+        text, self.pending_text = self.pending_text, ""
+        return text
+
     def metrics(self) -> dict[str, float]:
         """Queue time, time to first token and time per output token, in seconds."""
         out: dict[str, float] = {}
