@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from vibe_sgl_lite.core.tokenizer import IncrementalDetokenizer, StopStringMatcher, Tokenizer
 from vibe_sgl_lite.sampling import SamplingParams, TokenLogprobs
-from vibe_sgl_lite.scheduler.request import Request, RequestState
+from vibe_sgl_lite.scheduler.request import Request
 
 TIMINGS = ("queue_time", "time_to_first_token", "time_per_output_token")
 
@@ -157,8 +157,7 @@ class OutputProcessor:
         self._end(req, "error")
 
     def _end(self, req: Request, reason: str) -> None:
-        req.state = RequestState.FINISHED
-        req.finish_reason = reason
+        req.finish_reason = reason  # the scheduler, which owns req.state, retires it next
         req.finish_time = time.perf_counter()
         self._streams.pop(req.request_id, None)
 

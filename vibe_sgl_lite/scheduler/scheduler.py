@@ -280,12 +280,17 @@ class Scheduler:
             self.finish(req)
         elif req in self.waiting:
             self.waiting.remove(req)
+            req.state = RequestState.FINISHED
 
     def finish(self, req: Request) -> None:
-        """Retire a finished request: its computed tokens go to the prefix cache, pages freed."""
+        """Retire a finished request: its computed tokens go to the prefix cache, pages freed.
+
+        The scheduler is the one owner of ``req.state``: WAITING and RUNNING are set here when
+        it queues and admits, FINISHED when it retires (``OutputProcessor`` only says why)."""
         self._cache_tokens(req, req.num_computed_tokens)
         self._release(req)
         self.running.remove(req)
+        req.state = RequestState.FINISHED
 
     # ---- invariants, statistics --------------------------------------------------------------
 
