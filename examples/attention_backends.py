@@ -1,9 +1,9 @@
 """Attention backends: the same greedy tokens from every implementation of paged attention.
 
 python examples/attention_backends.py                 # the bundled tiny-shakespeare model
-TRITON_INTERPRET=1 python examples/attention_backends.py --backends torch triton
+TRITON_INTERPRET=1 python examples/attention_backends.py --backends cpu_paged triton
 
-"torch" decodes straight out of the KV pages (the CPU default), "reference" gathers each
+"cpu_paged" decodes straight out of the KV pages (the CPU default), "torch_native" gathers each
 request's pages and calls SDPA, "triton" runs the GPU kernels (on a CPU only through triton's
 interpreter: exact, and slow). A backend can also be any object: here a subclass of the
 reference that counts the rows it decoded.
@@ -35,7 +35,7 @@ class CountingAttention(TorchPagedAttention):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=None, help="HF folder; default: the bundled model")
-    parser.add_argument("--backends", nargs="+", default=["torch", "reference"])
+    parser.add_argument("--backends", nargs="+", default=["cpu_paged", "torch_native"])
     args = parser.parse_args()
     greedy = SamplingParams(max_tokens=32, temperature=0)
     outputs: dict[str, list[list[int]]] = {}

@@ -37,8 +37,8 @@ def test_attention_backends_example_gives_identical_tokens_with_every_backend() 
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert [line.split(":")[0].strip() for line in lines[:3]] == [
-        "torch",
-        "reference",
+        "cpu_paged",
+        "torch_native",
         "CountingAttention",
     ]
     assert "identical greedy tokens: True" in lines
