@@ -60,11 +60,17 @@ def test_import_package_is_light_until_a_name_is_used() -> None:
     assert out == ["True", "True", "ModelRunner"]
 
 
-def test_num_threads_default_is_physical_cores_unless_omp_says(
+def test_num_threads_default_is_idle_physical_cores_unless_omp_says(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert EngineConfig().threads_per_rank == threads.physical_cores()
+    monkeypatch.setattr(threads, "physical_cores", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert EngineConfig().threads_per_rank == 4  # an idle machine: every physical core
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 0.0, 0.0))
+    assert EngineConfig().threads_per_rank == 1  # three cores busy: the one left
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    assert EngineConfig().threads_per_rank == 1  # never fewer than one
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert EngineConfig().threads_per_rank == 3
     assert EngineConfig(num_threads=5).threads_per_rank == 5

@@ -96,8 +96,8 @@ class EngineConfig:
     num_threads: int | None = setting(
         None,
         "threads of the model's products (with tp_size/ep_size > 1: in all, shared by the ranks) "
-        "(default: $OMP_NUM_THREADS if set, else one per physical core; 1 is faster on a busy "
-        "machine)",
+        "(default: $OMP_NUM_THREADS if set, else one per physical core not already busy by the "
+        "load average; on a busy machine extra threads wait at every barrier)",
         aliases=("--threads",),
     )
     tp_size: int = setting(1, "tensor-parallel degree (worker processes)")
