@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from vibe_sgl_lite.server.engine_loop import EngineLoop
-from vibe_sgl_lite.server.metrics import ServerMetrics
+from vibe_sgl_lite.server.metrics import ServerMetrics, StatsSource
 
 STATIC_DIR = Path(__file__).parent / "static"
 RATE_WINDOW_S = 3.0
@@ -57,7 +56,7 @@ class TokenRate:
 
 
 def engine_state(
-    stats: dict[str, Any], model_name: str, tokens_per_second: float
+    stats: Mapping[str, float], model_name: str, tokens_per_second: float
 ) -> dict[str, Any]:
     """The page's view of one stats snapshot: flat names, the KV pages split used/free."""
     total, free = int(stats["kv_pages_total"]), int(stats["kv_pages_free"])
@@ -79,17 +78,11 @@ def engine_state(
     }
 
 
-def add_page_routes(app: FastAPI, loop: Callable[[], EngineLoop], model_name: str) -> ServerMetrics:
-    """Register the page, its state and ``/metrics`` on ``app``; returns the metrics, whose
-    ``observe`` the app passes to its ``EngineLoop`` as an ``on_finished`` listener."""
-
-    def current_stats() -> dict[str, Any] | None:
-        try:
-            return loop().get_stats()
-        except KeyError:  # the lifespan has not started the engine loop (yet)
-            return None
-
-    metrics = ServerMetrics(current_stats)
+def add_page_routes(
+    app: FastAPI, stats: StatsSource, metrics: ServerMetrics, model_name: str
+) -> None:
+    """Register the page, its state and ``/metrics`` on ``app``. ``stats`` gives ``None`` until
+    the lifespan has started the engine loop."""
     rate = TokenRate()
 
     @app.get("/", include_in_schema=False)
@@ -98,15 +91,15 @@ def add_page_routes(app: FastAPI, loop: Callable[[], EngineLoop], model_name: st
 
     @app.get("/v1/engine/state", response_model=None)
     async def state() -> dict[str, Any] | JSONResponse:
-        stats = current_stats()
-        if stats is None:
+        snapshot = stats()
+        if snapshot is None:
             body = {"message": "the engine is not running", "type": "server_error"}
             return JSONResponse({"error": {**body, "param": None, "code": None}}, 503)
-        return engine_state(stats, model_name, rate.update(int(stats["num_generated_tokens"])))
+        tokens = int(snapshot["num_generated_tokens"])
+        return engine_state(snapshot, model_name, rate.update(tokens))
 
     @app.get("/metrics")
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    return metrics

@@ -2,17 +2,18 @@
 
     event loop (FastAPI handlers)                 engine thread
     ─────────────────────────────                 ───────────────────────────────────────
-    handle = await loop.submit(prompt, params) ─► commands queue ─► Engine.add_request
+    handle = await loop.submit(prompt, params) ─► AddRequest ───────► Engine.add_request
                                                                     (ValueError -> error event)
     async for event in handle.events():       ◄── call_soon_threadsafe(queue.put_nowait, ...)
                                                   after every Engine.step: each live request's
                                                   new text and tokens; a final event when done
-    handle.abort()  (client went away)        ─► commands queue ─► Engine.abort (pages freed)
-    loop.call(fn)   (flush the cache, ...)    ─► commands queue ─► fn(engine) between steps
+    handle.abort()  (client went away)        ─► AbortRequest ─────► Engine.abort (pages freed)
+    loop.call(fn)   (flush the cache, ...)    ─► RunInEngineThread ► fn(engine) between steps
 
 The engine is only ever touched by its thread, so it needs no lock; handlers never block the
 event loop (they await their request's ``asyncio.Queue``). A step that raises fails the
-requests in it, never the thread: the server keeps serving.
+requests in it, never the thread: the server keeps serving. The messages are typed
+(``commands.py``); a request's side of the conversation is its ``RequestHandle``.
 """
 
 from __future__ import annotations
@@ -23,84 +24,29 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar, assert_never
 
 from vibe_sgl_lite.core.engine import Engine
 from vibe_sgl_lite.core.output import GenerationOutput
-from vibe_sgl_lite.sampling import SamplingParams, TokenLogprobs
-from vibe_sgl_lite.scheduler import Request
+from vibe_sgl_lite.sampling import SamplingParams
+from vibe_sgl_lite.server.commands import (
+    AbortRequest,
+    AddRequest,
+    Command,
+    RunInEngineThread,
+    Stop,
+)
+from vibe_sgl_lite.server.request_handle import Delta, RequestHandle
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+Stats = dict[str, float | int]
+"""``Engine.get_stats()`` and the prefix tree's node count: the snapshot other threads read."""
 
 STATS_INTERVAL_S = 0.1
 """How often, at most, streaming requests refresh the published statistics."""
-
-
-@dataclass
-class Delta:
-    """What one request produced since the last event (``output`` set on the final one)."""
-
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[TokenLogprobs] = field(default_factory=list)
-    output: GenerationOutput | None = None
-    error: str | None = None  # the request was refused or failed; ``status`` says whose fault
-    status: int = 400  # 400: refused (the message names the field), 500: engine, 503: stopping
-
-
-class RequestHandle:
-    """One request as a handler sees it: an async stream of ``Delta`` events."""
-
-    def __init__(self, loop: EngineLoop, asyncio_loop: asyncio.AbstractEventLoop) -> None:
-        self._engine_loop = loop
-        self._asyncio_loop = asyncio_loop
-        self.queue: asyncio.Queue[Delta] = asyncio.Queue()
-        self._verdict: asyncio.Future[Delta | None] = asyncio_loop.create_future()
-        self.request: Request | None = None  # set by the engine thread once queued
-        self.finished = False
-        self.sent_tokens = 0  # engine thread: tokens already sent
-        self.sent_logprobs = 0
-
-    def push(self, delta: Delta) -> None:
-        """Engine thread -> event loop."""
-        self._asyncio_loop.call_soon_threadsafe(self.queue.put_nowait, delta)
-
-    def admit(self, refusal: Delta | None) -> None:
-        """Engine thread: the request was queued (``None``) or refused (also sent as an event)."""
-        self._asyncio_loop.call_soon_threadsafe(self._settle, refusal)
-        if refusal is not None:
-            self.push(refusal)
-
-    def _settle(self, refusal: Delta | None) -> None:
-        if not self._verdict.done():
-            self._verdict.set_result(refusal)
-
-    async def admitted(self) -> Delta | None:
-        """``None`` once the engine has queued the request, else the refusal (``error`` set).
-
-        A handler awaits this before it starts a stream, so that a request the engine refuses
-        (a prompt too long, a token id out of range, a grammar that does not compile) gets an
-        HTTP error status instead of an error inside a ``200`` event stream.
-        """
-        return await self._verdict
-
-    async def events(self) -> AsyncIterator[Delta]:
-        """Every event until the final one (``output`` or ``error`` set)."""
-        while True:
-            delta = await self.queue.get()
-            yield delta
-            if delta.output is not None or delta.error is not None:
-                self.finished = True
-                return
-
-    def abort(self) -> None:
-        """The client went away: free the request's pages (idempotent)."""
-        if not self.finished:
-            self._engine_loop.commands.put(("abort", self))
 
 
 class EngineLoop:
@@ -113,10 +59,10 @@ class EngineLoop:
         metrics observe latencies there); must be quick and must not raise."""
         self.engine = engine
         self.on_finished = list(on_finished)
-        self.commands: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.commands: queue.Queue[Command] = queue.Queue()
         self.live: dict[int, RequestHandle] = {}
         self.stats_lock = threading.Lock()
-        self.stats: dict[str, Any] = {}
+        self.stats: Stats = {}
         self._stats_time = 0.0
         self._refresh_stats(force=True)
         self._stopping = threading.Event()
@@ -128,22 +74,25 @@ class EngineLoop:
     def submit(
         self, prompt: str | Sequence[int], params: SamplingParams, priority: int = 0
     ) -> RequestHandle:
-        handle = RequestHandle(self, asyncio.get_running_loop())
+        handle = RequestHandle(asyncio.get_running_loop(), self._send_abort)
         if self._thread.is_alive():
-            self.commands.put(("add", (handle, prompt, params, priority)))
+            self.commands.put(AddRequest(handle, prompt, params, priority))
         else:  # nobody would ever answer: refuse now rather than hang the client
             handle.admit(Delta(error="the engine is not running", status=503))
         return handle
+
+    def _send_abort(self, handle: RequestHandle) -> None:
+        self.commands.put(AbortRequest(handle))
 
     def call(self, fn: Callable[[Engine], T]) -> concurrent.futures.Future[T]:
         """Run ``fn(engine)`` in the engine thread between two steps, the only place the engine
         may be touched (flushing the prefix cache, a read that must see one consistent state);
         the future holds its result or exception."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self.commands.put(("call", (fn, future)))
+        self.commands.put(RunInEngineThread(fn, future))
         return future
 
-    def get_stats(self) -> dict[str, Any]:
+    def get_stats(self) -> Stats:
         """The engine's statistics after its last step or command (a copy, safe from any
         thread)."""
         with self.stats_lock:
@@ -156,7 +105,7 @@ class EngineLoop:
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop taking requests, abort the running ones, join the thread."""
         self._stopping.set()
-        self.commands.put(("stop", None))
+        self.commands.put(Stop())
         self._thread.join(timeout)
 
     # ---- engine thread -----------------------------------------------------------------------
@@ -175,13 +124,10 @@ class EngineLoop:
             handled = False
             try:
                 while True:
-                    kind, payload = self.commands.get(block=block, timeout=None)
+                    command = self.commands.get(block=block, timeout=None)
                     block, handled = False, True
-                    if kind == "stop":
-                        self._abort_all()
-                        self._refuse_queued()
+                    if not self._handle(command):
                         return
-                    self._command(kind, payload)
             except queue.Empty:
                 pass
             if self.engine.has_unfinished():
@@ -189,35 +135,43 @@ class EngineLoop:
             elif handled:  # an abort or a call changed the engine with no step to publish it
                 self._refresh_stats()
 
-    def _command(self, kind: str, payload: Any) -> None:
-        if kind == "add":
-            handle, prompt, params, priority = payload
-            if self._stopping.is_set():
-                handle.admit(Delta(error="the server is shutting down", status=503))
-                return
-            try:
-                handle.request = self.engine.add_request(prompt, params, priority)
-            except ValueError as exc:
-                handle.admit(Delta(error=str(exc)))
-                return
-            except Exception as exc:  # a bug in validation, not a bad request: keep serving
-                logger.exception("add_request failed")
-                handle.admit(Delta(error=f"internal error: {exc!r}", status=500))
-                return
-            self.live[handle.request.request_id] = handle
-            handle.admit(None)
-        elif kind == "call":
-            fn, future = payload
-            try:
-                future.set_result(fn(self.engine))
-            except Exception as exc:
-                future.set_exception(exc)
-        elif kind == "abort":
-            handle = payload
-            req = handle.request
-            if req is not None and self.live.pop(req.request_id, None) is not None:
-                self._abort(handle)
-                self._refresh_stats(force=True)
+    def _handle(self, command: Command) -> bool:
+        """Carry out one message; ``False`` once it was ``Stop`` (the thread ends)."""
+        match command:
+            case AddRequest():
+                self._add(command)
+            case AbortRequest(handle=handle):
+                req = handle.request
+                if req is not None and self.live.pop(req.request_id, None) is not None:
+                    self._abort(handle)
+                    self._refresh_stats(force=True)
+            case RunInEngineThread():
+                command.run(self.engine)
+            case Stop():
+                self._abort_all()
+                self._refuse_queued()
+                return False
+            case _:
+                assert_never(command)
+        return True
+
+    def _add(self, command: AddRequest) -> None:
+        handle = command.handle
+        if self._stopping.is_set():
+            handle.admit(Delta(error="the server is shutting down", status=503))
+            return
+        try:
+            req = self.engine.add_request(command.prompt, command.params, command.priority)
+        except ValueError as exc:
+            handle.admit(Delta(error=str(exc)))
+            return
+        except Exception as exc:  # a bug in validation, not a bad request: keep serving
+            logger.exception("add_request failed")
+            handle.admit(Delta(error=f"internal error: {exc!r}", status=500))
+            return
+        handle.request = req
+        self.live[req.request_id] = handle
+        handle.admit(None)
 
     def _step(self) -> None:
         try:
@@ -240,11 +194,10 @@ class EngineLoop:
             req = handle.request
             assert req is not None
             delta = Delta(
-                text=req.pending_text,
+                text=req.take_text(),
                 token_ids=req.output_ids[handle.sent_tokens :],
                 logprobs=req.logprobs[handle.sent_logprobs :],
             )
-            req.pending_text = ""
             handle.sent_tokens += len(delta.token_ids)
             handle.sent_logprobs += len(delta.logprobs)
             if req.is_finished:
@@ -288,13 +241,13 @@ class EngineLoop:
         """At shutdown: requests still in the command queue are refused, never left waiting."""
         while True:
             try:
-                kind, payload = self.commands.get_nowait()
+                command = self.commands.get_nowait()
             except queue.Empty:
                 return
-            if kind == "add":
-                payload[0].admit(Delta(error="the server is shutting down", status=503))
-            elif kind == "call":
-                payload[1].cancel()
+            if isinstance(command, AddRequest):
+                command.handle.admit(Delta(error="the server is shutting down", status=503))
+            elif isinstance(command, RunInEngineThread):
+                command.future.cancel()
 
     def _abort_all(self) -> None:
         for handle in list(self.live.values()):

@@ -18,7 +18,6 @@ prompts or text.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -32,8 +31,8 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 1
 TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 E2E_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
-# The engine's stats snapshot, or None before the app's lifespan has started the engine loop.
-StatsSource = Callable[[], Mapping[str, Any] | None]
+StatsSource = Callable[[], Mapping[str, float] | None]
+"""The engine's stats snapshot, or None before the app's lifespan has started the engine loop."""
 
 
 class EngineGauges(Collector):

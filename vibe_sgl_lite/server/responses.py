@@ -1,8 +1,8 @@
 """The OpenAI API's response shapes: errors, usage, logprobs and server-sent events.
 
 Pure functions of the engine's outputs (``GenerationOutput``, ``TokenLogprobs``) and a
-``decode`` function for token texts, so the endpoints in ``app.py`` read as request ->
-engine -> one of these.
+``decode`` function for token texts, so the endpoints (``completions.py``, ``chat.py``) read as
+request -> engine -> one of these.
 """
 
 from __future__ import annotations
@@ -66,8 +66,10 @@ def bad_request(message: str, renames: dict[str, str]) -> APIError:
     return APIError(400, message if param == head else f"{param}: {message}", param)
 
 
-def usage(outputs: list[GenerationOutput], prompt_tokens: int) -> dict[str, int]:
-    """The ``usage`` object: prompt, completion and total tokens."""
+def usage(outputs: list[GenerationOutput], n: int) -> dict[str, int]:
+    """The ``usage`` object: prompt, completion and total tokens. ``outputs`` are prompt-major,
+    ``n`` choices per prompt, so each prompt counts once."""
+    prompt_tokens = sum(len(o.prompt_token_ids) for o in outputs[::n])
     completion = sum(len(o.token_ids) for o in outputs)
     return {
         "prompt_tokens": prompt_tokens,
