@@ -129,7 +129,7 @@ class ChatMessage(BaseModel):
 
     @field_validator("content", mode="before")
     @classmethod
-    def _join_text_parts(cls, content: Any) -> Any:
+    def _join_text_parts(cls, content: object) -> object:
         if not isinstance(content, list):
             return content  # a string, or what the ``str`` check refuses
         texts = []
