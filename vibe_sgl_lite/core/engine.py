@@ -45,7 +45,7 @@ from vibe_sgl_lite.kernels.attention import (
 from vibe_sgl_lite.kernels.sparse import ScoreCapture
 from vibe_sgl_lite.memory.page_allocator import PageAllocator
 from vibe_sgl_lite.models.config import ModelConfig
-from vibe_sgl_lite.models.worker import ModelWorker
+from vibe_sgl_lite.models.worker import ModelWorker, WorkerSpec
 from vibe_sgl_lite.research import DENSE_STATS, MethodSpec, ResearchLayer, build_research_layer
 from vibe_sgl_lite.sampling import Sampler, SamplingParams
 from vibe_sgl_lite.sampling.builtin import builtin_plugins
@@ -111,7 +111,7 @@ class Engine:
         self.outputs = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_model_len)
         # Last: everything that can refuse a setting has done so before worker processes start.
         backend = self.research.attention if self.research is not None else self.attention
-        self.executor = self._make_executor(model_path, num_pages, backend)
+        self.executor = self._make_executor(WorkerSpec(model_path, config, num_pages, backend))
         self.check_invariants = os.environ.get(CHECK_INVARIANTS_ENV, "") not in ("", "0")
 
         self._next_request_id = 0
@@ -136,14 +136,12 @@ class Engine:
                 self.executor.attention = self.attention
                 self.research = None
 
-    def _make_executor(
-        self, model_path: str | Path, num_pages: int, attention: AttentionBackend
-    ) -> ModelExecutor:
-        if self.config.world_size == 1:
-            return ModelWorker(model_path, self.config, num_pages, attention)
+    def _make_executor(self, spec: WorkerSpec) -> ModelExecutor:
+        if spec.config.world_size == 1:
+            return ModelWorker(spec)
         from vibe_sgl_lite.distributed import start_parallel_executor
 
-        return start_parallel_executor(model_path, self.config, num_pages, attention)
+        return start_parallel_executor(spec)
 
     @property
     def is_driver(self) -> bool:

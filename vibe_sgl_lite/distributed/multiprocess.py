@@ -1,8 +1,8 @@
 """Run the model sharded over worker processes that this process starts: TP and EP.
 
     your process (Engine: scheduler, allocator, sampler)     MultiprocessExecutor
-        │ one socket pair per rank: rank 0's carries rows ──► and ◄── logits;
-        │ every rank's carries its WorkerArgs in and "ready" / "error" out
+        │ one socket pair per rank: rank 0's carries Forward(rows) ──► and ◄── Logits;
+        │ every rank's carries its WorkerArgs in and Ready / WorkerError out (messages.py)
         ▼
     python -m vibe_sgl_lite.distributed.worker  rank 0 ──broadcast rows──► rank 1 ... N-1
         each rank: its shard of every layer + a KV pool with only its KV heads;
@@ -37,15 +37,22 @@ from collections import deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from vibe_sgl_lite.batch.forward_batch import BatchRow
-from vibe_sgl_lite.config import EngineConfig
+from vibe_sgl_lite.distributed.messages import (
+    Forward,
+    FromRank,
+    Logits,
+    Ready,
+    Stop,
+    ToRank,
+    WorkerError,
+)
 from vibe_sgl_lite.distributed.parallel_state import find_free_port
 from vibe_sgl_lite.distributed.rank import WorkerArgs
-from vibe_sgl_lite.kernels.attention import AttentionBackend
+from vibe_sgl_lite.models.worker import WorkerSpec
 
 WORKER_MODULE = "vibe_sgl_lite.distributed.worker"
 READY_TIMEOUT_S = 300.0
@@ -136,7 +143,7 @@ class WorkerProcess:
         return f"{message}; the end of its stderr:\n{tail}" if tail else message
 
     def stop(self, deadline: float) -> None:
-        """Wait for the exit the "stop" message asked for; terminate, then kill, a late one."""
+        """Wait for the exit that ``Stop`` asked for; terminate, then kill, a late one."""
         try:
             self.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -156,13 +163,8 @@ class MultiprocessExecutor:
 
     is_driver = True
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        config: EngineConfig,
-        num_pages: int,
-        attention: AttentionBackend,
-    ) -> None:
+    def __init__(self, spec: WorkerSpec) -> None:
+        attention, config = spec.attention, spec.config
         if not sys.executable:
             raise RuntimeError("cannot start worker processes: sys.executable is not set")
         if type(attention).__module__ == "__main__":
@@ -173,7 +175,7 @@ class MultiprocessExecutor:
             )
         self.world_size = config.world_size
         self.procs: list[WorkerProcess] = []
-        self._pending: deque[tuple[WorkerProcess, str, Any]] = deque()
+        self._pending: deque[tuple[WorkerProcess, FromRank]] = deque()
         self._finalizer = weakref.finalize(self, _shutdown, self.procs)
         port = find_free_port()
         threads = config.threads_per_rank
@@ -182,16 +184,7 @@ class MultiprocessExecutor:
             for rank in range(self.world_size):
                 self.procs.append(WorkerProcess(rank, env))
             for proc in self.procs:
-                args = WorkerArgs(
-                    proc.rank,
-                    self.world_size,
-                    port,
-                    str(model_path),
-                    config,
-                    num_pages,
-                    attention,
-                    threads,
-                )
+                args = WorkerArgs(spec, proc.rank, self.world_size, port, threads)
                 self._send(proc, list(sys.path))
                 self._send(proc, args)
             self._wait_ready(time.monotonic() + READY_TIMEOUT_S)
@@ -203,21 +196,21 @@ class MultiprocessExecutor:
         if not self._finalizer.alive:
             raise RuntimeError("the parallel executor is closed")
         try:
-            self._send(self.procs[0], ("forward", list(rows)))
-            proc, kind, payload = self._next_message(deadline=None)
+            self._send(self.procs[0], Forward(tuple(rows)))
+            proc, message = self._next_message(deadline=None)
         except BaseException:
             # Interrupted (Ctrl-C in a REPL or notebook) with logits still on their way: the next
             # step would read them as its own. Stop the workers instead.
             self.close()
             raise
-        if (proc.rank, kind) != (0, "logits"):
-            raise self._fail(f"unexpected {kind!r} message from worker rank {proc.rank}")
-        return torch.from_numpy(payload)
+        if proc.rank != 0 or not isinstance(message, Logits):
+            raise self._unexpected(proc, message)
+        return torch.from_numpy(message.array)
 
     def close(self) -> None:
         self._finalizer()
 
-    def _send(self, proc: WorkerProcess, message: Any) -> None:
+    def _send(self, proc: WorkerProcess, message: list[str] | WorkerArgs | ToRank) -> None:
         try:
             proc.conn.send(message)
         except OSError:
@@ -227,14 +220,15 @@ class MultiprocessExecutor:
         """Every rank must load its shard: a failure on any rank is reported, not only rank 0."""
         waiting = {proc.rank for proc in self.procs}
         while waiting:
-            proc, kind, _ = self._next_message(deadline)
-            if kind != "ready":
-                raise self._fail(f"unexpected {kind!r} message from worker rank {proc.rank}")
+            proc, message = self._next_message(deadline)
+            if not isinstance(message, Ready):
+                raise self._unexpected(proc, message)
             waiting.discard(proc.rank)
 
-    def _next_message(self, deadline: float | None) -> tuple[WorkerProcess, str, Any]:
+    def _next_message(self, deadline: float | None) -> tuple[WorkerProcess, FromRank]:
         """The next message from any rank; raise if a rank failed, died or, with a deadline,
-        took too long. All failures seen at once go into one error, root cause included."""
+        took too long. All failures seen at once go into one error, root cause included (a
+        ``WorkerError`` is a failure, never returned)."""
         while not self._pending:
             ready = wait([proc.conn for proc in self.procs], timeout=POLL_S)
             failures = []
@@ -244,19 +238,25 @@ class MultiprocessExecutor:
                         failures.append(proc.describe_exit())
                     continue
                 try:
-                    kind, payload = proc.conn.recv()
+                    message = proc.conn.recv()
                 except (EOFError, OSError):
                     failures.append(proc.describe_exit())
                     continue
-                if kind == "error":
-                    failures.append(f"worker rank {proc.rank} failed:\n{payload}")
+                if isinstance(message, WorkerError):
+                    failures.append(f"worker rank {proc.rank} failed:\n{message.traceback}")
                 else:
-                    self._pending.append((proc, kind, payload))
+                    self._pending.append((proc, message))
             if failures:
                 raise self._fail("\n".join(failures))
             if deadline is not None and time.monotonic() > deadline:
                 raise self._fail(f"workers did not answer within {READY_TIMEOUT_S:.0f} s")
         return self._pending.popleft()
+
+    def _unexpected(self, proc: WorkerProcess, message: FromRank) -> RuntimeError:
+        """A message out of turn (named by its type: a ``Logits`` array is no use in an error)."""
+        return self._fail(
+            f"unexpected {type(message).__name__} message from worker rank {proc.rank}"
+        )
 
     def _fail(self, message: str) -> RuntimeError:
         """Stop every worker (a half-dead group is of no use) and build the error to raise.
@@ -281,11 +281,11 @@ def _exit_status(code: int) -> str:
 def _shutdown(procs: list[WorkerProcess], timeout_s: float = STOP_TIMEOUT_S) -> None:
     """Ask the workers to stop, then make sure they did: no orphan processes.
 
-    Closing every connection right after "stop" is safe (the message stays buffered) and
+    Closing every connection right after ``Stop`` is safe (the message stays buffered) and
     releases a worker still starting: it reads EOF instead of waiting for its arguments."""
     if procs:
         try:
-            procs[0].conn.send(("stop", None))
+            procs[0].conn.send(Stop())
         except (OSError, ValueError):
             pass
     for proc in procs:

@@ -47,10 +47,6 @@ class ParallelConfig:
     tp: ParallelGroup = SINGLE
     ep: ParallelGroup = SINGLE
 
-    @property
-    def is_parallel(self) -> bool:
-        return self.tp.size > 1 or self.ep.size > 1
-
 
 def split_evenly(total: int, parts: int, index: int) -> tuple[int, int]:
     """``(start, length)`` of part ``index`` when ``total`` items are split into ``parts``."""

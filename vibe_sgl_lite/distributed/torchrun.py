@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from vibe_sgl_lite.batch.forward_batch import BatchRow
-from vibe_sgl_lite.config import EngineConfig
+from vibe_sgl_lite.distributed.messages import Forward, Stop, ToRank
 from vibe_sgl_lite.distributed.rank import rank_worker, serve
-from vibe_sgl_lite.kernels.attention import AttentionBackend
+from vibe_sgl_lite.models.worker import WorkerSpec
 
 
 def launched_by_torchrun() -> bool:
@@ -24,17 +24,13 @@ class TorchrunExecutor:
     """Under ``torchrun`` every process builds a ``ModelRunner``; rank 0 drives.
 
     Rank 0's executor broadcasts each step's rows to the other ranks and runs its own shard; the
-    other ranks' ``ModelRunner`` constructors block in ``serve`` until rank 0 closes. The group
-    comes from torchrun's environment (``MASTER_ADDR``/``MASTER_PORT``), so multi-node works.
+    other ranks' ``ModelRunner`` constructors block in ``serve`` until rank 0 closes (rank 0
+    broadcasts ``Forward`` and ``Stop``, as it does for worker processes). The group comes from
+    torchrun's environment (``MASTER_ADDR``/``MASTER_PORT``), so multi-node works.
     """
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        config: EngineConfig,
-        num_pages: int,
-        attention: AttentionBackend,
-    ) -> None:
+    def __init__(self, spec: WorkerSpec) -> None:
+        config = spec.config
         size = config.world_size
         if int(os.environ["WORLD_SIZE"]) != size:
             raise ValueError(
@@ -45,9 +41,10 @@ class TorchrunExecutor:
             cuda = config.device.startswith("cuda")
             dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
         self.rank = dist.get_rank()
-        agreed: list[Any] = [num_pages]  # every rank must index the same pages
+        agreed: list[Any] = [spec.num_pages]  # every rank must index the same pages
         dist.broadcast_object_list(agreed, src=0)
-        self.shard = rank_worker(str(model_path), config, agreed[0], attention, self.rank, size)
+        spec = dataclasses.replace(spec, num_pages=agreed[0])
+        self.shard = rank_worker(spec, self.rank, size)
         self.is_driver = self.rank == 0
         self._closed = False
         if not self.is_driver:
@@ -55,13 +52,16 @@ class TorchrunExecutor:
             self._leave_group()
 
     def execute(self, rows: Sequence[BatchRow]) -> torch.Tensor:
-        dist.broadcast_object_list([("forward", list(rows))], src=0)
+        self._broadcast(Forward(tuple(rows)))
         return self.shard.forward(rows).cpu()
 
     def close(self) -> None:
         if not self._closed:
-            dist.broadcast_object_list([("stop", None)], src=0)
+            self._broadcast(Stop())
             self._leave_group()
+
+    def _broadcast(self, message: ToRank) -> None:
+        dist.broadcast_object_list([message], src=0)
 
     def _leave_group(self) -> None:
         """Every rank leaves together: a rank exiting while Gloo threads still talk aborts."""

@@ -3,11 +3,12 @@
 ``MultiprocessExecutor`` starts one per rank with ``subprocess``. Because the process runs this
 module, not the user's ``__main__``, a script without an ``if __name__ == "__main__":`` guard,
 ``python -c``, a REPL or a notebook all start the same workers (``spawn`` would re-run the
-user's script in every worker). ``FD`` is this process's end of a socket pair; over it:
+user's script in every worker). ``FD`` is this process's end of a socket pair; over it go
+(message types from ``messages.py``):
 
     engine -> worker   the engine's ``sys.path``, then ``WorkerArgs`` (pickled)
-    worker -> engine   ("ready", None) once loaded, ("error", traceback) if anything fails
-    rank 0 only        ("forward", rows) / ("stop", None) in, ("logits", array) out
+    worker -> engine   ``Ready()`` once loaded, ``WorkerError(traceback)`` if anything fails
+    rank 0 only        ``Forward(rows)`` / ``Stop()`` in, ``Logits(array)`` out
 
 A failure before the connection works (bad interpreter, an import error) can only go to
 stderr, which the engine captures and quotes in its error.
@@ -24,15 +25,16 @@ from multiprocessing.connection import Connection
 import torch
 import torch.distributed as dist
 
+from vibe_sgl_lite.distributed.messages import Ready, WorkerError
 from vibe_sgl_lite.distributed.rank import WorkerArgs, rank_worker, serve
 
 USAGE = "usage: python -m vibe_sgl_lite.distributed.worker FD  (MultiprocessExecutor starts it)"
 
 
 def run(args: WorkerArgs, conn: Connection) -> None:
-    """Join the group, load this rank's shard, say "ready", serve until "stop"."""
+    """Join the group, load this rank's shard, send ``Ready``, serve until ``Stop``."""
     torch.set_num_threads(args.num_threads)
-    cuda = args.config.device.startswith("cuda")
+    cuda = args.spec.config.device.startswith("cuda")
     dist.init_process_group(
         "nccl" if cuda else "gloo",
         init_method=f"tcp://127.0.0.1:{args.port}",
@@ -41,22 +43,16 @@ def run(args: WorkerArgs, conn: Connection) -> None:
         timeout=timedelta(seconds=120),
     )
     try:
-        shard = rank_worker(
-            args.model_path,
-            args.config,
-            args.num_pages,
-            args.attention,
-            args.rank,
-            args.world_size,
-        )
-        conn.send(("ready", None))
+        shard = rank_worker(args.spec, args.rank, args.world_size)
+        conn.send(Ready())
         serve(shard, conn if args.rank == 0 else None)
     finally:
         dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Connect to the engine, then ``run``; any exception goes back as text, exit status 1."""
+    """Connect to the engine, then ``run``; any exception goes back as ``WorkerError``, exit
+    status 1."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or not argv[0].isdigit():
         print(USAGE, file=sys.stderr)
@@ -72,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         run(conn.recv(), conn)
     except BaseException:
         try:
-            conn.send(("error", traceback.format_exc()))
+            conn.send(WorkerError(traceback.format_exc()))
         except OSError:  # the engine is gone: stderr is all that is left
             raise
         return 1

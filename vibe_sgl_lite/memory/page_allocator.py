@@ -10,7 +10,8 @@ Invariants (each checked by ``check_invariants`` and by the property tests):
       (refcount >= 1, not in the free list); never both, never neither
  2    a page's refcount equals the number of holders (requests and radix-tree
       nodes) that hold it; ``free`` of a page with refcount 0 is an error
- 3    ``num_free + num_used == num_pages`` at all times
+ 3    ``num_free + (pages with refcount >= 1) == num_pages`` at all
+      times: the free list holds no page twice
 ====  ====================================================================
 """
 
@@ -42,10 +43,6 @@ class PageAllocator:
     @property
     def num_free(self) -> int:
         return len(self._free)
-
-    @property
-    def num_used(self) -> int:
-        return self.num_pages - len(self._free)
 
     def alloc(self, n: int) -> list[int]:
         """Take ``n`` free pages; each comes back with refcount 1."""

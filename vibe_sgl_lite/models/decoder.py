@@ -26,7 +26,7 @@ from torch import nn
 
 from vibe_sgl_lite.batch.forward_batch import ForwardBatch
 from vibe_sgl_lite.kernels.attention import AttentionBackend
-from vibe_sgl_lite.memory.kv_pool import KVPool
+from vibe_sgl_lite.memory.kv_pool import KVPool, LayerKV
 from vibe_sgl_lite.models.config import ModelConfig
 from vibe_sgl_lite.models.layers import Attention, GatedMLP, RMSNorm, RotaryEmbedding
 from vibe_sgl_lite.models.weights import load_packed_weights
@@ -69,7 +69,7 @@ class DecoderLayer(nn.Module):
         self,
         h: torch.Tensor,
         batch: ForwardBatch,
-        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        kv_cache: LayerKV,
         backend: AttentionBackend,
     ) -> torch.Tensor:
         h = h + self.self_attn(self.input_layernorm(h), batch, kv_cache, backend)

@@ -15,6 +15,7 @@ from torch import nn
 
 from vibe_sgl_lite.batch.forward_batch import ForwardBatch
 from vibe_sgl_lite.kernels.attention import AttentionBackend
+from vibe_sgl_lite.memory.kv_pool import LayerKV
 
 
 class RMSNorm(nn.Module):
@@ -170,7 +171,7 @@ class Attention(nn.Module):
         self,
         x: torch.Tensor,
         batch: ForwardBatch,
-        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        kv_cache: LayerKV,
         backend: AttentionBackend,
     ) -> torch.Tensor:
         """``x: [T, hidden]`` -> ``[T, hidden]``; ``kv_cache`` is this layer's slice of the pool."""

@@ -77,7 +77,6 @@ class QuantizedWeight:
     ``q``: int8 ``[N, K]`` (int8 mode) or uint8 codes 0..15 ``[N, K]`` (int4 mode).
     ``scale``: float32 ``[N]`` (int8) or ``[N, K / group_size]`` (int4).
     ``zero``: float32 ``[N, K / group_size]`` for int4, ``None`` for int8.
-    Every tensor is indexed by row first, so rows of several weights concatenate.
     """
 
     mode: str
@@ -177,15 +176,13 @@ def quantize_weight(
 
 
 class QuantizedLinear(nn.Module):
-    """``y = x @ W.T + b`` with ``W`` stored as ``QuantizedWeight`` and multiplied by torch's
-    fused weight-only kernels (see the module docstring for layouts, paths and their reasons).
+    """``y = x @ W.T + b`` through torch's fused weight-only kernels (see the module docstring).
 
     ``x: [..., in_features]`` in float32, bfloat16 or float16 -> ``[..., out_features]`` in the
-    same dtype. Built on the device it will run on (the int4 packing depends on it); it holds
-    buffers, not parameters.
+    same dtype. Built on the device it will run on (the int4 packing depends on it).
 
-    Buffers: int8: ``qweight`` int8 ``[N, K_pad]``, ``scales`` bfloat16 ``[N]`` (exact).
-    int4 on CPU: ``qweight`` the kernel's packing of ``[N_pad, K_pad]``, ``scales``
+    Buffers, not parameters: int8: ``qweight`` int8 ``[N, K_pad]``, ``scales`` bfloat16 ``[N]``
+    (exact). int4 on CPU: ``qweight`` the kernel's packing of ``[N_pad, K_pad]``, ``scales``
     ``[K_pad / G, N_pad, 2]`` (scale, zero) in bfloat16. int4 elsewhere: ``qweight`` uint8 codes
     ``[N, K_pad]``, ``scales`` float32 ``[N, K_pad / G, 2]``.
     """

@@ -7,12 +7,13 @@
 
 The engine's executors own one (``core/executor.py``: in this process) or one per worker process
 (``distributed/``: tensor and expert parallelism, where ``shard`` cuts the model to a rank's
-part before its weights are read).
+part before its weights are read). Every one of them is built from the same ``WorkerSpec``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +26,17 @@ from vibe_sgl_lite.models.decoder import DecoderForCausalLM
 from vibe_sgl_lite.models.loader import load_model
 
 
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a ``ModelWorker`` is built from: the engine writes it once and every executor passes
+    it on (pickled to a worker process; under torchrun, ``num_pages`` is rank 0's)."""
+
+    model_path: str | Path
+    config: EngineConfig
+    num_pages: int
+    attention: AttentionBackend
+
+
 class ModelWorker:
     """One forward per step on a model and its KV pool; in a single process it is the
     engine's executor itself (``core/executor.py``)."""
@@ -33,19 +45,17 @@ class ModelWorker:
 
     def __init__(
         self,
-        model_path: str | Path,
-        config: EngineConfig,
-        num_pages: int,
-        attention: AttentionBackend,
+        spec: WorkerSpec,
         *,
         shard: Callable[[DecoderForCausalLM], None] | None = None,
         device: torch.device | None = None,
     ) -> None:
+        config = spec.config
         self.device = device if device is not None else torch.device(config.device)
         self.page_size = config.page_size
-        self.attention = attention
+        self.attention = spec.attention
         self.model, self.model_config = load_model(
-            model_path,
+            spec.model_path,
             config.dtype,
             self.device,
             shard=shard,
@@ -55,7 +65,7 @@ class ModelWorker:
         mc = self.model_config
         self.kv_pool = KVPool(
             mc.num_hidden_layers,
-            num_pages,
+            spec.num_pages,
             config.page_size,
             self.model.num_local_kv_heads,
             mc.head_dim,
