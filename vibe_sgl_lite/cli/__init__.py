@@ -4,6 +4,8 @@
 * ``chat``: a conversation with the model's chat template, one line of stdin per turn.
 * ``serve``: the OpenAI-compatible HTTP server (``server/``).
 * ``bench``: throughput against transformers' ``generate`` on the same weights, in-process.
+* ``sim``: the scheduler laboratory: ``sim calibrate`` fits a step cost model on this machine,
+  ``sim replay`` runs a trace through the engine's scheduler on a virtual clock (``cli/sim.py``).
 
 Every engine setting (``EngineConfig``) and every sampling field (``SamplingParams``) is a flag:
 the Python name with dashes (``--page-size``, ``--max-tokens``, ...), with the dataclass's default
@@ -30,6 +32,7 @@ from vibe_sgl_lite.cli.flags import (
     add_dataclass_flags,
     values_of,
 )
+from vibe_sgl_lite.cli.sim import add_sim_flags, run_sim
 from vibe_sgl_lite.config import EngineConfig
 from vibe_sgl_lite.sampling import SamplingParams
 
@@ -108,6 +111,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str], dict[str, s
         "bench", "batched throughput against transformers' generate, same weights and prompts"
     )
     add_bench_flags(bench)
+
+    sim = subcommand("sim", "the scheduler laboratory: calibrate a cost model, replay a trace")
+    add_sim_flags(
+        sim,
+        lambda sub, name, help: sub.add_parser(
+            name, help=help, description=help, formatter_class=HelpFormatter
+        ),
+    )
     return parser, engine, sampling
 
 
@@ -115,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, engine_dests, sampling_dests = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "sim":
+            return run_sim(args)
         # Checked before the model loads: a typo fails in milliseconds, not after a load.
         config = EngineConfig(**values_of(args, engine_dests))
         if args.command == "serve":
