@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -494,3 +494,24 @@ class CacheMachine(RuleBasedStateMachine):
 
 CacheMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 test_cache_state_machine = CacheMachine.TestCase
+
+
+@given(
+    st.lists(st.integers(0, 3), max_size=40),
+    st.lists(st.integers(0, 3), max_size=40),
+    st.integers(1, 5),
+    st.booleans(),
+)
+def test_shared_whole_pages_is_the_common_prefix_in_whole_pages(
+    a: list[int], b: list[int], page_size: int, as_tuple: bool
+) -> None:
+    """The page-at-a-time comparison equals the token-by-token definition, for lists and
+    tuples alike (keys are tuples, requests' tokens lists)."""
+    from vibe_sgl_lite.cache.radix_cache import _shared_whole_pages
+
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    left = tuple(a) if as_tuple else a
+    assert _shared_whole_pages(left, b, page_size) == n // page_size * page_size
+    assert _shared_whole_pages(left, left, page_size) == len(a) // page_size * page_size

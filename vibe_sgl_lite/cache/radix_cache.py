@@ -285,13 +285,18 @@ class RadixCache:
 
 
 def _shared_whole_pages(a: Sequence[int], b: Sequence[int], page_size: int) -> int:
-    """Length of the common prefix of ``a`` and ``b``, rounded down to whole pages."""
+    """Length of the common prefix of ``a`` and ``b``, rounded down to whole pages.
+
+    Compared a page at a time as tuples (one C-level comparison each, and the whole run at once
+    first: a request matching a cached prompt usually shares all of it), not token by token."""
+    limit = min(len(a), len(b)) // page_size * page_size
+    ta, tb = tuple(a[:limit]), tuple(b[:limit])
+    if ta == tb:
+        return limit
     n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n // page_size * page_size
+    while ta[n : n + page_size] == tb[n : n + page_size]:
+        n += page_size
+    return n
 
 
 def _evictable_leaf(node: RadixNode) -> bool:
