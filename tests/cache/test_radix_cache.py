@@ -7,6 +7,8 @@ insert, move the lock, finish or abort) and checks the invariants after every st
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import Counter
 from dataclasses import dataclass
 
@@ -299,6 +301,31 @@ def test_no_prefix_cache_shares_nothing() -> None:
     assert isinstance(cache, PrefixCache) and isinstance(RadixCache(), PrefixCache)
 
 
+def full_tree_victims(
+    cache: RadixCache, allocator: PageAllocator, num_pages: int
+) -> set[RadixNode]:
+    """The nodes that eviction by a heap over a walk of the whole tree would drop (the
+    original ``evict``), computed without touching the tree."""
+    children = {id(n): len(n.children) for n in cache.nodes()}
+    tie = itertools.count()
+    heap = [(n.last_access, next(tie), n) for n in cache.nodes() if not n.children]
+    heap = [h for h in heap if h[2].lock_ref == 0]
+    heapq.heapify(heap)
+    victims: set[RadixNode] = set()
+    freed = 0
+    while freed < num_pages and heap:
+        _, _, leaf = heapq.heappop(heap)
+        victims.add(leaf)
+        freed += sum(1 for p in leaf.pages if allocator.refcount(p) == 1)
+        parent = leaf.parent
+        assert parent is not None
+        if not parent.is_root:
+            children[id(parent)] -= 1
+            if children[id(parent)] == 0 and parent.lock_ref == 0:
+                heapq.heappush(heap, (parent.last_access, next(tie), parent))
+    return victims
+
+
 # ---- the state machine --------------------------------------------------------------------
 
 
@@ -420,8 +447,11 @@ class CacheMachine(RuleBasedStateMachine):
     @rule(num_pages=st.integers(0, NUM_PAGES))
     def evict(self, num_pages: int) -> None:
         locked = {p for n in self.cache.nodes() if n.lock_ref > 0 for p in n.pages}
+        expected = full_tree_victims(self.cache, self.allocator, num_pages)
+        nodes_before = set(self.cache.nodes())
         before = self.allocator.num_free
         freed = self.cache.evict(num_pages)
+        assert nodes_before - set(self.cache.nodes()) == expected, "other victims than LRU"
         assert self.allocator.num_free == before + freed
         assert all(self.allocator.refcount(p) > 0 for p in locked)
         self.forget_free_pages()
@@ -464,6 +494,13 @@ class CacheMachine(RuleBasedStateMachine):
                     end = len(prefix) + (i + 1) * ps
                     assert self.written[page] == path[:end], "a page holds another prefix's KV"
                 stack.append((child, path))
+
+    @invariant()
+    def leaves_are_tracked_and_have_distinct_stamps(self) -> None:
+        """``evict`` heaps the tracked leaves; distinct stamps make its order the LRU order."""
+        leaves = [n for n in self.cache.nodes() if n.is_leaf]
+        assert set(self.cache._leaves) == set(leaves)
+        assert len({n.last_access for n in leaves}) == len(leaves)
 
     @invariant()
     def locked_nodes_stay_in_the_tree_and_count_their_locks(self) -> None:

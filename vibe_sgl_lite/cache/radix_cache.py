@@ -61,6 +61,9 @@ class RadixCache:
         self._clock = 0
         self._num_cached_pages = 0
         self._num_evicted_pages = 0
+        # Every leaf of the tree (root excepted), kept as nodes come and go so that ``evict``
+        # looks at the leaves only, not at every node (a dict: an ordered set of identities).
+        self._leaves: dict[RadixNode, None] = {}
 
     def attach(self, allocator: PageAllocator, page_size: int) -> None:
         """Bind the cache to the engine's page pool; the tree must be empty (its pages would
@@ -108,6 +111,8 @@ class RadixCache:
             allocator.incref(new_pages)
             leaf = RadixNode(key=key[start:], pages=new_pages, parent=node)
             node.children[leaf.key[:ps]] = leaf
+            self._leaves.pop(node, None)
+            self._leaves[leaf] = None
             self._num_cached_pages += len(new_pages)
             node = leaf
         self._touch(node)
@@ -181,9 +186,17 @@ class RadixCache:
         Returns the number of pages that actually returned to the free list, which can be less
         than the pages dropped from the tree: a page that a request also holds stays in use.
         A parent whose last child goes becomes a leaf and a candidate in its own right.
+
+        The heap is built over the tracked leaves (``_leaves``), not over a walk of the whole
+        tree: the same candidates, and the same order, because no two leaves share a
+        ``last_access`` (the nodes stamped by one ``_touch`` form one root path, a split copies
+        the stamp to the new parent of the stamped node, and a path holds at most one leaf; the
+        state-machine test checks both this and the victims against a full-tree heap).
         """
+        if num_pages <= 0:
+            return 0
         tie = itertools.count()
-        heap = [(n.last_access, next(tie), n) for n in self.nodes() if _evictable_leaf(n)]
+        heap = [(n.last_access, next(tie), n) for n in self._leaves if n.lock_ref == 0]
         heapq.heapify(heap)
         freed = 0
         while freed < num_pages and heap:
@@ -191,10 +204,13 @@ class RadixCache:
             parent = leaf.parent
             assert parent is not None
             del parent.children[leaf.key[: self.page_size]]
+            del self._leaves[leaf]
             freed += self._release(leaf)
             self._num_evicted_pages += len(leaf.pages)
-            if _evictable_leaf(parent):
-                heapq.heappush(heap, (parent.last_access, next(tie), parent))
+            if not parent.children and not parent.is_root:
+                self._leaves[parent] = None
+                if parent.lock_ref == 0:
+                    heapq.heappush(heap, (parent.last_access, next(tie), parent))
         return freed
 
     def flush(self) -> None:
@@ -211,6 +227,7 @@ class RadixCache:
         for node in list(self.nodes()):
             self._release(node)
         self.root.children.clear()
+        self._leaves.clear()
 
     def _release(self, node: RadixNode) -> int:
         """Give back the tree's references to ``node``'s pages; return how many became free."""
@@ -297,10 +314,6 @@ def _shared_whole_pages(a: Sequence[int], b: Sequence[int], page_size: int) -> i
     while ta[n : n + page_size] == tb[n : n + page_size]:
         n += page_size
     return n
-
-
-def _evictable_leaf(node: RadixNode) -> bool:
-    return node.is_leaf and not node.is_root and node.lock_ref == 0
 
 
 def _dot_label(node: RadixNode, decode: Callable[[Sequence[int]], str] | None) -> str:
