@@ -106,7 +106,12 @@ def main() -> None:
     parser.add_argument("--length-scale", type=float, default=0.25)
     parser.add_argument("--policy", default="fcfs")
     parser.add_argument("--prefix-share", type=float, default=0.3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (2 oversubscribe a shared 2-core machine)",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="calibration passes")
     args = parser.parse_args()
     config = EngineConfig(

@@ -7,6 +7,7 @@
         mixed:   B decoding requests + one new prompt   -> a step with both
     every step is ``Engine.step()`` itself, timed with ``perf_counter``; its composition is read
     from the rows the scheduler built for it (``StepComposition.from_rows``)
+    every ``Engine.add_request`` is timed too: its median is ``per_request``
     fit the six coefficients (``cost.fit``), print the error, save with the model's shape
 
 The timings include everything a step does on this machine (scheduling, the forward,
@@ -77,12 +78,18 @@ class _TimedEngine:
 
         engine.scheduler.rows = rows  # type: ignore[method-assign]
         self.rng = random.Random(0)
-        self.params = SamplingParams(max_tokens=1 << 20, temperature=0.0, ignore_eos=True)
+        # Served traffic samples (temperature 1, a seeded generator per request): time that
+        # path, not greedy argmax, which is cheaper per row and per request.
+        self.params = SamplingParams(max_tokens=1 << 20, ignore_eos=True)
+        self.add_seconds: list[float] = []
 
     def add(self, num_tokens: int) -> Request:
         vocab = self.engine.model_config.vocab_size
         ids = [self.rng.randrange(1, vocab) for _ in range(num_tokens)]
-        return self.engine.add_request(ids, self.params)
+        start = time.perf_counter()
+        req = self.engine.add_request(ids, self.params)
+        self.add_seconds.append(time.perf_counter() - start)
+        return req
 
     def step(self, record: bool = True) -> None:
         start = time.perf_counter()
@@ -134,6 +141,7 @@ def calibrate(
                     timed.drop([*reqs, newcomer])
             log(f"  round done: {len(timed.steps)} steps timed")
         coefficients, error = fit(timed.steps, timed.seconds)
+        adds = sorted(timed.add_seconds[1:])  # the warm-up request's add is not counted
         return CostModel(
             coefficients=coefficients,
             shape=model_shape(engine.model_config, config.dtype),
@@ -141,6 +149,7 @@ def calibrate(
             f"({config.device}, {config.threads_per_rank} threads, {config.dtype})",
             kv_capacity_tokens=engine.allocator.num_pages * config.page_size,
             fit_error=error,
+            per_request=adds[len(adds) // 2] if adds else 0.0,
         )
     finally:
         engine.close()
@@ -149,6 +158,7 @@ def calibrate(
 def fit_lines(model: CostModel) -> list[str]:
     """The coefficients and the fit's error, as ``sim calibrate`` prints them."""
     out = [f"  {name:<22} {value:.3e} s" for name, value in model.coefficients.items()]
+    out.append(f"  {'per_request':<22} {model.per_request:.3e} s (add_request, outside steps)")
     err = model.fit_error
     if err:
         out.append(

@@ -10,6 +10,10 @@ as linear in six features of that batch (``StepComposition``)::
             + per_decode_kv_token * KV tokens decodes read    paged attention, memory-bound
             + per_prefill_kv_pair * (query, key) pairs of prefills   attention, compute-bound
 
+Outside the steps, ``per_request`` seconds are spent once per request when it is added
+(``Engine.add_request``: validation, the prompt checks, the generator and output-processor
+setup); the engine thread does it between two steps, so the simulator adds it to its clock.
+
 A row of one token is a decode row (the last token of a prompt costs the same as an output
 token). Memory traffic of the weights is in the intercept: it is paid once a step.
 
@@ -82,6 +86,7 @@ class CostModel:
     source: str = ""
     kv_capacity_tokens: int | None = None  # the KV pool the calibrated engine had
     fit_error: dict[str, float] = field(default_factory=dict)
+    per_request: float = 0.0  # seconds of add_request per request, outside the steps
 
     def __post_init__(self) -> None:
         missing = [f for f in FEATURES if f not in self.coefficients]
@@ -90,6 +95,8 @@ class CostModel:
         bad = [f for f in FEATURES if not float(self.coefficients[f]) >= 0]
         if bad:
             raise ValueError(f"cost model: coefficient(s) {', '.join(bad)} must be >= 0")
+        if not float(self.per_request) >= 0:
+            raise ValueError(f"cost model: per_request must be >= 0, got {self.per_request!r}")
         self._coef = tuple(float(self.coefficients[f]) for f in FEATURES)
 
     def step_seconds(self, step: StepComposition) -> float:
@@ -126,6 +133,7 @@ def load_cost(path: str | Path, expect_shape: Mapping[str, int | str] | None = N
             source=data.get("source", ""),
             kv_capacity_tokens=data.get("kv_capacity_tokens"),
             fit_error=data.get("fit_error", {}),
+            per_request=data.get("per_request", 0.0),
         )
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path}: {exc}") from None

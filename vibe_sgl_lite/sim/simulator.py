@@ -15,7 +15,7 @@ So every decision (admission order, chunk sizes, prefix matches, evictions, pree
 made by the code the engine runs: a scheduler change shows up here without touching this file.
 What is not simulated: the model's numbers (tokens are dummies, so a request always runs to its
 trace length: no EOS, no stop strings), plugins and sparse attention, and the time spent outside
-steps (tokenising, HTTP, the engine loop's queue).
+steps other than ``add_request`` (tokenising text, HTTP, the engine loop's queue).
 
 **Evicting ahead** (``evict_ahead``, off by default). ``RadixCache.evict`` walks the whole tree
 on every call, and once the pool is full of cached prefixes the scheduler calls it for nearly
@@ -135,11 +135,16 @@ class EngineSim:
     # ---- requests in -------------------------------------------------------------------------
 
     def add(self, request_id: int, prompt_ids: list[int], output_len: int, arrival: float) -> None:
-        """Queue a request that arrived at ``arrival`` (<= ``now``: it waits for the next step)."""
+        """Queue a request that arrived at ``arrival`` (<= ``now``: it waits for the next step).
+
+        The engine thread spends ``cost.per_request`` seconds adding it (``Engine.add_request``)
+        before its next step, so the clock moves on by that much."""
         req = Request(request_id, prompt_ids, self._params, arrival_order=request_id)
         req.arrival_time = arrival
         self.records[request_id] = RequestRecord(request_id, arrival, len(prompt_ids), output_len)
         self.scheduler.add_request(req)
+        self.now = max(self.now, arrival) + self.cost.per_request
+        self.busy_seconds += self.cost.per_request
 
     @property
     def load(self) -> int:
