@@ -17,13 +17,12 @@ What is not simulated: the model's numbers (tokens are dummies, so a request alw
 trace length: no EOS, no stop strings), plugins and sparse attention, and the time spent outside
 steps other than ``add_request`` (tokenising text, HTTP, the engine loop's queue).
 
-**Evicting ahead** (``evict_ahead``, off by default). ``RadixCache.evict`` walks the whole tree
-on every call, and once the pool is full of cached prefixes the scheduler calls it for nearly
-every new page: on an hour of traffic that walk is most of the simulation's time (and of a real
-engine's scheduling time on such a pool). With ``evict_ahead=k`` the simulator, before a step
-whose pool has fewer than ``k`` free pages, calls the same ``cache.evict`` for ``k`` pages at
-once: the same least-recently-used leaves go, a few steps early. A prefix that a request would
-have matched within those steps is lost; the cost is measured in ``docs/simulator.md``.
+**Evicting ahead** (``evict_ahead``, off by default). Once the pool is full of cached prefixes
+the scheduler calls ``RadixCache.evict`` for nearly every new page, and each call heaps every
+unlocked leaf. With ``evict_ahead=k`` the simulator, before a step whose pool has fewer than
+``k`` free pages, calls the same ``cache.evict`` for ``k`` pages at once: the same
+least-recently-used leaves go, a few steps early. A prefix that a request would have matched
+within those steps is lost.
 
 Times are virtual seconds: a request arriving during a step is seen by the next ``schedule``,
 as in the engine, and its latency counts from its arrival.
