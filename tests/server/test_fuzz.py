@@ -15,6 +15,8 @@ from schemathesis.checks import not_a_server_error
 from tests.server.conftest import MODEL, LiveServer, serve
 from vibe_sgl_lite import ModelRunner
 
+pytestmark = pytest.mark.slow  # a server, and hundreds of generated requests
+
 
 @pytest.fixture(scope="module")
 def fuzz_server(qwen3_dir: Path) -> Iterator[LiveServer]:

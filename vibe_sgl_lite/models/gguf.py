@@ -133,15 +133,27 @@ def _gguf_module() -> Any:
 
 
 def _reader(path: Path) -> Any:
-    return _gguf_module().GGUFReader(str(path))
+    """The file's ``GGUFReader``, shared by every reader of it in this process.
+
+    Parsing a header takes seconds (every vocabulary entry is a separate field part) and the
+    tensors are a read-only memory map, so one reader serves the config, the tokenizer's end ids
+    and the weights, and a second runner on the same file. The file's ``mtime_ns`` and size are
+    part of the key, so a rewritten file is read again."""
+    p = path.resolve()
+    stat = p.stat()
+    return _cached_reader(str(p), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_reader(path: str, mtime_ns: int, size: int) -> Any:
+    return _gguf_module().GGUFReader(path)
 
 
 @functools.lru_cache(maxsize=4)
 def _metadata(path: str, mtime_ns: int, size: int) -> tuple[dict[str, Any], tuple[str, ...]]:
     """``(scalar metadata, tensor names)``, cached: the engine asks for the config, the tokenizer's
-    end ids and the loader's config in turn, and parsing a file's header takes seconds (every
-    vocabulary entry is a separate field part). Long arrays (the vocabulary) keep only their
-    length. ``mtime_ns``/``size`` are only part of the key, so a rewritten file is read again."""
+    end ids and the loader's config in turn. Long arrays (the vocabulary) keep only their
+    length."""
     reader = _reader(Path(path))
     value_type = _gguf_module().GGUFValueType
     meta: dict[str, Any] = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,33 @@ from vibe_sgl_lite.models.quantization import (
 from vibe_sgl_lite.models.registry import get_model_class
 from vibe_sgl_lite.models.weight_layout import relayout_linear_weights, resolve_weight_layout
 from vibe_sgl_lite.models.weights import PACKED
+
+
+@contextmanager
+def _no_normal_init_on_meta() -> Iterator[None]:
+    """Within the block, ``nn.init.normal_`` leaves a ``meta`` tensor alone.
+
+    The model is built on ``meta``, where values do not exist, yet ``nn.Embedding`` still runs
+    ``normal_`` on its weight, and the meta version of ``normal_`` imports ``torch._dynamo`` on
+    first use: 3 to 7 s in every fresh process that loads a model (each TP worker, the CLI, a
+    server), for numbers the checkpoint overwrites anyway (transformers' ``no_init_weights``
+    skips them too). Any other tensor, e.g. one another thread initialises meanwhile, is drawn
+    as usual."""
+    normal = torch.nn.init.normal_
+
+    def normal_unless_meta(
+        tensor: torch.Tensor,
+        mean: float = 0.0,
+        std: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        return tensor if tensor.is_meta else normal(tensor, mean, std, generator)
+
+    torch.nn.init.normal_ = normal_unless_meta
+    try:
+        yield
+    finally:
+        torch.nn.init.normal_ = normal
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -185,7 +213,7 @@ def load_model(
     config = ModelConfig.from_path(model_dir)  # a folder or a .gguf file; errors otherwise
     cls = get_model_class(config.architecture)
     torch_dtype = resolve_dtype(dtype)
-    with torch.device("meta"):
+    with torch.device("meta"), _no_normal_init_on_meta():
         model = cls(config)
     if shard is not None:
         shard(model)
