@@ -95,6 +95,7 @@ from vibe_sgl_lite.core.engine import Engine
 from vibe_sgl_lite.core.runner import ModelRunner
 from vibe_sgl_lite.kernels import ATTENTION_BACKENDS
 from vibe_sgl_lite.models.gguf_export import export_gguf
+from vibe_sgl_lite.models.worker import ModelWorker
 from vibe_sgl_lite.sampling import SamplingParams
 from vibe_sgl_lite.scheduler import Request
 
@@ -229,8 +230,8 @@ class Probes:
     """
 
     def __init__(self, engine: Engine) -> None:
-        worker = getattr(engine.executor, "worker", None)
-        if worker is None:
+        worker = engine.executor
+        if not isinstance(worker, ModelWorker):
             raise ValueError("decode_step needs the in-process executor (tp_size = ep_size = 1)")
         self.model: nn.Module = worker.model
         self.targets: list[tuple[Any, str, str]] = [(worker.model, "forward", "model")]
@@ -342,12 +343,11 @@ def start_decoding(engine: Engine, batch: int, context: int, seed: int) -> list[
 
 def decode_step(engine: Engine, batch: int) -> float:
     """Seconds of one ``Engine.step``, checked to have decoded ``batch`` rows and nothing else."""
-    before = dict(engine.counters)
+    scheduler = engine.scheduler
+    before = (scheduler.num_decode_tokens_computed, scheduler.num_prefill_tokens_computed)
     seconds = _seconds(engine.step)
-    decoded = engine.counters["num_decode_tokens_computed"] - before["num_decode_tokens_computed"]
-    prefilled = (
-        engine.counters["num_prefill_tokens_computed"] - before["num_prefill_tokens_computed"]
-    )
+    decoded = scheduler.num_decode_tokens_computed - before[0]
+    prefilled = scheduler.num_prefill_tokens_computed - before[1]
     if decoded != batch or prefilled:
         raise RuntimeError(f"expected a pure decode of {batch} rows, got {decoded} + {prefilled}")
     return seconds

@@ -80,11 +80,11 @@ def main() -> None:
                 )
                 runner.generate_outputs(prompts[:2], params)  # warm-up (grammar compile etc.)
                 hook_time[0] = 0.0
-                steps_before = engine.counters["num_steps"]
+                steps_before = engine.scheduler.num_forwards
                 start = time.perf_counter()
                 runner.generate_outputs(prompts, params)
                 elapsed = time.perf_counter() - start
-                steps = engine.counters["num_steps"] - steps_before
+                steps = engine.scheduler.num_forwards - steps_before
                 plugins.process_logits, plugins.after_token = original  # type: ignore[method-assign]
                 per_step = elapsed / steps
                 hooks = hook_time[0] / steps
