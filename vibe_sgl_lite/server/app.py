@@ -6,6 +6,8 @@
     GET  /health                200 while the engine thread runs           meta.py
     POST /generate              native: ``generate_outputs`` over HTTP     generate.py
     GET  /, /v1/engine/state, /metrics   the live page and Prometheus      dashboard.py
+    /health_generate, /server_info, /model_info, /get_load, /v1/loads, /flush_cache,
+    /version, /tokenize, /detokenize     what SGLang's gateway probes       worker_api.py
 
 Streams are driven by ``streaming.py``; what every endpoint does with the engine loop
 (admission, collecting outputs, their errors) is ``submission.py``. This module only puts the
@@ -31,7 +33,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vibe_sgl_lite.core.runner import ModelRunner
-from vibe_sgl_lite.server import chat, completions, generate, meta
+from vibe_sgl_lite.server import chat, completions, generate, meta, worker_api
 from vibe_sgl_lite.server.context import ServedModel, ServerContext
 from vibe_sgl_lite.server.dashboard import add_page_routes
 from vibe_sgl_lite.server.engine_loop import EngineLoop
@@ -39,6 +41,7 @@ from vibe_sgl_lite.server.metrics import ServerMetrics
 from vibe_sgl_lite.server.responses import APIError, error_response
 
 MAX_BODY_BYTES = 1 << 20
+PROTECTED_PATHS = frozenset({"/generate", *worker_api.PROTECTED_WORKER_PATHS})
 
 
 def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None) -> FastAPI:
@@ -47,8 +50,8 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
     ``app.state.engine_loop()`` is the running ``EngineLoop`` (for tests and benchmarks)."""
     engine = runner.engine
     assert engine is not None, "the runner is closed"
-    context = ServerContext(ServedModel.of(engine, model_name))
-    metrics = ServerMetrics(context.stats)
+    context = ServerContext(ServedModel.of(engine, model_name, str(runner.model_path)))
+    metrics = ServerMetrics(context.stats, model_name)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -60,7 +63,7 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
     app.state.context = context
     app.state.engine_loop = context.engine_loop
     add_page_routes(app, context.stats, metrics, model_name)
-    for module in (meta, completions, chat, generate):
+    for module in (meta, worker_api, completions, chat, generate):
         app.include_router(module.router)
     _add_guard(app, api_key)
     _add_error_handlers(app)
@@ -69,7 +72,10 @@ def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None)
 
 def _add_guard(app: FastAPI, api_key: str | None) -> None:
     """Before any route: a body over ``MAX_BODY_BYTES`` is a 413 and, with ``api_key`` set,
-    every ``/v1/`` path and ``/generate`` need ``Authorization: Bearer <api_key>`` (401)."""
+    every ``/v1/`` path, ``/generate`` and the worker endpoints that carry text or change the
+    engine (``PROTECTED_WORKER_PATHS``) need ``Authorization: Bearer <api_key>`` (401). The
+    read-only probes (``/health``, ``/server_info``, ``/get_load``...) stay open, as ``/metrics``
+    does: a gateway's health checks carry no key."""
 
     @app.middleware("http")
     async def guard(
@@ -78,7 +84,8 @@ def _add_guard(app: FastAPI, api_key: str | None) -> None:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
             return error_response(413, f"request body must be at most {MAX_BODY_BYTES} bytes")
-        protected = request.url.path.startswith("/v1/") or request.url.path == "/generate"
+        path = request.url.path
+        protected = path.startswith("/v1/") or path in PROTECTED_PATHS
         if api_key is not None and protected:
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):

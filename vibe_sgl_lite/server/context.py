@@ -10,8 +10,9 @@ the engine thread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -23,15 +24,26 @@ from vibe_sgl_lite.server.responses import APIError
 
 @dataclass(frozen=True)
 class ServedModel:
-    """The model as the endpoints see it: its name, its length limit and its tokenizer."""
+    """The model as the endpoints see it: its name, its length limit and its tokenizer; and,
+    for the worker endpoints (``worker_api.py``), where it was loaded from, its vocabulary size
+    and the engine's settings as plain JSON values."""
 
     name: str
     max_model_len: int
     tokenizer: Tokenizer
+    model_path: str = ""
+    vocab_size: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, engine: Engine, name: str) -> ServedModel:
-        return cls(name, engine.max_model_len, engine.tokenizer)
+    def of(cls, engine: Engine, name: str, model_path: str = "") -> ServedModel:
+        config = dataclasses.asdict(engine.config)
+        settings = {
+            k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
+            for k, v in config.items()
+        }
+        vocab = engine.model_config.vocab_size
+        return cls(name, engine.max_model_len, engine.tokenizer, model_path, vocab, settings)
 
     def token_text(self, token_id: int) -> str:
         """One token's text, special tokens included (the logprobs' ``token``)."""

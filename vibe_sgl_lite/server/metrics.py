@@ -13,6 +13,12 @@ Each app gets its own ``CollectorRegistry``: the global default one would make a
 the same process (tests, two models) fail with "Duplicated timeseries". ``/metrics`` is not
 behind the API key, as in vLLM: a scraper carries no key, and the figures are counts, never
 prompts or text.
+
+Every figure a gateway or autoscaler reads is also exported under vLLM's name, with its
+``model_name`` label (``vllm:num_requests_running``, ``vllm:kv_cache_usage_perc``,
+``vllm:prompt_tokens_total``, ... ``vllm:e2e_request_latency_seconds``): the Kubernetes Gateway
+API inference extension reads those. ``vllm:inter_token_latency_seconds`` gets each request's
+mean gap once per gap (the engine keeps no per-token clock), so its sum and count are exact.
 """
 
 from __future__ import annotations
@@ -42,8 +48,9 @@ class EngineGauges(Collector):
     the stats snapshot ``EngineLoop`` already publishes keeps the engine unaware of it.
     """
 
-    def __init__(self, stats: StatsSource) -> None:
+    def __init__(self, stats: StatsSource, model_name: str = "") -> None:
         self.stats = stats
+        self.model_name = model_name
 
     def collect(self) -> Iterator[Metric]:
         stats = self.stats()
@@ -68,13 +75,26 @@ class EngineGauges(Collector):
         }
         for name, (doc, value) in gauges.items():
             yield GaugeMetricFamily(name, doc, value=float(value))
+        vllm = {
+            "vllm:num_requests_running": gauges["vibe_running_requests"],
+            "vllm:num_requests_waiting": gauges["vibe_waiting_requests"],
+            "vllm:kv_cache_usage_perc": (
+                "KV-cache usage: 1 means every page is in use.",
+                (total - free) / total if total else 0.0,
+            ),
+        }
+        for name, (doc, value) in vllm.items():
+            family = GaugeMetricFamily(name, doc, labels=["model_name"])
+            family.add_metric([self.model_name], float(value))
+            yield family
 
 
 class ServerMetrics:
     """One app's metrics: ``observe`` each finished request, ``render`` for a scrape."""
 
-    def __init__(self, stats: StatsSource) -> None:
+    def __init__(self, stats: StatsSource, model_name: str = "") -> None:
         self.registry = CollectorRegistry()
+        self.vllm = VllmMetrics(self.registry, model_name)
         self.requests = Counter(
             "vibe_requests",
             "Finished requests, by finish reason.",
@@ -107,10 +127,11 @@ class ServerMetrics:
             buckets=E2E_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(EngineGauges(stats))
+        self.registry.register(EngineGauges(stats, model_name))
 
     def observe(self, output: GenerationOutput) -> None:
         """``on_finished`` listener: runs in the engine thread, so it only adds numbers."""
+        self.vllm.observe(output)
         self.requests.labels(finish_reason=str(output.finish_reason)).inc()
         self.prompt_tokens.inc(len(output.prompt_token_ids))
         self.generation_tokens.inc(len(output.token_ids))
@@ -128,3 +149,48 @@ class ServerMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric, gauges read now."""
         return generate_latest(self.registry)
+
+
+class VllmMetrics:
+    """The finished requests' counters and histograms under vLLM's names, one ``model_name``."""
+
+    def __init__(self, registry: CollectorRegistry, model_name: str) -> None:
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, ["model_name"], registry=registry).labels(model_name)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            metric = Histogram(name, doc, ["model_name"], buckets=buckets, registry=registry)
+            return metric.labels(model_name)
+
+        self.prompt_tokens = counter("vllm:prompt_tokens", "Prefill tokens processed.")
+        self.generation_tokens = counter("vllm:generation_tokens", "Generation tokens processed.")
+        self.cache_queries = counter(
+            "vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache."
+        )
+        self.cache_hits = counter("vllm:prefix_cache_hits", "Prompt tokens found in the cache.")
+        self.ttft = histogram(
+            "vllm:time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS
+        )
+        self.itl = histogram(
+            "vllm:inter_token_latency_seconds", "Time between generated tokens.", TPOT_BUCKETS
+        )
+        self.e2e = histogram(
+            "vllm:e2e_request_latency_seconds", "End-to-end request latency.", E2E_BUCKETS
+        )
+
+    def observe(self, output: GenerationOutput) -> None:
+        prompt = len(output.prompt_token_ids)
+        self.prompt_tokens.inc(prompt)
+        self.generation_tokens.inc(len(output.token_ids))
+        self.cache_queries.inc(prompt)
+        self.cache_hits.inc(min(output.num_cached_tokens, prompt))
+        ttft = output.metrics.get("time_to_first_token")
+        if ttft is None:
+            return
+        self.ttft.observe(ttft)
+        tpot = output.metrics.get("time_per_output_token")
+        gaps = max(len(output.token_ids) - 1, 0)
+        if tpot is not None:
+            for _ in range(gaps):  # the mean gap, once per gap: sum and count stay exact
+                self.itl.observe(tpot)
+        self.e2e.observe(ttft + (tpot or 0.0) * gaps)
