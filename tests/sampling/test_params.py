@@ -60,6 +60,9 @@ INVALID: list[tuple[str, Any]] = [
     ("logprobs", -1),
     ("logprobs", 21),
     ("logprobs", 1.0),
+    ("prompt_logprobs", -1),
+    ("prompt_logprobs", 21),
+    ("prompt_logprobs", True),
     ("skip_special_tokens", None),
 ]
 
@@ -98,6 +101,8 @@ VALID_EDGES: list[tuple[str, Any]] = [
     ("seed", 0),
     ("logprobs", 0),
     ("logprobs", 20),
+    ("prompt_logprobs", 0),
+    ("prompt_logprobs", 20),
 ]
 
 

@@ -29,13 +29,13 @@ from pathlib import Path
 
 import torch
 
-from vibe_sgl_lite.batch.forward_batch import BatchRow
 from vibe_sgl_lite.cache.base import NoPrefixCache, PrefixCache
 from vibe_sgl_lite.cache.radix_cache import RadixCache
 from vibe_sgl_lite.config import EngineConfig
 from vibe_sgl_lite.core.capacity import max_model_len, plan_kv_pages
 from vibe_sgl_lite.core.executor import ModelExecutor
 from vibe_sgl_lite.core.output import OutputProcessor
+from vibe_sgl_lite.core.scoring import PromptScorer
 from vibe_sgl_lite.core.tokenizer import Tokenizer
 from vibe_sgl_lite.kernels.attention import (
     AttentionBackend,
@@ -112,6 +112,7 @@ class Engine:
         # Last: everything that can refuse a setting has done so before worker processes start.
         backend = self.research.attention if self.research is not None else self.attention
         self.executor = self._make_executor(WorkerSpec(model_path, config, num_pages, backend))
+        self.scorer = PromptScorer(self.executor, self.allocator, self.cache, config.page_size)
         self.check_invariants = os.environ.get(CHECK_INVARIANTS_ENV, "") not in ("", "0")
 
         self._next_request_id = 0
@@ -161,6 +162,9 @@ class Engine:
         prompt_ids = self.tokenizer.prompt_ids(
             prompt, self.model_config.vocab_size, self.max_model_len
         )
+        scored = None  # computed before anything else holds state for the request
+        if params.prompt_logprobs is not None:
+            scored = self.scorer.logprobs(prompt_ids, params.prompt_logprobs)
         req_id = self._next_request_id
         self._next_request_id += 1
         generator = None
@@ -175,6 +179,7 @@ class Engine:
         req = Request(
             req_id, prompt_ids, params, generator, arrival_order=req_id, priority=priority
         )
+        req.prompt_logprobs = scored
         self.outputs.add_request(req)
         self.scheduler.add_request(req)
         self.counters["num_requests"] += 1
@@ -245,22 +250,11 @@ class Engine:
 
     # ---- scoring -----------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def score(self, prompt: str | Sequence[int]) -> list[float]:
-        """Log-probability of each token given the ones before it (``len - 1`` values).
-
-        One forward over the whole text, on pages borrowed from the allocator for the duration
-        of the call, outside the scheduler: the same model code and KV path as generation.
-        """
+        """Log-probability of each token given the ones before it (``len - 1`` values): one
+        forward over the whole text outside the scheduler (``core/scoring.py``)."""
         ids = self.tokenizer.prompt_ids(prompt, self.model_config.vocab_size, self.max_model_len)
-        pages = self.allocator.alloc(-(-len(ids) // self.config.page_size))
-        try:
-            logits = self.executor.execute([BatchRow(ids, 0, pages, False, all_logits=True)])
-        finally:
-            self.allocator.free(pages)
-        logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
-        target = torch.tensor(ids[1:], device=logprobs.device)
-        return logprobs.gather(1, target[:, None]).squeeze(1).tolist()
+        return [lp.logprob for lp in self.scorer.logprobs(ids, 0) if lp is not None]
 
     # ---- leaving early, invariants, statistics -------------------------------------------
 

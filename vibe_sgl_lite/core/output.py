@@ -39,6 +39,8 @@ class GenerationOutput:
     finish_reason: str | None  # "stop", "length", "abort", a plugin's ("repetition", ...), "error"
     num_cached_tokens: int = 0
     logprobs: list[TokenLogprobs] | None = None
+    # one per prompt token, the first None (SamplingParams.prompt_logprobs, core/scoring.py)
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
     error: str | None = None
     request_id: int = -1
     metrics: dict[str, float] = field(default_factory=dict)
@@ -177,6 +179,7 @@ class OutputProcessor:
             finish_reason=req.finish_reason,
             num_cached_tokens=req.first_admission_cached_tokens or 0,
             logprobs=req.logprobs if req.params.logprobs is not None else None,
+            prompt_logprobs=req.prompt_logprobs,
             error=req.error,
             request_id=req.request_id,
             metrics=req.metrics(),

@@ -78,6 +78,9 @@ class SamplingParams:
     stop_token_ids: list[int] | None = setting(None, "token ids that end the request")
     ignore_eos: bool = setting(False, "keep generating after an end-of-sequence token")
     logprobs: int | None = setting(None, "return the top-n log-probabilities of each token")
+    prompt_logprobs: int | None = setting(
+        None, "return each prompt token's log-probability and the top-n at its position"
+    )
     skip_special_tokens: bool = setting(True, "leave special tokens out of the text")
 
     # Generation control (sampling/plugins.py and the built-in plugins).
@@ -129,6 +132,13 @@ class SamplingParams:
             self.logprobs = _int(
                 "logprobs",
                 self.logprobs,
+                f"in [0, {MAX_LOGPROBS}] or None",
+                lambda v: 0 <= v <= MAX_LOGPROBS,
+            )
+        if self.prompt_logprobs is not None:
+            self.prompt_logprobs = _int(
+                "prompt_logprobs",
+                self.prompt_logprobs,
                 f"in [0, {MAX_LOGPROBS}] or None",
                 lambda v: 0 <= v <= MAX_LOGPROBS,
             )

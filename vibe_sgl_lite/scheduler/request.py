@@ -54,6 +54,8 @@ class Request:
     finish_reason: str | None = None
     error: str | None = None  # why, when finish_reason == "error"
     logprobs: list[TokenLogprobs] = field(default_factory=list)
+    # SamplingParams.prompt_logprobs: one per prompt token, the first None (core/scoring.py)
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
     text: str = ""  # text released so far (stop strings cut, incomplete UTF-8 held back)
     pending_text: str = ""  # released but not yet taken by a streaming reader

@@ -3,10 +3,17 @@
 Choices are prompt-major: with ``n`` choices per prompt, choice ``i`` completes prompt
 ``i // n``. With ``echo`` each choice's text starts with its prompt, and the logprobs'
 ``text_offset``s count from the start of that full text.
+
+``echo`` with ``logprobs`` also scores the prompt, as OpenAI's legacy API and vLLM do: the
+logprobs cover every prompt token (the first ``null``) and then the generated ones, which is how
+evaluation harnesses compute log-likelihoods. ``max_tokens: 0`` then scores the prompt alone (the
+engine generates one token, which is dropped). Streaming does not carry prompt logprobs, so
+``echo`` with ``stream`` and ``logprobs`` (or ``max_tokens: 0``) is a 400.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -23,6 +30,7 @@ from vibe_sgl_lite.server.responses import (
     APIError,
     Decode,
     completion_logprobs,
+    echo_logprobs,
     usage,
 )
 from vibe_sgl_lite.server.streaming import Choice, ChunkHead, event_stream
@@ -44,10 +52,17 @@ async def completions(
             f"logprobs must be an integer in [0, {MAX_COMPLETIONS_LOGPROBS}], got {body.logprobs}",
             "logprobs",
         )
+    score_prompt = body.echo and body.logprobs is not None
+    score_only = body.echo and body.max_tokens == 0
+    if body.stream and (score_prompt or score_only):
+        raise APIError(
+            400, "echo with stream is not supported with logprobs or max_tokens 0", "echo"
+        )
     prompts = prompts_of(body.prompt)
-    params = params_for(
-        body, model.max_model_len, body.max_tokens, body.logprobs, COMPLETION_RENAMES
-    )
+    max_tokens = 1 if score_only else body.max_tokens
+    params = params_for(body, model.max_model_len, max_tokens, body.logprobs, COMPLETION_RENAMES)
+    if score_prompt:
+        params = [dataclasses.replace(p, prompt_logprobs=body.logprobs) for p in params]
     created, rid = int(time.time()), f"cmpl-{secrets.token_hex(12)}"
     handles = await start(context.engine_loop(), prompts, params, COMPLETION_RENAMES)
     # admitted: the engine has checked the token ids, so decoding them cannot raise
@@ -61,10 +76,23 @@ async def completions(
         return event_stream(body, handles, fmt, head, COMPLETION_RENAMES)
     outputs = await collect(handles, request, COMPLETION_RENAMES)
     check_finished(outputs)
+    if score_only:  # the one token generated is not part of the answer
+        outputs = [
+            dataclasses.replace(o, token_ids=[], text="", logprobs=[], finish_reason="length")
+            for o in outputs
+        ]
     choices = []
     for index, (out, prefix) in enumerate(zip(outputs, prefixes)):
         logprobs = None
-        if with_logprobs and out.logprobs is not None:
+        if score_prompt and out.prompt_logprobs is not None:
+            logprobs = echo_logprobs(
+                out.prompt_token_ids,
+                out.prompt_logprobs,
+                out.logprobs or [],
+                len(prefix),
+                model.token_text,
+            )
+        elif with_logprobs and out.logprobs is not None:
             logprobs = completion_logprobs(out.logprobs, len(prefix), model.token_text)
         choices.append(
             {

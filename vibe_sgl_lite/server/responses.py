@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from itertools import accumulate
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -46,7 +47,7 @@ def error_response(status: int, message: str, param: str | None = None) -> JSONR
 KNOWN_FIELDS = frozenset(
     [*FIELD_NAMES, *CompletionRequest.model_fields, *ChatCompletionRequest.model_fields]
 )
-COMPLETION_RENAMES = {"json_schema": "response_format"}
+COMPLETION_RENAMES = {"json_schema": "response_format", "prompt_logprobs": "echo"}
 CHAT_RENAMES = {**COMPLETION_RENAMES, "prompt": "messages", "logprobs": "top_logprobs"}
 
 
@@ -92,6 +93,31 @@ def completion_logprobs(
         "token_logprobs": [lp.logprob for lp in items],
         "top_logprobs": [{token_text(t): v for t, v in lp.top} for lp in items],
         "text_offset": offsets,
+    }
+
+
+def echo_logprobs(
+    prompt_ids: list[int],
+    scored: list[TokenLogprobs | None],
+    generated: list[TokenLogprobs],
+    offset: int,
+    token_text: Decode,
+) -> dict[str, Any]:
+    """``echo`` with ``logprobs``: the prompt's tokens (the first with ``null``s, nothing comes
+    before it) then the generated ones, whose ``text_offset``s start at ``offset`` (the
+    length of the echoed prompt text)."""
+    tokens = [token_text(t) for t in prompt_ids]
+    offsets = list(accumulate((len(t) for t in tokens[:-1]), initial=0))
+    rest = completion_logprobs(generated, offset, token_text)
+    return {
+        "tokens": tokens + rest["tokens"],
+        "token_logprobs": [None if lp is None else lp.logprob for lp in scored]
+        + rest["token_logprobs"],
+        "top_logprobs": [
+            None if lp is None else {token_text(t): v for t, v in lp.top} for lp in scored
+        ]
+        + rest["top_logprobs"],
+        "text_offset": offsets + rest["text_offset"],
     }
 
 
