@@ -169,13 +169,21 @@ class Tokenizer:
         )
 
     def apply_chat_template(
-        self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+        self,
+        messages: list[dict[str, str]],
+        add_generation_prompt: bool = True,
+        **template_kwargs: Any,
     ) -> str:
-        """Render messages with the model's own template, as text (encode it separately)."""
+        """Render messages with the model's own template, as text (encode it separately).
+
+        ``template_kwargs`` become the template's variables (``enable_thinking=False``...)."""
         if not getattr(self.hf, "chat_template", None):
             raise ValueError("this tokenizer has no chat template; send a plain prompt instead")
         rendered: Any = self.hf.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            messages,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **template_kwargs,
         )
         return str(rendered)
 
