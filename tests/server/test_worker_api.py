@@ -89,6 +89,20 @@ def test_tokenize_and_detokenize(server: LiveServer) -> None:
     assert (status, back) == (200, {"prompt": "Hello world"})
 
 
+def test_tokenizer_info_has_vllms_shape(server: LiveServer) -> None:
+    """What lm-evaluation-harness reads to use the server as its tokenizer: ``eos_token``
+    (encoded through ``/tokenize`` to one id, its stop token) and the chat template."""
+    status, info = server.request("GET", "/tokenizer_info")
+    assert status == 200
+    assert info["tokenizer_class"] and info["model_max_length"] > 0
+    assert {"bos_token", "pad_token", "unk_token"} <= info.keys()
+    status, eos = server.request(
+        "POST", "/tokenize", {"prompt": info["eos_token"], "add_special_tokens": False}
+    )
+    assert status == 200 and len(eos["tokens"]) == 1
+    assert isinstance(info["chat_template"], str)
+
+
 @pytest.mark.parametrize(
     "path, body, param",
     [
@@ -145,6 +159,7 @@ def test_api_key_guards_text_and_changes_not_probes(qwen3_dir: Path) -> None:
         assert live.request("GET", "/v1/loads")[0] == 401
         assert live.request("POST", "/tokenize", {"prompt": "x"})[0] == 401
         assert live.request("POST", "/detokenize", {"tokens": [1]})[0] == 401
+        assert live.request("GET", "/tokenizer_info")[0] == 401
         assert raw(live, "POST", "/flush_cache")[0] == 401
         key = {"authorization": "Bearer secret"}
         assert live.request("POST", "/tokenize", {"prompt": "x"}, key)[0] == 200

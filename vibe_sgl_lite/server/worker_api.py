@@ -2,7 +2,7 @@
 
 A gateway in front of several replicas asks each one what it serves and how busy it is before
 it routes; a worker that answers 404 is treated as a generic backend. These routes answer with
-SGLang's shapes (and vLLM's for ``/tokenize``, ``/detokenize``):
+SGLang's shapes (and vLLM's for ``/tokenize``, ``/detokenize``, ``/tokenizer_info``):
 
     GET      /health_generate            one greedy token through the engine: 200, or 503
     GET      /server_info, /get_server_info   the engine's settings, limits and version
@@ -13,9 +13,13 @@ SGLang's shapes (and vLLM's for ``/tokenize``, ``/detokenize``):
     GET|POST /flush_cache                 empty the prefix cache; 400 while requests run
     GET      /version                     ``{"version"}``
     POST     /tokenize, /detokenize       text to token ids and back (vLLM's bodies)
+    GET      /tokenizer_info              the tokenizer's class, special tokens and chat template
 
 Everything but ``/health_generate`` and ``/flush_cache`` reads the engine's published
-statistics or the fixed ``ServedModel``, never the engine itself. ``PROTECTED_WORKER_PATHS``
+statistics or the fixed ``ServedModel``, never the engine itself. The three tokenizer routes are
+what lm-evaluation-harness's ``local-completions`` probes: with them it tokenizes through the
+server (``tokenizer_backend="remote"``, its default when they answer) and needs no local copy
+of the tokenizer (``docs/evaluation.md``). ``PROTECTED_WORKER_PATHS``
 (text in or out, or a change to the engine) are behind the API key like ``/v1/``; the read-only
 probes are not, as ``/health`` and ``/metrics``.
 """
@@ -41,7 +45,7 @@ from vibe_sgl_lite.server.responses import APIError, error_response
 HEALTH_GENERATE_TIMEOUT_S = 20.0
 """How long ``/health_generate`` waits for its one token (SGLang's default)."""
 
-PROTECTED_WORKER_PATHS = frozenset({"/flush_cache", "/tokenize", "/detokenize"})
+PROTECTED_WORKER_PATHS = frozenset({"/flush_cache", "/tokenize", "/detokenize", "/tokenizer_info"})
 
 router = APIRouter()
 
@@ -222,3 +226,28 @@ async def detokenize(body: DetokenizeRequest, context: Context) -> dict[str, str
         message = f"tokens: ids must be in [0, {model.vocab_size}), got {bad[0]}"
         return error_response(400, message, "tokens")
     return {"prompt": model.tokenizer.decode(list(body.tokens))}
+
+
+def _token_text(token: object) -> str | None:
+    """A special token as text: transformers keeps some as ``AddedToken`` objects."""
+    return None if token is None else str(token)
+
+
+@router.get("/tokenizer_info")
+async def tokenizer_info(context: Context) -> dict[str, Any]:
+    """vLLM's ``/tokenizer_info``: the tokenizer's class and the settings a client needs to
+    tokenize as the server does. lm-evaluation-harness reads ``eos_token`` (its stop token for
+    ``generate_until``) and ``chat_template``; vLLM sends the whole ``init_kwargs``, of which
+    these are the fields with a meaning outside transformers."""
+    hf = context.model.tokenizer.hf
+    info: dict[str, Any] = {
+        "tokenizer_class": type(hf).__name__,
+        "eos_token": _token_text(hf.eos_token),
+        "bos_token": _token_text(hf.bos_token),
+        "pad_token": _token_text(hf.pad_token),
+        "unk_token": _token_text(hf.unk_token),
+        "model_max_length": context.model.max_model_len,
+    }
+    if isinstance(hf.chat_template, str):
+        info["chat_template"] = hf.chat_template
+    return info
