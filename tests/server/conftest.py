@@ -108,14 +108,17 @@ class LiveServer:
 
 @contextmanager
 def serve(
-    runner: ModelRunner, name: str = MODEL, api_key: str | None = None
+    runner: ModelRunner,
+    name: str = MODEL,
+    api_key: str | None = None,
+    reasoning_parser: str | None = None,
 ) -> Iterator[LiveServer]:
     """``create_app(runner, name, api_key)`` under uvicorn in a daemon thread until the block
     ends; the app's lifespan starts and joins the engine thread."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # the kernel picks a free port; uvicorn serves this socket
     host, port = sock.getsockname()
-    app = create_app(runner, name, api_key)
+    app = create_app(runner, name, api_key, reasoning_parser=reasoning_parser)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -80,6 +80,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str], dict[str, s
     serve.add_argument(
         "--served-model-name", default=None, help="the model's name in the API (default: folder)"
     )
+    serve.add_argument(
+        "--reasoning-parser",
+        default=None,
+        metavar="{qwen3,deepseek-r1}",
+        help="split <think>...</think> into the chat answers' reasoning_content (default: off)",
+    )
+    serve.add_argument(
+        "--tool-call-parser",
+        default=None,
+        metavar="{hermes,qwen,llama3}",
+        help="parse the model's tool calls into tool_calls (default: off, text stays content)",
+    )
     engine = add_dataclass_flags(serve.add_argument_group("engine settings"), EngineConfig)
 
     gen = subcommand("generate", "generate a completion of one or more prompts")
@@ -159,6 +171,8 @@ def _serve(args: argparse.Namespace, config: EngineConfig) -> int:
         port=args.port,
         api_key=args.api_key,
         served_model_name=args.served_model_name,
+        reasoning_parser=args.reasoning_parser,
+        tool_call_parser=args.tool_call_parser,
         **dataclasses.asdict(config),
     )
 

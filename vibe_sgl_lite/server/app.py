@@ -23,6 +23,7 @@ server keeps serving), 503 once the server is shutting down.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -38,19 +39,38 @@ from vibe_sgl_lite.server.context import ServedModel, ServerContext
 from vibe_sgl_lite.server.dashboard import add_page_routes
 from vibe_sgl_lite.server.engine_loop import EngineLoop
 from vibe_sgl_lite.server.metrics import ServerMetrics
+from vibe_sgl_lite.server.reasoning import check_parser as check_reasoning_parser
 from vibe_sgl_lite.server.responses import APIError, error_response
+from vibe_sgl_lite.server.tool_parsers import check_parser as check_tool_call_parser
 
 MAX_BODY_BYTES = 1 << 20
 PROTECTED_PATHS = frozenset({"/generate", *worker_api.PROTECTED_WORKER_PATHS})
 
 
-def create_app(runner: ModelRunner, model_name: str, api_key: str | None = None) -> FastAPI:
+def create_app(
+    runner: ModelRunner,
+    model_name: str,
+    api_key: str | None = None,
+    *,
+    reasoning_parser: str | None = None,
+    tool_call_parser: str | None = None,
+) -> FastAPI:
     """The app serving ``runner``'s engine as ``model_name``; it owns the engine thread.
 
+    ``reasoning_parser`` (``qwen3``, ``deepseek-r1``) splits chat answers' ``<think>`` blocks
+    into ``reasoning_content``; ``tool_call_parser`` (``hermes``, ``qwen``, ``llama3``) parses
+    calls into ``tool_calls``; an unknown name is a ``ValueError`` naming the flag.
     ``app.state.engine_loop()`` is the running ``EngineLoop`` (for tests and benchmarks)."""
+    check_reasoning_parser(reasoning_parser)
+    check_tool_call_parser(tool_call_parser)
     engine = runner.engine
     assert engine is not None, "the runner is closed"
-    context = ServerContext(ServedModel.of(engine, model_name, str(runner.model_path)))
+    served = ServedModel.of(engine, model_name, str(runner.model_path))
+    context = ServerContext(
+        dataclasses.replace(
+            served, reasoning_parser=reasoning_parser, tool_call_parser=tool_call_parser
+        )
+    )
     metrics = ServerMetrics(context.stats, model_name)
 
     @asynccontextmanager

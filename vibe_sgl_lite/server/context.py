@@ -34,6 +34,8 @@ class ServedModel:
     model_path: str = ""
     vocab_size: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
+    reasoning_parser: str | None = None  # ``--reasoning-parser`` (``reasoning.py``)
+    tool_call_parser: str | None = None  # ``--tool-call-parser`` (``tool_parsers.py``)
 
     @classmethod
     def of(cls, engine: Engine, name: str, model_path: str = "") -> ServedModel:
@@ -53,10 +55,13 @@ class ServedModel:
         """A prompt as text (``echo``): token ids decoded, the engine having checked them."""
         return prompt if isinstance(prompt, str) else self.tokenizer.decode(prompt)
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        """The chat template's prompt, as token ids. Raises ``ValueError`` (no template) or
-        jinja2's ``TemplateError`` (the template's own ``raise_exception``)."""
-        text = self.tokenizer.apply_chat_template(messages)
+    def chat_prompt(
+        self, messages: list[dict[str, str]], template_kwargs: dict[str, Any] | None = None
+    ) -> list[int]:
+        """The chat template's prompt, as token ids; ``template_kwargs`` are the request's
+        ``chat_template_kwargs``. Raises ``ValueError`` (no template) or jinja2's
+        ``TemplateError`` (the template's own ``raise_exception``)."""
+        text = self.tokenizer.apply_chat_template(messages, **(template_kwargs or {}))
         return self.tokenizer.encode(text, add_special_tokens=False)
 
 

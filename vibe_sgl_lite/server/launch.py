@@ -18,6 +18,8 @@ import uvicorn
 
 from vibe_sgl_lite.core.runner import ModelRunner
 from vibe_sgl_lite.server.app import create_app
+from vibe_sgl_lite.server.reasoning import check_parser as check_reasoning_parser
+from vibe_sgl_lite.server.tool_parsers import check_parser as check_tool_call_parser
 
 API_KEY_ENV = "VIBE_SGL_LITE_API_KEY"
 GRACEFUL_SHUTDOWN_S = 10
@@ -30,13 +32,23 @@ def serve(
     port: int = 30000,
     api_key: str | None = None,
     served_model_name: str | None = None,
+    reasoning_parser: str | None = None,
+    tool_call_parser: str | None = None,
     **settings: Any,
 ) -> int:
     """Serve ``model_path`` (default: the bundled model) until interrupted; returns 0."""
+    check_reasoning_parser(reasoning_parser)  # before the model loads
+    check_tool_call_parser(tool_call_parser)
     with ModelRunner(model_path, **settings) as runner:
         name = served_model_name or runner.model_path.name
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
-        app = create_app(runner, name, key)
+        app = create_app(
+            runner,
+            name,
+            key,
+            reasoning_parser=reasoning_parser,
+            tool_call_parser=tool_call_parser,
+        )
         config = uvicorn.Config(
             app, host=host, port=port, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S
         )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vibe_sgl_lite.sampling import SamplingParams
 
@@ -123,9 +123,11 @@ class ChatMessage(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    role: Literal["system", "user", "assistant", "developer"]
-    content: str
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | None = None  # None in an assistant message that only calls tools
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls (tools.py)
+    tool_call_id: str | None = None  # a "tool" message: the call it answers
 
     @field_validator("content", mode="before")
     @classmethod
@@ -145,6 +147,43 @@ class ChatMessage(BaseModel):
             texts.append(part["text"])
         return "".join(texts)
 
+    @model_validator(mode="after")
+    def _content_unless_calls(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (but for an assistant's tool_calls)")
+        return self
+
+
+class FunctionSpec(BaseModel):
+    """A tool's function: its name, what it does, and its arguments' JSON schema."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolSpec(BaseModel):
+    """``{"type": "function", "function": {...}}``, one entry of ``tools``."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """``{"type": "function", "function": {"name": ...}}``: call this function."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: NamedFunction
+
 
 class ChatCompletionRequest(CommonFields):
     messages: list[ChatMessage] = Field(min_length=1)
@@ -152,6 +191,10 @@ class ChatCompletionRequest(CommonFields):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True  # accepted; a forced choice makes one call
+    chat_template_kwargs: dict[str, Any] | None = None  # the template's variables
 
 
 class GenerateRequest(BaseModel):
