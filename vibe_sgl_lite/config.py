@@ -27,6 +27,9 @@ KV_CACHE_DTYPES = ("auto", *DTYPE_NAMES, "int8")
 ATTENTION_METHODS = ("dense", "streaming", "quest", "topk_oracle")  # kernels/sparse/
 QUANTIZATIONS = ("int8", "int4")  # models/quantization.py
 WEIGHT_LAYOUTS = ("auto", "row", "column")  # models/weight_layout.py
+SPECULATIVE_ALGORITHMS = ("ngram", "draft", "eagle")  # speculative/
+MAX_SPECULATIVE_TOKENS = 16
+"""The largest ``speculative_num_draft_tokens``: past it a verify row costs a prefill's worth."""
 
 
 @dataclass
@@ -100,6 +103,28 @@ class EngineConfig:
         "load average; on a busy machine extra threads wait at every barrier)",
         aliases=("--threads",),
     )
+    speculative_algorithm: str | None = setting(
+        None,
+        "speculative decoding: ngram (prompt lookup), draft (a smaller model) or eagle (an "
+        "EAGLE head over the target's hidden states) (default: off)",
+        SPECULATIVE_ALGORITHMS,
+    )
+    speculative_num_draft_tokens: int = setting(
+        4,
+        f"speculative: tokens proposed per step and verified in one forward (k), 1..{MAX_SPECULATIVE_TOKENS}",
+    )
+    speculative_draft_model_path: str | None = setting(
+        None,
+        "speculative: the draft model (draft) or EAGLE head (eagle) folder (default for eagle "
+        "on the bundled model: its shipped head)",
+    )
+    speculative_ngram_min: int = setting(1, "ngram: shortest suffix matched against the context")
+    speculative_ngram_max: int = setting(4, "ngram: longest suffix matched (tried first)")
+    speculative_disable_batch_size: int | None = setting(
+        None,
+        "speculative: stop speculating while more requests than this decode at once (verifying "
+        "is no longer nearly free) (default: measured per algorithm, see docs/speculative.md)",
+    )
     tp_size: int = setting(1, "tensor-parallel degree (worker processes)")
     ep_size: int = setting(1, "expert-parallel degree (mixture-of-experts models)")
 
@@ -166,7 +191,57 @@ class EngineConfig:
                 f"max_total_tokens must be >= page_size ({self.page_size}), "
                 f"got {self.max_total_tokens}"
             )
+        self._check_speculative()
         check_device(self.device)
+
+    def _check_speculative(self) -> None:
+        """Speculative settings are checked here, before any model or worker process exists."""
+        check_int(
+            "speculative_num_draft_tokens",
+            self.speculative_num_draft_tokens,
+            minimum=1,
+            maximum=MAX_SPECULATIVE_TOKENS,
+        )
+        check_int("speculative_ngram_min", self.speculative_ngram_min, minimum=1)
+        check_int("speculative_ngram_max", self.speculative_ngram_max, minimum=1)
+        if self.speculative_ngram_max < self.speculative_ngram_min:
+            raise ValueError(
+                f"speculative_ngram_max ({self.speculative_ngram_max}) must be >= "
+                f"speculative_ngram_min ({self.speculative_ngram_min})"
+            )
+        if self.speculative_disable_batch_size is not None:
+            check_int(
+                "speculative_disable_batch_size",
+                self.speculative_disable_batch_size,
+                minimum=1,
+                or_none=True,
+            )
+        algorithm = self.speculative_algorithm
+        if algorithm is None:
+            return
+        if algorithm not in SPECULATIVE_ALGORITHMS:
+            raise ValueError(
+                f"speculative_algorithm must be None or one of "
+                f"{', '.join(SPECULATIVE_ALGORITHMS)}, got {algorithm!r}"
+            )
+        if algorithm == "draft" and self.speculative_draft_model_path is None:
+            raise ValueError(
+                "speculative_algorithm='draft' needs speculative_draft_model_path (a smaller "
+                "model with the same tokenizer)"
+            )
+        if algorithm == "eagle" and self.world_size > 1:
+            raise ValueError(
+                "speculative_algorithm='eagle' does not support tensor/expert parallelism yet "
+                f"(tp_size={self.tp_size}, ep_size={self.ep_size}): the head reads the target's "
+                "hidden states in this process; use ngram or draft, or tp_size=1"
+            )
+        if self.attention_method != "dense" or self.pruning_ratio > 0:
+            raise ValueError(
+                f"speculative_algorithm={algorithm!r} cannot be combined with "
+                f"attention_method={self.attention_method!r} / pruning_ratio="
+                f"{self.pruning_ratio} yet: sparse reads are chosen per decode token, and a "
+                "verify row decodes several"
+            )
 
     @property
     def torch_dtype(self) -> torch.dtype:

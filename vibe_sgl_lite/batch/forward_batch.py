@@ -10,6 +10,7 @@ Several prefills (or prefill chunks) and many decodes run as ONE forward with no
     slot_mapping     where each new token's K/V is written in the pool [T]
     page_table       row b = the pages of request b, padded with 0   [B, max_pages]
     sample_indices   last token of each row that finishes its prompt or decodes [S]
+                     (a speculative verify row: each of its last k + 1 tokens)
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import torch
 class BatchRow:
     """One sequence's share of a step: ``token_ids`` start at position ``start_pos``.
 
-    ``sample``: return the logits of the last token. ``all_logits``: return the logits of every
-    token of the row instead (scoring a text, e.g. for perplexity). ``request_id`` lets
+    ``sample``: return the logits of the last ``num_logits`` tokens (1; a speculative verify row,
+    whose tokens are the last accepted one and ``k`` proposed ones: ``k + 1``). ``all_logits``:
+    return the logits of every token of the row instead (scoring a text, e.g. for perplexity). ``request_id`` lets
     per-request research hooks (token pruning, score capture) follow a request across steps.
     A negative page-table entry is a page token pruning freed: never read, stored as 0.
     """
@@ -37,6 +39,7 @@ class BatchRow:
     sample: bool
     all_logits: bool = False
     request_id: int = -1
+    num_logits: int = 1
 
 
 @dataclass
@@ -52,6 +55,10 @@ class ForwardBatch:
     query_lens_cpu: list[int]
     seq_lens_cpu: list[int]
     request_ids: list[int] = field(default_factory=list)
+    # Set to ask the model for every token's final hidden state (after the last norm), which it
+    # leaves in ``hidden_states [T, hidden]``: an EAGLE head drafts from them (speculative/).
+    return_hidden: bool = False
+    hidden_states: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -79,7 +86,7 @@ class ForwardBatch:
             if row.all_logits:
                 sample_indices.extend(range(query_start[-2], query_start[-1]))
             elif row.sample:
-                sample_indices.append(query_start[-1] - 1)
+                sample_indices.extend(range(query_start[-1] - row.num_logits, query_start[-1]))
         max_pages = max(len(r.page_table) for r in rows)
         table = [
             [max(p, 0) for p in r.page_table] + [0] * (max_pages - len(r.page_table)) for r in rows

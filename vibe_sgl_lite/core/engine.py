@@ -5,10 +5,14 @@
         scheduler.schedule()            which requests run, how many tokens each   scheduler/
         scheduler.rows(scheduled)       each request's share of one flat batch     batch/
         executor.execute(rows)          one forward, logits of the sampling rows   models/, kernels/
-        scheduler.cache_computed(...)   completed pages become shareable           cache/
         sampler.sample(logits, ...)     one token per row, per-request params      sampling/
         outputs.process(req, token)     stops, finish reason, text, timings        core/output.py
+        scheduler.cache_computed(...)   completed pages become shareable           cache/
         scheduler.finish(req)           pages to the prefix cache or the free list
+
+With ``speculative_algorithm`` set, a ``Speculator`` (speculative/) adds drafts to decode rows
+before the forward and verifies them after it: a row then yields up to ``k + 1`` tokens, each
+processed in turn, and ``scheduler.accept`` drops the rejected drafts' slots.
 
 It owns the page allocator, the prefix cache, the scheduler, the output processor and an
 executor that holds the model and its KV pool (in this process, or sharded over worker
@@ -52,6 +56,7 @@ from vibe_sgl_lite.sampling.builtin import builtin_plugins
 from vibe_sgl_lite.sampling.plugins import Plugin, PluginSet
 from vibe_sgl_lite.scheduler import Scheduler, make_scheduler
 from vibe_sgl_lite.scheduler.request import Request
+from vibe_sgl_lite.speculative.build import build_speculator
 
 CHECK_INVARIANTS_ENV = "VIBE_SGL_LITE_CHECK_INVARIANTS"
 
@@ -113,6 +118,9 @@ class Engine:
         backend = self.research.attention if self.research is not None else self.attention
         self.executor = self._make_executor(WorkerSpec(model_path, config, num_pages, backend))
         self.scorer = PromptScorer(self.executor, self.allocator, self.cache, config.page_size)
+        self.speculator = build_speculator(config, self.max_model_len)
+        if self.speculator is not None:
+            self.scheduler.on_release.append(self.speculator.release)
         self.check_invariants = os.environ.get(CHECK_INVARIANTS_ENV, "") not in ("", "0")
 
         self._next_request_id = 0
@@ -194,14 +202,22 @@ class Engine:
     @torch.inference_mode()
     def step(self) -> list[Request]:
         """Run one forward over the scheduled batch; returns the requests that finished."""
+        speculator = self.speculator
+        if speculator is not None:
+            speculator.plan(self.scheduler.running, self.plugins.active)
         scheduled = self.scheduler.schedule()
         if not scheduled.requests:
             return self._idle()
+        if speculator is not None:
+            speculator.propose(scheduled.requests)
         rows = self.scheduler.rows(scheduled)  # advances each request's num_computed_tokens
-        logits = self.executor.execute(rows)
-        self.scheduler.cache_computed(scheduled)  # pages whose K/V now exist become shareable
+        if speculator is not None:
+            logits = speculator.execute(self.executor, scheduled.requests, rows)
+        else:
+            logits = self.executor.execute(rows)
         sampling_reqs = [req for req, row in zip(scheduled.requests, rows) if row.sample]
         finished = self._sample_and_process(logits, sampling_reqs)
+        self.scheduler.cache_computed(scheduled)  # pages whose K/V now exist become shareable
         for req in finished:
             self.scheduler.finish(req)
             if req.request_id in self.plugins.active:
@@ -219,33 +235,50 @@ class Engine:
         return []
 
     def _sample_and_process(self, logits: torch.Tensor, requests: list[Request]) -> list[Request]:
-        """One token per request from its row of ``logits [len(requests), vocab]``, through
-        the plugins of the requests that use some, then ``OutputProcessor``; returns the
-        finished requests."""
+        """Tokens for each request from its rows of ``logits`` (one row each; a verify row
+        ``1 + len(req.draft_ids)``), through the plugins of the requests that use some (which
+        never speculate), then ``OutputProcessor`` token by token; returns the finished ones."""
         controlled, errors = logits, {}
         if self.plugins.active:
             step = self.plugins.process_logits(logits, requests)
             controlled, errors = step.logits, step.errors
-        sampled = self.sampler.sample(
-            controlled,
-            [r.params for r in requests],
-            [r.generator for r in requests],
-            [r.prompt_ids for r in requests],
-            [r.output_ids for r in requests],
-            raw_logits=logits,
-        )
+        if self.speculator is not None and any(r.draft_ids for r in requests):
+            verified = self.speculator.verify(controlled, logits, requests)
+            tokens = [v.token_ids for v in verified]
+            logprobs = [v.logprobs for v in verified]
+        else:
+            sampled = self.sampler.sample(
+                controlled,
+                [r.params for r in requests],
+                [r.generator for r in requests],
+                [r.prompt_ids for r in requests],
+                [r.output_ids for r in requests],
+                raw_logits=logits,
+            )
+            tokens = [[t] for t in sampled.token_ids]
+            logprobs = [[lp] for lp in sampled.logprobs]
         if self.research is not None:
             self.research.after_sample(requests)
         reasons: list[str | None] = [None] * len(requests)
         if self.plugins.active:
-            reasons = self.plugins.after_token(requests, sampled.token_ids, errors)
+            reasons = self.plugins.after_token(requests, [t[0] for t in tokens], errors)
         finished = []
-        for i, (req, token) in enumerate(zip(requests, sampled.token_ids)):
+        for i, req in enumerate(requests):
             if i in errors:
                 self.outputs.fail(req, errors[i])
                 finished.append(req)
-            elif self.outputs.process(req, token, sampled.logprobs[i], reasons[i]):
-                finished.append(req)
+                continue
+            num_done = 0
+            for token, token_logprobs in zip(tokens[i], logprobs[i]):
+                num_done += 1
+                if self.outputs.process(req, token, token_logprobs, reasons[i]):
+                    finished.append(req)
+                    break
+            if req.draft_ids:  # drafts that are now output keep their K/V; the rest go
+                kept = min(len(tokens[i]) - 1, num_done)
+                self.scheduler.accept(req, kept)
+                assert self.speculator is not None
+                self.speculator.accepted(req, kept)
         return finished
 
     # ---- scoring -----------------------------------------------------------------------------
@@ -277,4 +310,6 @@ class Engine:
         stats.update(self.outputs.mean_timings())
         stats.update(self.plugins.stats())
         stats.update(self.research.stats() if self.research is not None else DENSE_STATS)
+        if self.speculator is not None:
+            stats.update(self.speculator.stats())
         return stats

@@ -145,8 +145,9 @@ class OutputProcessor:
         _release(req, stream.flush())
         self._end(req, reason)
         for name, seconds in req.metrics().items():
-            self._timing_sums[name] += seconds
-            self._timing_counts[name] += 1
+            if name in self._timing_sums:
+                self._timing_sums[name] += seconds
+                self._timing_counts[name] += 1
         return True
 
     def abort(self, req: Request) -> None:

@@ -162,6 +162,9 @@ class DecoderForCausalLM(nn.Module):
         h = self.embed_tokens(batch.input_ids)
         for i, layer in enumerate(self.layers):
             h = layer(h, batch, kv_pool.layers[i], backend)
+        if batch.return_hidden:  # an EAGLE head reads every token's final state (speculative/)
+            h = batch.hidden_states = self.norm(h)
+            return self.lm_head(h[batch.sample_indices]).float()
         h = self.norm(h[batch.sample_indices])
         return self.lm_head(h).float()
 

@@ -83,5 +83,15 @@ class ModelWorker:
 
     execute = forward
 
+    @torch.inference_mode()
+    def forward_with_hidden(self, rows: Sequence[BatchRow]) -> tuple[torch.Tensor, ForwardBatch]:
+        """``forward``, also keeping every token's final hidden state in the returned batch's
+        ``hidden_states [T, hidden]`` (an EAGLE head drafts from them)."""
+        batch = ForwardBatch.build(rows, self.page_size, self.device)
+        batch.return_hidden = True
+        self.attention.prepare(batch)
+        logits: torch.Tensor = self.model(batch, self.kv_pool, self.attention)
+        return logits, batch
+
     def close(self) -> None:
         """Nothing to stop: the model and pool go with the worker."""

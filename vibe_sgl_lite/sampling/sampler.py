@@ -234,10 +234,10 @@ class Sampler:
             drawn = [draw(row_probs, generators[i]) for row_probs, i in zip(probs, rows)]
             tokens[rows] = torch.stack(drawn)
         raw = logits if raw_logits is None else raw_logits
-        return SamplerOutput(tokens.tolist(), self._logprobs(raw, params, tokens))
+        return SamplerOutput(tokens.tolist(), self.logprobs(raw, params, tokens))
 
     @staticmethod
-    def _logprobs(
+    def logprobs(
         logits: torch.Tensor, params: Sequence[SamplingParams], tokens: torch.Tensor
     ) -> list[TokenLogprobs | None]:
         """Chosen-token and top-n logprobs from ``log_softmax`` of the raw ``[B, V]`` logits."""

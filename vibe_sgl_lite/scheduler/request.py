@@ -57,6 +57,15 @@ class Request:
     # SamplingParams.prompt_logprobs: one per prompt token, the first None (core/scoring.py)
     prompt_logprobs: list[TokenLogprobs | None] | None = None
 
+    # Speculative decoding (speculative/): slots reserved for drafts in the next decode, the
+    # drafts proposed for this step (``draft_probs [k, V]``: the distribution each was drawn
+    # from, None when proposed deterministically), and the request's running totals.
+    num_draft_slots: int = 0
+    draft_ids: list[int] = field(default_factory=list)
+    draft_probs: torch.Tensor | None = None
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+
     text: str = ""  # text released so far (stop strings cut, incomplete UTF-8 held back)
     pending_text: str = ""  # released but not yet taken by a streaming reader
 
@@ -96,8 +105,12 @@ class Request:
         return text
 
     def metrics(self) -> dict[str, float]:
-        """Queue time, time to first token and time per output token, in seconds."""
+        """Queue time, time to first token and time per output token, in seconds; with
+        speculative decoding, the draft tokens proposed and accepted."""
         out: dict[str, float] = {}
+        if self.num_draft_tokens:
+            out["spec_draft_tokens"] = self.num_draft_tokens
+            out["spec_accepted_tokens"] = self.num_accepted_tokens
         if self.first_scheduled_time is not None:
             out["queue_time"] = self.first_scheduled_time - self.arrival_time
         if self.first_token_time is not None:

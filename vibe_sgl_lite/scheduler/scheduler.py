@@ -41,6 +41,7 @@ class ScheduledBatch:
     requests: list[Request] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)  # num_computed_tokens before (``rows``)
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -116,7 +117,10 @@ class Scheduler:
                 continue  # preempted earlier in this loop to make room for an older request
             prefilling = req.num_uncomputed_tokens > 1
             n = self._chunk(req.num_uncomputed_tokens, budget) if prefilling else 1
-            if n == 0 or not self._make_room(req, n, batch):
+            if not prefilling and req.num_draft_slots:  # speculative: room for k drafts too
+                if self._pages_needed(req, 1 + req.num_draft_slots) > self.allocator.num_free:
+                    req.num_draft_slots = 0  # drafts never preempt anyone
+            if n == 0 or not self._make_room(req, n + req.num_draft_slots, batch):
                 continue
             if prefilling:
                 budget -= n
@@ -215,23 +219,42 @@ class Scheduler:
         """Each scheduled request's tokens for this step; advances ``num_computed_tokens``.
 
         A row samples when it brings its request up to date (the last prompt chunk, or a decode).
+        A decode with drafts (``req.draft_ids``, speculative decoding) is a verify row: the last
+        token and the drafts, with logits at each; only the last token counts as computed until
+        ``accept`` says how many drafts were right.
         """
         rows: list[BatchRow] = []
         now = time.perf_counter()
         self.num_forwards += 1
+        batch.starts = []
         for req, n in zip(batch.requests, batch.num_new_tokens):
             start = req.num_computed_tokens
+            batch.starts.append(start)
             sample = start + n == len(req.token_ids)
-            tokens = req.token_ids[start : start + n]
-            rows.append(BatchRow(tokens, start, req.page_table, sample, request_id=req.request_id))
+            tokens = req.token_ids[start : start + n] + req.draft_ids
+            num_logits = 1 + len(req.draft_ids)
+            rows.append(
+                BatchRow(tokens, start, req.page_table, sample, False, req.request_id, num_logits)
+            )
             req.num_computed_tokens += n
             if req.first_scheduled_time is None:
                 req.first_scheduled_time = now
             if n == 1 and sample and start >= req.num_prompt_tokens:
-                self.num_decode_tokens_computed += n
+                self.num_decode_tokens_computed += len(tokens)
             else:
                 self.num_prefill_tokens_computed += n
         return rows
+
+    def accept(self, req: Request, num_accepted: int) -> None:
+        """After a verify row: the first ``num_accepted`` drafts (now in ``token_ids``) keep
+        their K/V; the rejected ones' slots are dropped, and pages that held only them go back
+        to the free list. Nothing past ``num_computed_tokens`` ever reaches the prefix cache."""
+        req.num_computed_tokens += num_accepted
+        req.draft_ids, req.draft_probs, req.num_draft_slots = [], None, 0
+        keep = -(-req.num_computed_tokens // self.config.page_size)
+        if len(req.page_table) > keep:
+            self.allocator.free(req.page_table[keep:])
+            del req.page_table[keep:]
 
     def cache_computed(self, batch: ScheduledBatch) -> None:
         """After the forward: whole pages that ``batch`` completed enter the prefix cache.
@@ -241,9 +264,9 @@ class Scheduler:
         whose prefix it shares waits a step for it, ``_prefix_in_flight``).
         """
         page_size = self.config.page_size
-        for req, n in zip(batch.requests, batch.num_new_tokens):
+        for req, start in zip(batch.requests, batch.starts):
             end = req.num_computed_tokens
-            if end // page_size > (end - n) // page_size:
+            if req.page_table and end // page_size > start // page_size:
                 self._cache_tokens(req, end)
 
     def _cache_tokens(self, req: Request, num_tokens: int) -> None:
@@ -262,6 +285,7 @@ class Scheduler:
         self.allocator.free(p for p in req.page_table if p != FREED_PAGE)
         req.page_table = []
         req.num_computed_tokens = 0
+        req.draft_ids, req.draft_probs, req.num_draft_slots = [], None, 0
         for listener in self.on_release:
             listener(req)
 

@@ -60,11 +60,20 @@ def text_file_arg(text: str) -> str:
     return path.read_text() if path.is_file() else text
 
 
-def check_int(name: str, value: object, minimum: int, or_none: bool = False) -> int:
-    """``value`` if it is an int >= ``minimum``, else ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = f"an integer >= {minimum}" + (" or None" if or_none else "")
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+def check_int(
+    name: str, value: object, minimum: int, or_none: bool = False, maximum: int | None = None
+) -> int:
+    """``value`` if it is an int in ``[minimum, maximum]``, else ``ValueError`` naming ``name``."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        allowed = f"an integer >= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(
+            f"{name} must be {allowed}" + (" or None" if or_none else "") + f", got {value!r}"
+        )
     return value
 
 
