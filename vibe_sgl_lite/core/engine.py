@@ -56,7 +56,7 @@ from vibe_sgl_lite.sampling.builtin import builtin_plugins
 from vibe_sgl_lite.sampling.plugins import Plugin, PluginSet
 from vibe_sgl_lite.scheduler import Scheduler, make_scheduler
 from vibe_sgl_lite.scheduler.request import Request
-from vibe_sgl_lite.speculative.build import build_speculator
+from vibe_sgl_lite.speculative.build import SpeculationTarget, build_speculator
 
 CHECK_INVARIANTS_ENV = "VIBE_SGL_LITE_CHECK_INVARIANTS"
 
@@ -118,7 +118,18 @@ class Engine:
         backend = self.research.attention if self.research is not None else self.attention
         self.executor = self._make_executor(WorkerSpec(model_path, config, num_pages, backend))
         self.scorer = PromptScorer(self.executor, self.allocator, self.cache, config.page_size)
-        self.speculator = build_speculator(config, self.max_model_len)
+        self.speculator = build_speculator(
+            SpeculationTarget(
+                config,
+                self.model_config,
+                lambda path: Tokenizer.from_pretrained(path).hf.get_vocab(),
+                num_pages,
+                self.max_model_len,
+                backend,
+                self.executor,
+                str(model_path),
+            )
+        )
         if self.speculator is not None:
             self.scheduler.on_release.append(self.speculator.release)
         self.check_invariants = os.environ.get(CHECK_INVARIANTS_ENV, "") not in ("", "0")
