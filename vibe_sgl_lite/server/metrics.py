@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from vibe_sgl_lite.core.output import GenerationOutput
@@ -87,6 +87,22 @@ class EngineGauges(Collector):
             family = GaugeMetricFamily(name, doc, labels=["model_name"])
             family.add_metric([self.model_name], float(value))
             yield family
+        if "spec_num_verify_rows" in stats:  # speculative decoding, under vLLM's names
+            spec = {
+                "vllm:spec_decode_num_drafts": ("Verify rows run.", "spec_num_verify_rows"),
+                "vllm:spec_decode_num_draft_tokens": (
+                    "Draft tokens proposed.",
+                    "spec_num_draft_tokens",
+                ),
+                "vllm:spec_decode_num_accepted_tokens": (
+                    "Draft tokens accepted.",
+                    "spec_num_accepted_tokens",
+                ),
+            }
+            for name, (doc, key) in spec.items():
+                counter = CounterMetricFamily(name, doc, labels=["model_name"])
+                counter.add_metric([self.model_name], float(stats[key]))
+                yield counter
 
 
 class ServerMetrics:
