@@ -115,8 +115,8 @@ class EngineConfig:
     )
     speculative_draft_model_path: str | None = setting(
         None,
-        "speculative: the draft model (draft) or EAGLE head (eagle) folder (default for eagle "
-        "on the bundled model: its shipped head)",
+        "speculative: the draft model (draft) or EAGLE head (eagle) folder (default: unset; "
+        "eagle on the bundled model uses the head shipped with it)",
     )
     speculative_ngram_min: int = setting(1, "ngram: shortest suffix matched against the context")
     speculative_ngram_max: int = setting(4, "ngram: longest suffix matched (tried first)")
