@@ -73,6 +73,14 @@ def test_flush_cache_get_and_post(server: LiveServer) -> None:
     assert server.idle_stats()["num_cached_pages"] == 0
 
 
+def test_models_say_sglang(server: LiveServer) -> None:
+    """SGLang's gateway tells an SGLang worker from a vLLM one by ``owned_by``."""
+    status, models = server.request("GET", "/v1/models")
+    (card,) = models["data"]
+    assert status == 200 and card["id"] == MODEL and card["owned_by"] == "sglang"
+    assert card["root"] and card["max_model_len"] > 0
+
+
 def test_version(server: LiveServer) -> None:
     assert server.request("GET", "/version") == (200, {"version": __version__})
 
