@@ -105,12 +105,16 @@ def gateway_command(
     urls: Sequence[str], host: str, port: int, policy: str, api_key: str | None
 ) -> list[str]:
     """``smg launch`` with our defaults: its metrics on a free loopback port (its default 29000
-    would collide between deployments), a shutdown grace like ``serve``'s, quicker probes."""
+    would collide between deployments), a shutdown grace like ``serve``'s, quicker probes, no
+    warm-up diversion."""
     command = [sys.executable, "-m", "smg", "launch", "--host", host, "--port", str(port)]
     command += ["--worker-urls", *urls, "--policy", policy, "--log-level", "warn"]
     command += ["--prometheus-host", REPLICA_HOST, "--prometheus-port", str(free_port())]
     command += ["--shutdown-grace-period-secs", f"{GRACE_S:g}"]
     command += ["--health-check-interval-secs", str(HEALTH_CHECK_INTERVAL_S)]
+    # Its warm-up diverts a share of requests, hits included, to a worker that joined a warm
+    # fleet; ours start together, empty, and a diverted hit is a prefix computed twice.
+    command += ["--worker-warmup-secs", "0", "--worker-warmup-divert-every", "0"]
     if api_key is not None:
         command += ["--api-key", api_key]
     return command
