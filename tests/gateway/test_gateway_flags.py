@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +81,13 @@ def test_dp_size_below_one(capsys: pytest.CaptureFixture[str], size: str) -> Non
 def test_port_in_use(capsys: pytest.CaptureFixture[str], busy_port: int, dp_size: str) -> None:
     argv = ["serve", "--dp-size", dp_size, "--port", str(busy_port)]
     assert f"--port {busy_port}: cannot listen" in error_line(capsys, argv)
+
+
+def test_missing_model_is_one_error_not_one_per_replica(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    argv = ["serve", "--dp-size", "2", "--port", str(free_port()), "--model", str(tmp_path / "x")]
+    assert "--model" in error_line(capsys, argv)
 
 
 def test_router_port_in_use(capsys: pytest.CaptureFixture[str], busy_port: int) -> None:

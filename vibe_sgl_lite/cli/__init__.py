@@ -251,6 +251,8 @@ def _serve_data_parallel(args: argparse.Namespace, config: EngineConfig) -> int:
     from vibe_sgl_lite.utils.threads import default_num_threads
 
     dp_size = args.dp_size
+    if args.model_path is not None and not os.path.exists(args.model_path):
+        raise ValueError(f"--model {args.model_path}: no such folder or file")  # not N times
     command = [sys.executable, "-m", "vibe_sgl_lite", "serve", "--host", "127.0.0.1"]
     named = {
         "--model": args.model_path,

@@ -61,8 +61,10 @@ def check_gateway_installed(flag: str) -> None:
 
 def check_port_free(host: str, port: int, flag: str = "--port") -> None:
     """``OSError`` naming ``flag`` when ``host:port`` cannot be bound now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        with socket.socket() as sock:
+        with socket.socket(family) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
             sock.bind((host, port))
     except OSError as exc:
         raise OSError(f"{flag} {port}: cannot listen on {host}:{port} ({exc.strerror})") from None
