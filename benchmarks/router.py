@@ -13,8 +13,8 @@ arrivals (``--rate`` per second, ``--requests`` in all, fixed ``--seed``), strea
 
 each started fresh (empty caches) with ``--threads`` threads in all and ``--max-total-tokens``
 per replica: size it so that one replica cannot hold every prefix (the default, 2048 tokens,
-holds about three of the six 500-token prefixes) while the single replica's twice-as-large
-pool holds them all. Per deployment: the prefix-cache hit rate (prompt tokens found in the
+holds six of the eight 300-token prefixes: cache_aware may place them 6 and 2) while the single
+replica's twice-as-large pool holds them all. Per deployment: the prefix-cache hit rate (prompt tokens found in the
 cache over prompt tokens looked up, summed over the replicas' ``vllm:prefix_cache_*`` counters
 on ``/metrics``), request throughput and TTFT p50/p99; then the ratios.
 
@@ -177,7 +177,9 @@ def plot(outcomes: list[Outcome], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [o.label.replace(" ", "\n", 1) for o in outcomes]
+    labels = [
+        " ".join(o.label.split()[2:]) + "\n" + " ".join(o.label.split()[:2]) for o in outcomes
+    ]
     colors = ["tab:green", "tab:red", "tab:gray"][: len(outcomes)]
     panels = (
         ("prefix-cache hit rate (%)", [o.hit_rate * 100 for o in outcomes]),
@@ -189,6 +191,7 @@ def plot(outcomes: list[Outcome], path: str, title: str) -> None:
     for ax, (name, values) in zip(axes, panels):
         bars = ax.bar(labels, values, color=colors)
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.set_ylim(0, max(values) * 1.15)
         ax.set_title(name, fontsize=10)
         ax.tick_params(axis="x", labelsize=8)
         ax.grid(axis="y", alpha=0.3)
@@ -200,8 +203,8 @@ def plot(outcomes: list[Outcome], path: str, title: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--prefixes", type=int, default=6, help="distinct system prompts")
-    p.add_argument("--prefix-tokens", type=int, default=500, help="tokens of each system prompt")
+    p.add_argument("--prefixes", type=int, default=8, help="distinct system prompts")
+    p.add_argument("--prefix-tokens", type=int, default=300, help="tokens of each system prompt")
     p.add_argument("--requests", type=int, default=150)
     p.add_argument("--rate", type=float, default=6.0, help="Poisson arrivals per second")
     p.add_argument("--max-tokens", type=int, default=8)
