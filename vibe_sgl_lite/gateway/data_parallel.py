@@ -49,6 +49,9 @@ REPLICA_HOST = "127.0.0.1"
 READY_TIMEOUT_S = 600.0
 """How long a replica may take to load its model and answer ``/health``."""
 GRACE_S = 10.0
+"""The gateway's shutdown grace, as ``serve``'s (``server/launch.py``)."""
+KILL_AFTER_S = GRACE_S + 5.0
+"""SIGKILL for a child still running this long after its SIGTERM: past its own grace."""
 HEALTH_CHECK_INTERVAL_S = 5
 """Seconds between the gateway's probes of each worker (its default, 60, would route to a dead
 replica for minutes; its retries still move a failed request to another replica at once)."""
@@ -159,7 +162,7 @@ def serve_data_parallel(
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     if api_key is not None:
         env[API_KEY_ENV] = api_key  # not on the command line, where ps shows it
-    with Supervisor(GRACE_S) as supervisor:
+    with Supervisor(KILL_AFTER_S) as supervisor:
         try:
             replicas = []
             for rank in range(dp_size):
@@ -185,7 +188,7 @@ def run_gateway(
     check_gateway_installed("router")
     check_port_free(host, port)
     check_worker_urls(worker_urls)
-    with Supervisor(GRACE_S) as supervisor:
+    with Supervisor(KILL_AFTER_S) as supervisor:
         try:
             urls = [u.rstrip("/") for u in worker_urls]
             gateway = _start_gateway(supervisor, urls, host, port, policy, api_key)
