@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -c scripts/constraints.txt torch==2.13.0
-python -m pip install -q -c scripts/constraints.txt -e ".[dev,eval]"
+python -m pip install -q -c scripts/constraints.txt -e ".[dev,eval,router]"
 # tests/server_page drives the live page in Debian's chromium. Installed with apt when missing
 # (needs root and a Debian mirror); without it the browser test skips, except where
 # VIBE_SGL_LITE_REQUIRE_BROWSER is set (.ci/run sets it), where it must run.

@@ -55,3 +55,24 @@ def test_sparse_attention_method_recipe_runs_and_reads_less() -> None:
     source = path.read_text()
     method = source[source.index("class FirstAndRecentPages") : source.index("def main")]
     assert len(method.strip().splitlines()) < 50
+
+
+@pytest.mark.distributed
+def test_data_parallel_example_routes_a_shared_prompt_to_one_replica() -> None:
+    """docs/scaling.md's example: three requests sharing a system prompt through the gateway
+    (cache_aware) land on one replica, which serves the later two from its prefix cache."""
+    from tests.gateway.conftest import require_gateway
+
+    require_gateway()
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "data_parallel.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 6 and lines[-1] == "serve exited with 0"
+    served = sorted(int(line.split()[2]) for line in lines[3:5])
+    assert served == [0, 3] and all(line.startswith("sglang worker") for line in lines[3:5])
+    assert max(int(line.split()[4]) for line in lines[3:5]) > 0

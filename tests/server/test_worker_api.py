@@ -4,11 +4,12 @@ bad input as OpenAI-shaped 400s naming the field, the API key, and vLLM's metric
 from __future__ import annotations
 
 import http.client
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.server.conftest import MODEL, LiveServer, serve, tiny_runner
+from tests.server.conftest import MODEL, PROMPTS, LiveServer, serve, tiny_runner
 from vibe_sgl_lite import __version__
 
 
@@ -50,18 +51,42 @@ def test_model_info(server: LiveServer) -> None:
         assert info["model_path"] == info["tokenizer_path"] != ""
 
 
-def test_loads_idle(server: LiveServer) -> None:
-    server.idle_stats()
+def test_loads_idle_count_cached_pages_as_free(server: LiveServer) -> None:
+    """An idle worker whose prefix cache holds pages is not loaded: a gateway reading those
+    pages as used would route away from the cache it is after (SGLang and vLLM count them free)."""
+    server.client().completions.create(model=MODEL, prompt=PROMPTS[4] * 8, max_tokens=2)
+    assert server.idle_stats()["num_evictable_pages"] > 0
     status, load = server.request("GET", "/get_load")
     assert status == 200
     (rank0,) = load
     assert rank0["dp_rank"] == rank0["num_reqs"] == rank0["num_waiting_reqs"] == 0
-    assert rank0["num_tokens"] >= 0  # the prefix cache may still hold pages
+    assert rank0["num_tokens"] == 0
     status, loads = server.request("GET", "/v1/loads")
     assert status == 200 and loads["dp_rank_count"] == 1 and loads["version"] == __version__
     (rank,) = loads["loads"]
     assert rank["num_running_reqs"] == rank["num_waiting_reqs"] == 0
-    assert 0.0 <= rank["token_usage"] <= 1.0 and rank["max_total_num_tokens"] > 0
+    assert rank["token_usage"] == 0.0 and rank["num_used_tokens"] == 0
+    assert rank["max_total_num_tokens"] > 0
+    label = f'vllm:kv_cache_usage_perc{{model_name="{MODEL}"}} '
+    assert raw(server, "GET", "/metrics")[1].split(label, 1)[1].startswith("0.0\n")
+
+
+def test_loads_count_the_pages_requests_hold(server: LiveServer) -> None:
+    """While a request runs, its pages are in use (and only those: the cache's are free)."""
+    stream = server.client().completions.create(
+        model=MODEL, prompt=PROMPTS[0], max_tokens=400, stream=True, extra_body={"ignore_eos": True}
+    )
+    chunks = iter(stream)
+    deadline = time.monotonic() + 30
+    while True:  # the published statistics follow the engine within STATS_INTERVAL_S
+        next(chunks)
+        (rank,) = server.request("GET", "/v1/loads")[1]["loads"]
+        if rank["num_running_reqs"] == 1 or time.monotonic() > deadline:
+            break
+    assert rank["num_running_reqs"] == 1 and 0.0 < rank["token_usage"] < 1.0
+    assert rank["num_used_tokens"] > 0
+    stream.close()
+    server.idle_stats()
 
 
 def test_flush_cache_get_and_post(server: LiveServer) -> None:
@@ -71,6 +96,14 @@ def test_flush_cache_get_and_post(server: LiveServer) -> None:
         status, text = raw(server, method, "/flush_cache")
         assert status == 200 and "flushed" in text
     assert server.idle_stats()["num_cached_pages"] == 0
+
+
+def test_models_say_sglang(server: LiveServer) -> None:
+    """SGLang's gateway tells an SGLang worker from a vLLM one by ``owned_by``."""
+    status, models = server.request("GET", "/v1/models")
+    (card,) = models["data"]
+    assert status == 200 and card["id"] == MODEL and card["owned_by"] == "sglang"
+    assert card["root"] and card["max_model_len"] > 0
 
 
 def test_version(server: LiveServer) -> None:

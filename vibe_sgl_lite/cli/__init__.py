@@ -2,7 +2,9 @@
 
 * ``generate PROMPT...``: complete prompts (streamed when there is one).
 * ``chat``: a conversation with the model's chat template, one line of stdin per turn.
-* ``serve``: the OpenAI-compatible HTTP server (``server/``).
+* ``serve``: the OpenAI-compatible HTTP server (``server/``); with ``--dp-size N``, N of them
+  behind SGLang's model gateway (``gateway/``).
+* ``router --worker-urls URL...``: the gateway alone, in front of servers started elsewhere.
 * ``bench``: throughput against transformers' ``generate`` on the same weights, in-process.
 * ``sim``: the scheduler laboratory: ``sim calibrate`` fits a step cost model on this machine,
   ``sim replay`` runs a trace through the engine's scheduler on a virtual clock (``cli/sim.py``).
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -30,10 +33,12 @@ from vibe_sgl_lite.cli.flags import (
     ArgumentParser,
     HelpFormatter,
     add_dataclass_flags,
+    flags_of,
     values_of,
 )
 from vibe_sgl_lite.cli.sim import add_sim_flags, run_sim
 from vibe_sgl_lite.config import EngineConfig
+from vibe_sgl_lite.gateway.data_parallel import ROUTER_POLICIES
 from vibe_sgl_lite.sampling import SamplingParams
 
 __all__ = ["SAMPLING_FLAG_NAMES", "add_dataclass_flags", "build_parser", "main"]
@@ -46,6 +51,24 @@ def _model_flag(p: argparse.ArgumentParser) -> None:
         dest="model_path",
         default=None,
         help="Hugging Face model folder or .gguf file (default: the bundled tiny-shakespeare)",
+    )
+
+
+def _gateway_flags(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--router-policy",
+        default="cache_aware",
+        choices=ROUTER_POLICIES,
+        help="how the gateway picks a replica: cache_aware sends a request where its prefix "
+        "most likely is cached (docs/scaling.md)",
+    )
+
+
+def _api_key_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' (default: $VIBE_SGL_LITE_API_KEY, else none)",
     )
 
 
@@ -72,11 +95,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str], dict[str, s
     _model_flag(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind")
     serve.add_argument("--port", type=int, default=30000, help="TCP port")
-    serve.add_argument(
-        "--api-key",
-        default=None,
-        help="require 'Authorization: Bearer KEY' (default: $VIBE_SGL_LITE_API_KEY, else none)",
-    )
+    _api_key_flag(serve)
     serve.add_argument(
         "--served-model-name", default=None, help="the model's name in the API (default: folder)"
     )
@@ -92,7 +111,29 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str], dict[str, s
         metavar="{hermes,qwen,llama3}",
         help="parse the model's tool calls into tool_calls (default: off, text stays content)",
     )
+    dp = serve.add_argument_group("data parallel (docs/scaling.md)")
+    dp.add_argument(
+        "--dp-size",
+        type=int,
+        default=1,
+        help="engine replicas (processes sharing the threads), behind SGLang's model gateway on "
+        "--port when > 1 (pip install 'vibe-sgl-lite[router]')",
+    )
+    _gateway_flags(dp)
     engine = add_dataclass_flags(serve.add_argument_group("engine settings"), EngineConfig)
+
+    router = subcommand(
+        "router", "SGLang's model gateway in front of running servers, e.g. on other hosts"
+    )
+    router.add_argument(
+        "--worker-urls", nargs="+", required=True, metavar="URL", help="the servers' base URLs"
+    )
+    router.add_argument("--host", default="127.0.0.1", help="address to bind")
+    router.add_argument("--port", type=int, default=30000, help="TCP port")
+    router.add_argument(
+        "--api-key", default=None, help="the workers' API key (default: $VIBE_SGL_LITE_API_KEY)"
+    )
+    _gateway_flags(router)
 
     gen = subcommand("generate", "generate a completion of one or more prompts")
     gen.add_argument("prompt", nargs="*", default=["ROMEO:"], help="prompt(s) to complete")
@@ -140,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "sim":
             return run_sim(args)
+        if args.command == "router":
+            return _router(args)
         # Checked before the model loads: a typo fails in milliseconds, not after a load.
         config = EngineConfig(**values_of(args, engine_dests))
         if args.command == "serve":
@@ -162,7 +205,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _api_key(args: argparse.Namespace) -> str | None:
+    from vibe_sgl_lite.gateway.data_parallel import API_KEY_ENV
+
+    return args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+
+
+def _router(args: argparse.Namespace) -> int:
+    from vibe_sgl_lite.gateway.data_parallel import run_gateway
+
+    return run_gateway(
+        args.worker_urls,
+        host=args.host,
+        port=args.port,
+        policy=args.router_policy,
+        api_key=_api_key(args),
+    )
+
+
 def _serve(args: argparse.Namespace, config: EngineConfig) -> int:
+    from vibe_sgl_lite.gateway.data_parallel import check_dp_size, check_port_free
+
+    check_dp_size(args.dp_size)
+    check_port_free(args.host, args.port)  # before the model loads, not after
+    if args.dp_size > 1:
+        return _serve_data_parallel(args, config)
     from vibe_sgl_lite.server import serve
 
     return serve(
@@ -174,6 +241,43 @@ def _serve(args: argparse.Namespace, config: EngineConfig) -> int:
         reasoning_parser=args.reasoning_parser,
         tool_call_parser=args.tool_call_parser,
         **dataclasses.asdict(config),
+    )
+
+
+def _serve_data_parallel(args: argparse.Namespace, config: EngineConfig) -> int:
+    """``args.dp_size`` ``serve`` replicas, each with this command's settings and its share of
+    the threads and of ``mem_fraction``, and the gateway on ``--port``."""
+    from vibe_sgl_lite.gateway.data_parallel import serve_data_parallel
+    from vibe_sgl_lite.utils.threads import default_num_threads
+
+    dp_size = args.dp_size
+    if args.model_path is not None and not os.path.exists(args.model_path):
+        raise ValueError(f"--model {args.model_path}: no such folder or file")  # not N times
+    command = [sys.executable, "-m", "vibe_sgl_lite", "serve", "--host", "127.0.0.1"]
+    named = {
+        "--model": args.model_path,
+        "--served-model-name": args.served_model_name,
+        "--reasoning-parser": args.reasoning_parser,
+        "--tool-call-parser": args.tool_call_parser,
+    }
+    command += [
+        item for flag, value in named.items() if value is not None for item in (flag, value)
+    ]
+
+    def replica(port: int, threads: int) -> list[str]:
+        share = dataclasses.replace(
+            config, num_threads=threads, mem_fraction=config.mem_fraction / dp_size
+        )
+        return [*command, *flags_of(share), "--port", str(port)]
+
+    return serve_data_parallel(
+        replica,
+        dp_size=dp_size,
+        host=args.host,
+        port=args.port,
+        policy=args.router_policy,
+        num_threads=config.num_threads or default_num_threads(),
+        api_key=_api_key(args),
     )
 
 

@@ -99,6 +99,30 @@ def _flag_type(hint: Any) -> tuple[type, bool]:
     return hint, False
 
 
+def flags_of(instance: Any) -> list[str]:
+    """The flags that give ``add_dataclass_flags``'s parser back ``instance``: one per field that
+    differs from its default (``serve --dp-size`` hands its settings to each replica so)."""
+    argv: list[str] = []
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        default = f.default
+        if default is dataclasses.MISSING and callable(f.default_factory):
+            default = f.default_factory()
+        if not f.metadata.get("cli", True) or value == default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if value is None:
+            raise ValueError(f"{f.name}=None has no flag (its default is {default!r})")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            for item in value:
+                argv += [flag, str(item)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
 def values_of(args: argparse.Namespace, dests: dict[str, str]) -> dict[str, Any]:
     """``{field name: parsed value}`` for the flags ``add_dataclass_flags`` returned."""
     return {name: getattr(args, dest) for dest, name in dests.items()}

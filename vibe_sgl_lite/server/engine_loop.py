@@ -24,7 +24,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar, assert_never
 
 from vibe_sgl_lite.core.engine import Engine
@@ -44,6 +44,20 @@ T = TypeVar("T")
 
 Stats = dict[str, float | int]
 """``Engine.get_stats()`` and the prefix tree's node count: the snapshot other threads read."""
+
+
+def kv_usage(stats: Mapping[str, float]) -> float:
+    """Share of the KV pool that requests hold, in [0, 1]: pages neither free nor evictable.
+
+    A page the prefix cache keeps but no request uses is evicted as soon as a request needs
+    room, so it counts as available, as in SGLang (``token_usage``) and vLLM
+    (``kv_cache_usage_perc``). A gateway that read those pages as used would see an idle
+    replica with a warm cache as full, and route away from the very cache it is after.
+    """
+    total = int(stats["kv_pages_total"])
+    held = total - int(stats["kv_pages_free"]) - int(stats.get("num_evictable_pages", 0))
+    return max(0, held) / total if total else 0.0
+
 
 STATS_INTERVAL_S = 0.1
 """How often, at most, streaming requests refresh the published statistics."""

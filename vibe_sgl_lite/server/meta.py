@@ -1,7 +1,11 @@
 """``GET /health`` and ``GET /v1/models``: what a client or a load balancer asks first.
 
 ``/health`` answers 200 while the engine thread serves and 503 once it has stopped (shutdown,
-or a crash); ``/v1/models`` lists the one model served, in OpenAI's shape.
+or a crash); ``/v1/models`` lists the one model served, in OpenAI's shape with SGLang's extra
+fields (``root``: the model's path, ``max_model_len``). Its ``owned_by`` is ``"sglang"``, as
+SGLang's own server says: SGLang's model gateway reads that field to tell an SGLang worker from a
+vLLM one (it would otherwise take our ``/version`` for vLLM's), and an SGLang worker is what
+``worker_api.py`` answers as (``docs/scaling.md``).
 """
 
 from __future__ import annotations
@@ -26,5 +30,13 @@ async def health(context: Context) -> dict[str, str] | JSONResponse:
 
 @router.get("/v1/models")
 async def models(context: Context) -> dict[str, Any]:
-    card = {"id": context.model.name, "object": "model", "created": 0, "owned_by": "vibe-sgl-lite"}
+    model = context.model
+    card = {
+        "id": model.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "sglang",
+        "root": model.model_path or model.name,
+        "max_model_len": model.max_model_len,
+    }
     return {"object": "list", "data": [card]}

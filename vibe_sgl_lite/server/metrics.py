@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from vibe_sgl_lite.core.output import GenerationOutput
+from vibe_sgl_lite.server.engine_loop import kv_usage
 
 # Seconds. The bundled model answers in milliseconds on a CPU, a large one in seconds on a GPU:
 # the buckets span both.
@@ -79,8 +80,9 @@ class EngineGauges(Collector):
             "vllm:num_requests_running": gauges["vibe_running_requests"],
             "vllm:num_requests_waiting": gauges["vibe_waiting_requests"],
             "vllm:kv_cache_usage_perc": (
-                "KV-cache usage: 1 means every page is in use.",
-                (total - free) / total if total else 0.0,
+                "KV-cache usage: 1 means requests hold every page (cached pages no request "
+                "holds count as free, as in vLLM).",
+                kv_usage(stats),
             ),
         }
         for name, (doc, value) in vllm.items():

@@ -38,7 +38,7 @@ from vibe_sgl_lite import __version__
 from vibe_sgl_lite.core.engine import Engine
 from vibe_sgl_lite.sampling import SamplingParams
 from vibe_sgl_lite.server.context import Context, ServerContext
-from vibe_sgl_lite.server.engine_loop import Stats
+from vibe_sgl_lite.server.engine_loop import Stats, kv_usage
 from vibe_sgl_lite.server.protocol import Int64
 from vibe_sgl_lite.server.responses import APIError, error_response
 
@@ -73,11 +73,6 @@ def _stats(context: ServerContext) -> Stats:
     if stats is None or not context.engine_loop().is_alive():
         raise APIError(503, "the engine is not running")
     return stats
-
-
-def _token_usage(stats: Stats) -> float:
-    total = stats["kv_pages_total"]
-    return (total - stats["kv_pages_free"]) / total if total else 0.0
 
 
 @router.get("/health_generate", response_model=None)
@@ -147,10 +142,11 @@ async def model_info(context: Context) -> dict[str, Any]:
 
 @router.get("/get_load")
 async def get_load(context: Context) -> list[dict[str, int]]:
-    """One entry per data-parallel rank (one here): requests held and KV tokens in use."""
+    """One entry per data-parallel rank (one here): requests held and the KV tokens they hold
+    (the prefix cache's evictable pages count as free, as in SGLang)."""
     stats = _stats(context)
     running, waiting = int(stats["num_running_requests"]), int(stats["num_waiting_requests"])
-    used_pages = int(stats["kv_pages_total"]) - int(stats["kv_pages_free"])
+    used_pages = round(kv_usage(stats) * int(stats["kv_pages_total"]))
     return [
         {
             "dp_rank": 0,
@@ -165,16 +161,16 @@ async def get_load(context: Context) -> list[dict[str, int]]:
 async def loads(context: Context) -> dict[str, Any]:
     """The gateway's load poll: per rank, running and waiting requests and the KV pool's use."""
     stats = _stats(context)
-    page_size = int(stats["page_size"])
-    total, free = int(stats["kv_pages_total"]), int(stats["kv_pages_free"])
+    page_size, total = int(stats["page_size"]), int(stats["kv_pages_total"])
+    usage = kv_usage(stats)
     load = {
         "dp_rank": 0,
         "num_running_reqs": int(stats["num_running_requests"]),
         "num_waiting_reqs": int(stats["num_waiting_requests"]),
         "num_total_reqs": int(stats["num_running_requests"] + stats["num_waiting_requests"]),
-        "num_used_tokens": (total - free) * page_size,
+        "num_used_tokens": round(usage * total) * page_size,
         "max_total_num_tokens": total * page_size,
-        "token_usage": _token_usage(stats),
+        "token_usage": usage,
         "cache_hit_rate": float(stats["cache_hit_rate"]),
     }
     return {
