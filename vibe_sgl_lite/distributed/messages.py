@@ -1,10 +1,13 @@
 """The messages between the engine and its ranks: one small frozen dataclass per kind.
 
     engine -> rank 0        Forward(rows)            run one step on these rows
+                            Profile()                every rank: send your Timeline
                             Stop()                   leave the serve loop (EOF counts as Stop)
     every rank -> engine    Ready()                  its shard is loaded
                             WorkerError(traceback)   it failed; the engine quotes the text
-    rank 0 -> engine        Logits(array)            the step's float32 logits
+                            Timeline(rank, steps)    its micro-batch spans (answers Profile)
+    output rank -> engine   Logits(array)            the step's float32 logits (rank 0, or
+                                                     the first rank of the last pipeline stage)
 
 Rank 0 broadcasts what it reads (``Forward`` or ``Stop``) to the other ranks, so under torchrun,
 where rank 0 is the engine itself, the same two messages drive every rank. A receiver
@@ -30,6 +33,11 @@ class Forward:
 
 
 @dataclass(frozen=True)
+class Profile:
+    """Every rank answers with its ``Timeline`` of the steps since the last ``Profile``."""
+
+
+@dataclass(frozen=True)
 class Stop:
     """Leave the serve loop; the worker process then exits."""
 
@@ -49,11 +57,20 @@ class Logits:
 
 
 @dataclass(frozen=True)
+class Timeline:
+    """Rank ``rank``'s compute spans: ``steps[j]`` holds one ``(start, end)`` per micro-batch of
+    step ``j`` (``time.monotonic()``, one clock for the whole machine)."""
+
+    rank: int
+    steps: tuple[tuple[tuple[float, float], ...], ...]
+
+
+@dataclass(frozen=True)
 class WorkerError:
     """A rank failed: the formatted ``traceback`` of its exception, quoted in the engine's error."""
 
     traceback: str
 
 
-ToRank = Forward | Stop
-FromRank = Ready | Logits | WorkerError
+ToRank = Forward | Profile | Stop
+FromRank = Ready | Logits | Timeline | WorkerError

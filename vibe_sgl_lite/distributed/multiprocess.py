@@ -45,13 +45,17 @@ from vibe_sgl_lite.distributed.messages import (
     Forward,
     FromRank,
     Logits,
+    Profile,
     Ready,
     Stop,
+    Timeline,
     ToRank,
     WorkerError,
 )
 from vibe_sgl_lite.distributed.parallel_state import find_free_port
-from vibe_sgl_lite.distributed.rank import WorkerArgs
+from vibe_sgl_lite.distributed.pipeline_parallel import Span, stage_layers
+from vibe_sgl_lite.distributed.rank import WorkerArgs, output_rank
+from vibe_sgl_lite.models.config import ModelConfig
 from vibe_sgl_lite.models.worker import WorkerSpec
 
 WORKER_MODULE = "vibe_sgl_lite.distributed.worker"
@@ -171,9 +175,12 @@ class MultiprocessExecutor:
             raise ValueError(
                 f"attention backend {type(attention).__name__} is defined in __main__, which "
                 "worker processes never import: define it in an importable module to use it with "
-                "tp_size/ep_size > 1"
+                "tp_size/ep_size/pp_size > 1"
             )
+        # pp_size beyond the model's layers: refused here, before any worker starts.
+        stage_layers(ModelConfig.from_path(spec.model_path).num_hidden_layers, config.pp_size, 0)
         self.world_size = config.world_size
+        self.output_rank = output_rank(config)
         self.procs: list[WorkerProcess] = []
         self._pending: deque[tuple[WorkerProcess, FromRank]] = deque()
         self._finalizer = weakref.finalize(self, _shutdown, self.procs)
@@ -203,9 +210,23 @@ class MultiprocessExecutor:
             # step would read them as its own. Stop the workers instead.
             self.close()
             raise
-        if proc.rank != 0 or not isinstance(message, Logits):
+        if proc.rank != self.output_rank or not isinstance(message, Logits):
             raise self._unexpected(proc, message)
         return torch.from_numpy(message.array)
+
+    def take_timeline(self) -> list[list[tuple[Span, ...]]]:
+        """Every rank's micro-batch spans of the steps since the last call (``[rank][step]``),
+        for ``pipeline_parallel.bubble_share``; the ranks' records start over."""
+        if not self._finalizer.alive:
+            raise RuntimeError("the parallel executor is closed")
+        self._send(self.procs[0], Profile())
+        timelines: dict[int, list[tuple[Span, ...]]] = {}
+        while len(timelines) < self.world_size:
+            proc, message = self._next_message(deadline=None)
+            if not isinstance(message, Timeline):
+                raise self._unexpected(proc, message)
+            timelines[message.rank] = list(message.steps)
+        return [timelines[rank] for rank in range(self.world_size)]
 
     def close(self) -> None:
         self._finalizer()
