@@ -18,9 +18,11 @@ from vibe_sgl_lite import ModelRunner, SamplingParams
 from vibe_sgl_lite.batch.forward_batch import BatchRow
 from vibe_sgl_lite.config import EngineConfig
 from vibe_sgl_lite.distributed.pipeline_parallel import (
+    StepTimes,
     bubble_share,
     split_microbatches,
     stage_layers,
+    step_seconds,
 )
 from vibe_sgl_lite.kernels.attention import resolve_attention_backend
 from vibe_sgl_lite.models.worker import ModelWorker, WorkerSpec
@@ -101,9 +103,10 @@ def test_stages_cover_every_layer_once_in_order(num_layers: int, pp_size: int) -
 @pytest.mark.unit
 def test_bubble_share_of_a_two_stage_pipeline() -> None:
     """Two micro-batches of 1 s over two stages: 3 s per step, 4 s busy of 6 -> 1/3 idle."""
-    stage0 = [((0.0, 1.0), (1.0, 2.0)), ((10.0, 11.0), (11.0, 12.0))]
-    stage1 = [((1.0, 2.0), (2.0, 3.0)), ((11.0, 12.0), (12.0, 13.0))]
+    stage0 = [StepTimes(8, 8, ((t, t + 1), (t + 1, t + 2))) for t in (0.0, 10.0)]
+    stage1 = [StepTimes(8, 8, ((t + 1, t + 2), (t + 2, t + 3))) for t in (0.0, 10.0)]
     assert bubble_share([stage0, stage1]) == pytest.approx(1 / 3)
+    assert step_seconds([stage0[1], stage1[1]]) == pytest.approx(3.0)
     assert bubble_share([stage0]) == pytest.approx(0.0)
     with pytest.raises(ValueError, match="at least one recorded step"):
         bubble_share([[]])

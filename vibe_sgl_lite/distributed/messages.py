@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vibe_sgl_lite.batch.forward_batch import BatchRow
+from vibe_sgl_lite.distributed.pipeline_parallel import StepTimes
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,11 @@ class Logits:
 
 @dataclass(frozen=True)
 class Timeline:
-    """Rank ``rank``'s compute spans: ``steps[j]`` holds one ``(start, end)`` per micro-batch of
-    step ``j`` (``time.monotonic()``, one clock for the whole machine)."""
+    """Rank ``rank``'s record of the steps since the last ``Profile``: for each, one
+    ``(start, end)`` per micro-batch (``pipeline_parallel.StepTimes``)."""
 
     rank: int
-    steps: tuple[tuple[tuple[float, float], ...], ...]
+    steps: tuple[StepTimes, ...]
 
 
 @dataclass(frozen=True)

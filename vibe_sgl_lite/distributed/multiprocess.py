@@ -53,7 +53,7 @@ from vibe_sgl_lite.distributed.messages import (
     WorkerError,
 )
 from vibe_sgl_lite.distributed.parallel_state import find_free_port
-from vibe_sgl_lite.distributed.pipeline_parallel import Span, stage_layers
+from vibe_sgl_lite.distributed.pipeline_parallel import StepTimes, stage_layers
 from vibe_sgl_lite.distributed.rank import WorkerArgs, output_rank
 from vibe_sgl_lite.models.config import ModelConfig
 from vibe_sgl_lite.models.worker import WorkerSpec
@@ -214,13 +214,13 @@ class MultiprocessExecutor:
             raise self._unexpected(proc, message)
         return torch.from_numpy(message.array)
 
-    def take_timeline(self) -> list[list[tuple[Span, ...]]]:
-        """Every rank's micro-batch spans of the steps since the last call (``[rank][step]``),
-        for ``pipeline_parallel.bubble_share``; the ranks' records start over."""
+    def take_timeline(self) -> list[list[StepTimes]]:
+        """Every rank's record of the steps since the last call (``[rank][step]``: its
+        micro-batch spans), for ``pipeline_parallel.bubble_share``; the records start over."""
         if not self._finalizer.alive:
             raise RuntimeError("the parallel executor is closed")
         self._send(self.procs[0], Profile())
-        timelines: dict[int, list[tuple[Span, ...]]] = {}
+        timelines: dict[int, list[StepTimes]] = {}
         while len(timelines) < self.world_size:
             proc, message = self._next_message(deadline=None)
             if not isinstance(message, Timeline):

@@ -48,6 +48,20 @@ same clock in every process of one machine)."""
 
 
 @dataclass(frozen=True)
+class StepTimes:
+    """One step on one rank: its size (``tokens`` over ``rows``) and one ``Span`` per
+    micro-batch."""
+
+    tokens: int
+    rows: int
+    spans: tuple[Span, ...]
+
+    @property
+    def is_decode_only(self) -> bool:
+        return self.tokens == self.rows
+
+
+@dataclass(frozen=True)
 class StagePlan:
     """Stage ``index`` of ``size``: which layers it runs; the first embeds, the last samples."""
 
@@ -142,17 +156,23 @@ def split_microbatches(rows: Sequence[BatchRow], parts: int) -> list[list[BatchR
     return [b for b in batches if b]
 
 
-def bubble_share(timelines: Sequence[Sequence[Sequence[Span]]]) -> float:
+def step_seconds(steps: Sequence[StepTimes]) -> float:
+    """How long one step took: every rank's record of it, first start to last end."""
+    spans = [span for step in steps for span in step.spans]
+    return max(end for _, end in spans) - min(start for start, _ in spans)
+
+
+def bubble_share(timelines: Sequence[Sequence[StepTimes]]) -> float:
     """Share of the ranks' time spent idle inside steps: ``1 - busy / (ranks * step time)``.
 
-    ``timelines[r][j]``: rank ``r``'s micro-batch spans in step ``j`` (every rank saw the same
-    steps). A step lasts from its first start to its last end on any rank; what a rank does not
-    spend computing in it is bubble (and stage-to-stage transfer)."""
+    ``timelines[r][j]``: rank ``r``'s record of step ``j`` (every rank saw the same steps). A
+    step lasts from its first start to its last end on any rank; what a rank does not spend
+    computing in it is bubble (and stage-to-stage transfer)."""
     if not timelines or not timelines[0]:
         raise ValueError("bubble_share needs at least one recorded step")
     busy = wall = 0.0
     for steps in zip(*timelines, strict=True):
-        spans = [span for rank_spans in steps for span in rank_spans]
+        spans = [span for step in steps for span in step.spans]
         wall += max(end for _, end in spans) - min(start for start, _ in spans)
         busy += sum(end - start for start, end in spans)
     return 1.0 - busy / (len(timelines) * wall) if wall > 0 else 0.0

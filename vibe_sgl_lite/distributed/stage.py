@@ -24,7 +24,12 @@ import torch
 import torch.distributed as dist
 
 from vibe_sgl_lite.batch.forward_batch import BatchRow, ForwardBatch
-from vibe_sgl_lite.distributed.pipeline_parallel import Span, StagePlan, split_microbatches
+from vibe_sgl_lite.distributed.pipeline_parallel import (
+    Span,
+    StagePlan,
+    StepTimes,
+    split_microbatches,
+)
 from vibe_sgl_lite.models.worker import ModelWorker
 
 TIMELINE_STEPS = 4096
@@ -50,7 +55,7 @@ class RankStage:
         self.prev_rank, self.next_rank = prev_rank, next_rank
         self.hidden_size = worker.model_config.hidden_size
         self.dtype = dtype  # of the hidden states that arrive from the previous stage
-        self.timeline: deque[tuple[Span, ...]] = deque(maxlen=TIMELINE_STEPS)
+        self.timeline: deque[StepTimes] = deque(maxlen=TIMELINE_STEPS)
 
     @torch.inference_mode()
     def forward(self, rows: Sequence[BatchRow]) -> torch.Tensor | None:
@@ -82,11 +87,12 @@ class RankStage:
             spans.append((start, time.monotonic()))
         for work, _ in sends:
             work.wait()
-        self.timeline.append(tuple(spans))
+        tokens = sum(len(row.token_ids) for row in rows)
+        self.timeline.append(StepTimes(tokens, len(rows), tuple(spans)))
         return torch.cat(logits) if logits else None
 
-    def take_timeline(self) -> list[tuple[Span, ...]]:
-        """The spans of the steps since the last call, oldest first; the record starts over."""
+    def take_timeline(self) -> list[StepTimes]:
+        """The records of the steps since the last call, oldest first; the record starts over."""
         steps = list(self.timeline)
         self.timeline.clear()
         return steps
