@@ -140,6 +140,8 @@ def test_bad_pp_size_is_refused_before_any_worker_starts(qwen3_dir: Path) -> Non
         EngineConfig(pp_size=0)
     with pytest.raises(ValueError, match=r"pp_size must be between 1 .* \(2\), got 3"):
         ModelRunner(qwen3_dir, pp_size=3, max_total_tokens=64)
+    with pytest.raises(ValueError, match="pp_size = 1"):  # needs the model in this process
+        ModelRunner(qwen3_dir, pp_size=2, attention_method="streaming", max_total_tokens=64)
     assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_child_worker(int(p))]
 
 
