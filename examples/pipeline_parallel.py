@@ -19,9 +19,9 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     args = parser.parse_args()
     greedy = SamplingParams(temperature=0, max_tokens=24)
-    with ModelRunner(args.model) as one:
+    with ModelRunner(args.model, max_total_tokens=4096) as one:
         expected = [o.text for o in one.generate_outputs(PROMPTS, greedy)]
-    with ModelRunner(args.model, pp_size=2) as runner:  # layers 0-1 | layers 2-3, one process each
+    with ModelRunner(args.model, max_total_tokens=4096, pp_size=2) as runner:  # 2 layers each
         texts = [o.text for o in runner.generate_outputs(PROMPTS, greedy)]
         timeline = runner.engine.executor.take_timeline()  # type: ignore[attr-defined]
     print(texts[0])
