@@ -13,9 +13,9 @@ builds each micro-batch's ``ForwardBatch`` itself from those rows, so only the h
 ``[T_m, hidden]`` travel from stage to stage. Stage ``s`` runs micro-batch ``m`` while stage
 ``s + 1`` runs ``m - 1``:
 
-    time ->      |  mb0  |  mb1  |       |
-    stage 0      [=====0=][====1==]  . . . .        . idle: the pipeline's bubble
-    stage 1       . . . .[=====0=][====1==]
+    time ->     slot 1     slot 2     slot 3
+    stage 0     [  mb 0  ][  mb 1  ] . . . . .     dots: idle, the pipeline's bubble
+    stage 1     . . . . . [  mb 0  ][  mb 1  ]
 
 A step of ``M`` micro-batches over ``P`` stages takes ``M + P - 1`` micro-batch slots instead
 of ``M * P``: each stage idles ``(P - 1) / (M + P - 1)`` of the step (1/3 for ``M = P = 2``),
