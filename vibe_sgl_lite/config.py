@@ -238,9 +238,10 @@ class EngineConfig:
             )
         if algorithm == "eagle" and self.world_size > 1:
             raise ValueError(
-                "speculative_algorithm='eagle' does not support tensor/expert parallelism yet "
-                f"(tp_size={self.tp_size}, ep_size={self.ep_size}): the head reads the target's "
-                "hidden states in this process; use ngram or draft, or tp_size=1"
+                "speculative_algorithm='eagle' does not support tensor/expert/pipeline "
+                f"parallelism yet (tp_size={self.tp_size}, ep_size={self.ep_size}, "
+                f"pp_size={self.pp_size}): the head reads the target's hidden states in this "
+                "process; use ngram or draft, or tp_size = pp_size = 1"
             )
         if self.attention_method != "dense" or self.pruning_ratio > 0:
             raise ValueError(

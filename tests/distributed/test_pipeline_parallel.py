@@ -33,18 +33,23 @@ MAX_NEW = 8
 GREEDY = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
 
 rows_strategy = st.lists(
-    st.tuples(st.integers(1, 40), st.integers(0, 50), st.booleans(), st.booleans()),
+    st.tuples(
+        st.integers(1, 40), st.integers(0, 50), st.booleans(), st.booleans(), st.integers(1, 5)
+    ),
     min_size=1,
     max_size=8,
 )
 
 
-def make_rows(specs: list[tuple[int, int, bool, bool]]) -> list[BatchRow]:
+def make_rows(specs: list[tuple[int, int, bool, bool, int]]) -> list[BatchRow]:
+    """Rows from ``(tokens, start, sample, all_logits, num_logits)``; ``num_logits`` is capped
+    at the row's tokens (a verify row of ``k + 1`` tokens asks for ``k + 1`` logits)."""
     rows = []
-    for i, (n, start, sample, all_logits) in enumerate(specs):
+    for i, (n, start, sample, all_logits, k) in enumerate(specs):
         ids = [(7 * i + j) % 300 for j in range(n)]
         pages = list(range(100 * i, 100 * i + (start + n + 3) // 4))
-        rows.append(BatchRow(ids, start, pages, sample, all_logits=all_logits, request_id=i))
+        row = BatchRow(ids, start, pages, sample, all_logits, request_id=i, num_logits=min(k, n))
+        rows.append(row)
     return rows
 
 
@@ -52,10 +57,11 @@ def make_rows(specs: list[tuple[int, int, bool, bool]]) -> list[BatchRow]:
 @given(rows_strategy, st.integers(1, 6))
 @settings(max_examples=200, deadline=None)
 def test_microbatches_are_the_step_cut_in_order(
-    specs: list[tuple[int, int, bool, bool]], parts: int
+    specs: list[tuple[int, int, bool, bool, int]], parts: int
 ) -> None:
-    """Pieces put back together are the rows; token counts differ by at most one; only a row's
-    last piece samples; every logit the step returns is returned once, in the same order."""
+    """Pieces put back together are the rows; token counts differ by at most one; every logit
+    the step returns (the last ``num_logits`` tokens of a sampled row, every token of an
+    ``all_logits`` row) is returned once, in the same order."""
     rows = make_rows(specs)
     micro = split_microbatches(rows, parts)
     total = sum(len(r.token_ids) for r in rows)
@@ -73,7 +79,7 @@ def test_microbatches_are_the_step_cut_in_order(
         starts = [p.start_pos for p in parts_of_row]
         lengths = [len(p.token_ids) for p in parts_of_row]
         assert starts == [row.start_pos + sum(lengths[:k]) for k in range(len(lengths))]
-        assert [p.sample for p in parts_of_row] == [False] * (len(parts_of_row) - 1) + [row.sample]
+        assert parts_of_row[-1].sample == row.sample
         assert all(p.page_table == row.page_table for p in parts_of_row)
 
     def logit_positions(rs: list[BatchRow]) -> list[tuple[int, int]]:
@@ -82,7 +88,8 @@ def test_microbatches_are_the_step_cut_in_order(
             if r.all_logits:
                 out += [(r.request_id, r.start_pos + k) for k in range(len(r.token_ids))]
             elif r.sample:
-                out.append((r.request_id, r.start_pos + len(r.token_ids) - 1))
+                end = r.start_pos + len(r.token_ids)
+                out += [(r.request_id, p) for p in range(end - r.num_logits, end)]
         return out
 
     assert [p for m in micro for p in logit_positions(m)] == logit_positions(rows)
@@ -114,8 +121,9 @@ def test_bubble_share_of_a_two_stage_pipeline() -> None:
 
 @pytest.mark.unit
 def test_microbatches_give_the_logits_of_the_whole_step(qwen3_dir: Path) -> None:
-    """The cut is sound: a long prefill cut in two, then a step of decodes and a scored row, run
-    as micro-batches one after the other, give the logits of the uncut steps (float32)."""
+    """The cut is sound: a long prefill cut in two, then a step of a decode, a verify row (4
+    logits, cut) and a scored row, run as micro-batches one after the other, give the logits
+    of the uncut steps (float32)."""
     config = EngineConfig(max_total_tokens=256, page_size=4)
     backend = resolve_attention_backend("auto", torch.device("cpu"), "auto")
     whole = ModelWorker(WorkerSpec(qwen3_dir, config, 64, backend))
@@ -126,6 +134,7 @@ def test_microbatches_give_the_logits_of_the_whole_step(qwen3_dir: Path) -> None
     ]
     step2 = [
         BatchRow([7], 31, list(range(8)), True),
+        BatchRow(list(range(20, 26)), 0, [20, 21], True, num_logits=4),  # cut 5 | 1
         BatchRow(list(range(50, 61)), 2, [8, 9, 10, 11], False, all_logits=True),
     ]
     for rows in (prefill, step2):
@@ -195,17 +204,22 @@ def test_pp2_greedy_matches_one_process_with_hits_chunking_preemption_and_a_dead
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_tp2_pp2_tied_embeddings_and_uneven_stages_match_one_process(
+def test_tp2_pp2_tied_uneven_stages_and_verify_rows_match_one_process(
     tmp_path: Path, tokenizer_dir: Path
 ) -> None:
     """Four ranks (two stages of two TP ranks) on a 3-layer model whose LM head is tied to the
     embedding: stage 0 holds layers 0-1 and the embedding, stage 1 layer 2, the norm and the
-    (tied) LM head."""
+    (tied) LM head. Speculation (the target as its own draft, so every proposal is accepted)
+    sends verify rows of ``k + 1`` logits through the pipeline, cut between micro-batches."""
     model_dir = build_qwen3(
         tmp_path / "tied", tokenizer_dir, num_hidden_layers=3, tie_word_embeddings=True
     )
     settings_ = dict(page_size=4, max_total_tokens=256, chunked_prefill_size=7)
     with ModelRunner(model_dir, **settings_) as one:  # type: ignore[arg-type]
         expected = [o.token_ids for o in one.generate_outputs(PROMPTS, GREEDY)]
-    with ModelRunner(model_dir, tp_size=2, pp_size=2, **settings_) as runner:  # type: ignore[arg-type]
+    speculation = dict(speculative_algorithm="draft", speculative_draft_model_path=str(model_dir))
+    with ModelRunner(
+        model_dir, tp_size=2, pp_size=2, **settings_, **speculation  # type: ignore[arg-type]
+    ) as runner:
         assert [o.token_ids for o in runner.generate_outputs(PROMPTS, GREEDY)] == expected
+        assert runner.get_stats()["spec_acceptance_rate"] == 1.0

@@ -126,8 +126,10 @@ def cut_to_stage(model: DecoderForCausalLM, stage: StagePlan) -> None:
 
 def split_microbatches(rows: Sequence[BatchRow], parts: int) -> list[list[BatchRow]]:
     """Cut a step's rows into at most ``parts`` micro-batches of about equal token counts, in
-    order; a row that straddles a boundary is cut in two (only its last piece samples; an
-    ``all_logits`` row returns each piece's logits, which concatenate back in order).
+    order; a row that straddles a boundary is cut in two. A row's logits are those of its last
+    ``num_logits`` tokens (a speculative verify row: ``k + 1``), so each piece samples the part
+    of that tail it holds, always its own last tokens; an ``all_logits`` row returns each
+    piece's logits.
 
     The logits of the micro-batches, concatenated, are the logits of the whole step."""
     total = sum(len(row.token_ids) for row in rows)
@@ -140,14 +142,15 @@ def split_microbatches(rows: Sequence[BatchRow], parts: int) -> list[list[BatchR
         n = len(row.token_ids)
         while done < n:
             take = min(n - done, bounds[part] - offset)
-            last_piece = done + take == n
             piece = row
             if take < n:
+                tail = max(0, done + take - max(done, n - row.num_logits))  # logits it returns
                 piece = dataclasses.replace(
                     row,
                     token_ids=row.token_ids[done : done + take],
                     start_pos=row.start_pos + done,
-                    sample=row.sample and last_piece,
+                    sample=row.sample and tail > 0,
+                    num_logits=max(tail, 1),
                 )
             batches[part].append(piece)
             done, offset = done + take, offset + take
