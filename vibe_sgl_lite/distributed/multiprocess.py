@@ -1,12 +1,14 @@
-"""Run the model sharded over worker processes that this process starts: TP and EP.
+"""Run the model over worker processes that this process starts: TP, EP and PP.
 
     your process (Engine: scheduler, allocator, sampler)     MultiprocessExecutor
-        │ one socket pair per rank: rank 0's carries Forward(rows) ──► and ◄── Logits;
-        │ every rank's carries its WorkerArgs in and Ready / WorkerError out (messages.py)
+        │ one socket pair per rank: rank 0's carries Forward(rows) ──►, the output rank's
+        │ ◄── Logits (rank 0, or the last pipeline stage's first rank); every rank's carries
+        │ its WorkerArgs in and Ready / WorkerError out (messages.py)
         ▼
     python -m vibe_sgl_lite.distributed.worker  rank 0 ──broadcast rows──► rank 1 ... N-1
-        each rank: its shard of every layer + a KV pool with only its KV heads;
-        all-reduce after row-parallel layers, all-gather of the LM head's vocab slices
+        TP: each rank its shard of every layer + a KV pool with only its KV heads;
+            all-reduce after row-parallel layers, all-gather of the LM head's vocab slices
+        PP: each stage its layers + a KV pool of only those; hidden states stage to stage
 
 Workers are started with ``subprocess`` running the package's own entry point (``worker.py``),
 not with multiprocessing's ``spawn``, which re-imports the user's main module in every worker:
