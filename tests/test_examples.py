@@ -27,14 +27,16 @@ def test_plugin_example_ends_every_line_with_its_own_reason() -> None:
     assert sum(1 for _ in (EXAMPLES / "plugin.py").open()) < 40
 
 
-def test_attention_backends_example_gives_identical_tokens_with_every_backend() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "attention_backends.py")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def run_example(name: str) -> subprocess.CompletedProcess[str]:
+    """``python examples/NAME`` in a fresh interpreter; it must exit 0."""
+    command = [sys.executable, str(EXAMPLES / name)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_attention_backends_example_gives_identical_tokens_with_every_backend() -> None:
+    proc = run_example("attention_backends.py")
     lines = proc.stdout.splitlines()
     assert [line.split(":")[0].strip() for line in lines[:3]] == [
         "cpu_paged",
@@ -76,3 +78,11 @@ def test_data_parallel_example_routes_a_shared_prompt_to_one_replica() -> None:
     served = sorted(int(line.split()[2]) for line in lines[3:5])
     assert served == [0, 3] and all(line.startswith("sglang worker") for line in lines[3:5])
     assert max(int(line.split()[4]) for line in lines[3:5]) > 0
+
+
+@pytest.mark.distributed
+def test_pipeline_parallel_example_matches_one_process() -> None:
+    lines = run_example("pipeline_parallel.py").stdout.splitlines()
+    assert "identical to one process: True" in lines
+    share = float(lines[-1].rsplit(" ", 1)[1].rstrip("%")) / 100
+    assert 0.0 < share < 1.0

@@ -98,7 +98,7 @@ class EngineConfig:
     )
     num_threads: int | None = setting(
         None,
-        "threads of the model's products (with tp_size/ep_size > 1: in all, shared by the ranks) "
+        "threads of the model's products (with tp/ep/pp_size > 1: in all, shared by the ranks) "
         "(default: $OMP_NUM_THREADS if set, else one per physical core not already busy by the "
         "load average; on a busy machine extra threads wait at every barrier)",
         aliases=("--threads",),
@@ -127,6 +127,12 @@ class EngineConfig:
     )
     tp_size: int = setting(1, "tensor-parallel degree (worker processes)")
     ep_size: int = setting(1, "expert-parallel degree (mixture-of-experts models)")
+    pp_size: int = setting(
+        1,
+        "pipeline-parallel degree: the layers split into this many contiguous stages, one per "
+        "group of tp_size worker processes, each step's rows pipelined through them in pp_size "
+        "micro-batches",
+    )
 
     def __post_init__(self) -> None:
         for name in ("page_size", "max_running_requests", "max_prefill_tokens", "seed"):
@@ -136,6 +142,7 @@ class EngineConfig:
                 check_int(name, getattr(self, name), minimum=1, or_none=True)
         check_int("tp_size", self.tp_size, minimum=1)
         check_int("ep_size", self.ep_size, minimum=1)
+        check_int("pp_size", self.pp_size, minimum=1)
         check_int("num_sink_tokens", self.num_sink_tokens, minimum=0)
         check_int("min_tokens_after_pruning", self.min_tokens_after_pruning, minimum=1)
         if check_fraction("pruning_ratio", self.pruning_ratio, allow_zero=True) >= 1.0:
@@ -231,9 +238,10 @@ class EngineConfig:
             )
         if algorithm == "eagle" and self.world_size > 1:
             raise ValueError(
-                "speculative_algorithm='eagle' does not support tensor/expert parallelism yet "
-                f"(tp_size={self.tp_size}, ep_size={self.ep_size}): the head reads the target's "
-                "hidden states in this process; use ngram or draft, or tp_size=1"
+                "speculative_algorithm='eagle' does not support tensor/expert/pipeline "
+                f"parallelism yet (tp_size={self.tp_size}, ep_size={self.ep_size}, "
+                f"pp_size={self.pp_size}): the head reads the target's hidden states in this "
+                "process; use ngram or draft, or tp_size = pp_size = 1"
             )
         if self.attention_method != "dense" or self.pruning_ratio > 0:
             raise ValueError(
@@ -261,7 +269,12 @@ class EngineConfig:
 
     @property
     def world_size(self) -> int:
-        """Processes the model runs on: attention over ``tp_size``, experts over ``ep_size``
+        """Processes the model runs on: ``pp_size`` stages, each of ``stage_size`` ranks."""
+        return self.stage_size * self.pp_size
+
+    @property
+    def stage_size(self) -> int:
+        """Ranks of one pipeline stage: attention over ``tp_size``, experts over ``ep_size``
         on the same ranks."""
         tp, ep = self.tp_size, self.ep_size
         if ep > 1 and tp > 1 and ep != tp:

@@ -1,8 +1,9 @@
-"""Tensor and expert parallelism over torch.distributed (Gloo on CPU, NCCL on CUDA).
+"""Tensor, expert and pipeline parallelism over torch.distributed (Gloo on CPU, NCCL on CUDA).
 
 ``multiprocess.py`` starts worker processes (``worker.py``) from this process; ``torchrun.py``
 joins processes that torchrun started; both run ``rank.py`` on every rank and talk in the
-typed messages of ``messages.py``.
+typed messages of ``messages.py``. Each rank runs a ``stage.RankStage``: its TP/EP shard
+(``tensor_parallel.py``) of its pipeline stage's layers (``pipeline_parallel.py``).
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
-"""Run the model sharded over worker processes that this process starts: TP and EP.
+"""Run the model over worker processes that this process starts: TP, EP and PP.
 
     your process (Engine: scheduler, allocator, sampler)     MultiprocessExecutor
-        │ one socket pair per rank: rank 0's carries Forward(rows) ──► and ◄── Logits;
-        │ every rank's carries its WorkerArgs in and Ready / WorkerError out (messages.py)
+        │ one socket pair per rank: rank 0's carries Forward(rows) ──►, the output rank's
+        │ ◄── Logits (rank 0, or the last pipeline stage's first rank); every rank's carries
+        │ its WorkerArgs in and Ready / WorkerError out (messages.py)
         ▼
     python -m vibe_sgl_lite.distributed.worker  rank 0 ──broadcast rows──► rank 1 ... N-1
-        each rank: its shard of every layer + a KV pool with only its KV heads;
-        all-reduce after row-parallel layers, all-gather of the LM head's vocab slices
+        TP: each rank its shard of every layer + a KV pool with only its KV heads;
+            all-reduce after row-parallel layers, all-gather of the LM head's vocab slices
+        PP: each stage its layers + a KV pool of only those; hidden states stage to stage
 
 Workers are started with ``subprocess`` running the package's own entry point (``worker.py``),
 not with multiprocessing's ``spawn``, which re-imports the user's main module in every worker:
@@ -45,13 +47,17 @@ from vibe_sgl_lite.distributed.messages import (
     Forward,
     FromRank,
     Logits,
+    Profile,
     Ready,
     Stop,
+    Timeline,
     ToRank,
     WorkerError,
 )
 from vibe_sgl_lite.distributed.parallel_state import find_free_port
-from vibe_sgl_lite.distributed.rank import WorkerArgs
+from vibe_sgl_lite.distributed.pipeline_parallel import StepTimes, stage_layers
+from vibe_sgl_lite.distributed.rank import WorkerArgs, output_rank
+from vibe_sgl_lite.models.config import ModelConfig
 from vibe_sgl_lite.models.worker import WorkerSpec
 
 WORKER_MODULE = "vibe_sgl_lite.distributed.worker"
@@ -171,9 +177,12 @@ class MultiprocessExecutor:
             raise ValueError(
                 f"attention backend {type(attention).__name__} is defined in __main__, which "
                 "worker processes never import: define it in an importable module to use it with "
-                "tp_size/ep_size > 1"
+                "tp_size/ep_size/pp_size > 1"
             )
+        # pp_size beyond the model's layers: refused here, before any worker starts.
+        stage_layers(ModelConfig.from_path(spec.model_path).num_hidden_layers, config.pp_size, 0)
         self.world_size = config.world_size
+        self.output_rank = output_rank(config)
         self.procs: list[WorkerProcess] = []
         self._pending: deque[tuple[WorkerProcess, FromRank]] = deque()
         self._finalizer = weakref.finalize(self, _shutdown, self.procs)
@@ -203,9 +212,23 @@ class MultiprocessExecutor:
             # step would read them as its own. Stop the workers instead.
             self.close()
             raise
-        if proc.rank != 0 or not isinstance(message, Logits):
+        if proc.rank != self.output_rank or not isinstance(message, Logits):
             raise self._unexpected(proc, message)
         return torch.from_numpy(message.array)
+
+    def take_timeline(self) -> list[list[StepTimes]]:
+        """Every rank's record of the steps since the last call (``[rank][step]``: its
+        micro-batch spans), for ``pipeline_parallel.bubble_share``; the records start over."""
+        if not self._finalizer.alive:
+            raise RuntimeError("the parallel executor is closed")
+        self._send(self.procs[0], Profile())
+        timelines: dict[int, list[StepTimes]] = {}
+        while len(timelines) < self.world_size:
+            proc, message = self._next_message(deadline=None)
+            if not isinstance(message, Timeline):
+                raise self._unexpected(proc, message)
+            timelines[message.rank] = list(message.steps)
+        return [timelines[rank] for rank in range(self.world_size)]
 
     def close(self) -> None:
         self._finalizer()

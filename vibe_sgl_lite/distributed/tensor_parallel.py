@@ -153,9 +153,12 @@ def shard_mlp(mlp: GatedMLP, tp: ParallelGroup) -> None:
 
 
 def shard_model(model: DecoderForCausalLM, parallel: ParallelConfig) -> None:
-    """Replace ``model``'s layers by this rank's shards, in place (see the module docstring)."""
+    """Replace ``model``'s layers by this rank's shards, in place (see the module docstring).
+
+    Only the layers this process runs (``model.layer_range``: a pipeline stage's) are cut."""
     tp, ep = parallel.tp, parallel.ep
-    for layer in model.layers:
+    for i in model.layer_range:
+        layer = model.layers[i]
         assert isinstance(layer, DecoderLayer)
         if tp.size > 1:
             shard_attention(layer.self_attn, tp)
@@ -174,8 +177,12 @@ def shard_model(model: DecoderForCausalLM, parallel: ParallelConfig) -> None:
 
 
 def _shard_vocab(model: DecoderForCausalLM, tp: ParallelGroup) -> None:
+    """The embedding and the LM head, each where this rank holds it (a pipeline stage may hold
+    neither)."""
     embed, head = model.embed_tokens, model.lm_head
-    start, n = split_evenly(embed.num_embeddings, tp.size, tp.rank)
-    device = embed.weight.device
-    model.embed_tokens = VocabParallelEmbedding(start, n, embed.embedding_dim, tp).to(device)
-    model.lm_head = ParallelLMHead(head.in_features, start, n, tp).to(device)
+    start, n = split_evenly(model.config.vocab_size, tp.size, tp.rank)
+    if isinstance(embed, nn.Embedding):
+        device = embed.weight.device
+        model.embed_tokens = VocabParallelEmbedding(start, n, embed.embedding_dim, tp).to(device)
+    if isinstance(head, nn.Linear):
+        model.lm_head = ParallelLMHead(head.in_features, start, n, tp).to(head.weight.device)

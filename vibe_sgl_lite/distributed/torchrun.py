@@ -31,6 +31,12 @@ class TorchrunExecutor:
 
     def __init__(self, spec: WorkerSpec) -> None:
         config = spec.config
+        if config.pp_size > 1:
+            raise ValueError(
+                f"pp_size={config.pp_size} is not supported under torchrun yet (its rank 0 drives "
+                "the engine and must also produce the logits): use pp_size=1, or start the "
+                "pipeline from one process without torchrun"
+            )
         size = config.world_size
         if int(os.environ["WORLD_SIZE"]) != size:
             raise ValueError(
@@ -44,16 +50,18 @@ class TorchrunExecutor:
         agreed: list[Any] = [spec.num_pages]  # every rank must index the same pages
         dist.broadcast_object_list(agreed, src=0)
         spec = dataclasses.replace(spec, num_pages=agreed[0])
-        self.shard = rank_worker(spec, self.rank, size)
+        self.stage = rank_worker(spec, self.rank, size)
         self.is_driver = self.rank == 0
         self._closed = False
         if not self.is_driver:
-            serve(self.shard, None)
+            serve(self.stage, None, drives=False, answers=False)
             self._leave_group()
 
     def execute(self, rows: Sequence[BatchRow]) -> torch.Tensor:
         self._broadcast(Forward(tuple(rows)))
-        return self.shard.forward(rows).cpu()
+        logits = self.stage.forward(rows)
+        assert logits is not None  # one pipeline stage: every rank computes the logits
+        return logits.cpu()
 
     def close(self) -> None:
         if not self._closed:

@@ -8,7 +8,9 @@ user's script in every worker). ``FD`` is this process's end of a socket pair; o
 
     engine -> worker   the engine's ``sys.path``, then ``WorkerArgs`` (pickled)
     worker -> engine   ``Ready()`` once loaded, ``WorkerError(traceback)`` if anything fails
-    rank 0 only        ``Forward(rows)`` / ``Stop()`` in, ``Logits(array)`` out
+    rank 0             ``Forward(rows)`` / ``Profile()`` / ``Stop()`` in
+    the output rank    ``Logits(array)`` out (rank 0, or the last pipeline stage's first rank)
+    every rank         ``Timeline`` out, answering ``Profile``
 
 A failure before the connection works (bad interpreter, an import error) can only go to
 stderr, which the engine captures and quotes in its error.
@@ -26,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from vibe_sgl_lite.distributed.messages import Ready, WorkerError
-from vibe_sgl_lite.distributed.rank import WorkerArgs, rank_worker, serve
+from vibe_sgl_lite.distributed.rank import WorkerArgs, output_rank, rank_worker, serve
 
 USAGE = "usage: python -m vibe_sgl_lite.distributed.worker FD  (MultiprocessExecutor starts it)"
 
@@ -43,9 +45,10 @@ def run(args: WorkerArgs, conn: Connection) -> None:
         timeout=timedelta(seconds=120),
     )
     try:
-        shard = rank_worker(args.spec, args.rank, args.world_size)
+        stage = rank_worker(args.spec, args.rank, args.world_size)
         conn.send(Ready())
-        serve(shard, conn if args.rank == 0 else None)
+        answers = args.rank == output_rank(args.spec.config)
+        serve(stage, conn, drives=args.rank == 0, answers=answers)
     finally:
         dist.destroy_process_group()
 

@@ -75,8 +75,13 @@ class KVPool:
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device | str = "cpu",
+        *,
+        first_layer: int = 0,
     ) -> None:
+        """``num_layers`` layers, the model's ``first_layer`` onwards: a pipeline stage's pool
+        holds only its own layers (``layers[0]`` is then the model's layer ``first_layer``)."""
         self.num_layers = num_layers
+        self.first_layer = first_layer
         self.num_pages = num_pages
         self.page_size = page_size
         self.num_kv_heads = num_kv_heads
@@ -109,11 +114,12 @@ class KVPool:
 
     def _view(self, i: int) -> LayerKV:
         flat = (self.num_slots, self.num_kv_heads, self.head_dim)
+        index = self.first_layer + i
         if self.k_scale:
             return LayerKV(
-                i, self.k[i].view(flat), self.v[i].view(flat), self.k_scale[i], self.v_scale[i]
+                index, self.k[i].view(flat), self.v[i].view(flat), self.k_scale[i], self.v_scale[i]
             )
-        return LayerKV(i, self.k[i].view(flat), self.v[i].view(flat))
+        return LayerKV(index, self.k[i].view(flat), self.v[i].view(flat))
 
     @staticmethod
     def bytes_per_token(

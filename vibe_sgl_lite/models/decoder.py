@@ -8,6 +8,10 @@
       -> RMSNorm, keep only the rows that are sampled   [B, hidden]
       -> lm_head                                        [B, vocab]
 
+A pipeline stage (``distributed/pipeline_parallel.py``) holds only ``layer_range`` and, on the
+first and last stages, the embedding or the final norm and LM head: it runs ``embed``,
+``forward_layers`` and ``compute_logits``, the three parts of ``forward``, as its place allows.
+
 There is no batch dimension and no padding: ``ForwardBatch`` describes which of the ``T`` tokens
 belong to which sequence, and the attention backend reads earlier tokens from the paged KV pool.
 
@@ -112,6 +116,8 @@ class DecoderForCausalLM(nn.Module):
             )
             for i in range(config.num_hidden_layers)
         )
+        self.layer_range = range(config.num_hidden_layers)
+        """The layers this process runs (all but a pipeline stage's are placeholders)."""
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
@@ -122,7 +128,7 @@ class DecoderForCausalLM(nn.Module):
         Called again by the loader after ``to_empty``, which materialises a tied parameter once
         per module and so unties it.
         """
-        if self.config.tie_word_embeddings:
+        if self.config.tie_word_embeddings and isinstance(self.lm_head, nn.Linear):
             self.lm_head.weight = self.embed_tokens.weight
 
     @classmethod
@@ -151,7 +157,7 @@ class DecoderForCausalLM(nn.Module):
     @property
     def num_local_kv_heads(self) -> int:
         """KV heads this process holds (all of them, unless sharded for tensor parallelism)."""
-        attn = self.layers[0].self_attn
+        attn = self.layers[self.layer_range.start].self_attn
         assert isinstance(attn, Attention)
         return attn.num_kv_heads
 
@@ -159,14 +165,30 @@ class DecoderForCausalLM(nn.Module):
         self, batch: ForwardBatch, kv_pool: KVPool, backend: AttentionBackend
     ) -> torch.Tensor:
         """Run one flat batch; returns float32 logits ``[len(batch.sample_indices), vocab]``."""
-        h = self.embed_tokens(batch.input_ids)
-        for i, layer in enumerate(self.layers):
-            h = layer(h, batch, kv_pool.layers[i], backend)
+        h = self.forward_layers(self.embed(batch), batch, kv_pool, backend)
+        return self.compute_logits(h, batch)
+
+    def embed(self, batch: ForwardBatch) -> torch.Tensor:
+        """``[T]`` token ids -> ``[T, hidden]``."""
+        h: torch.Tensor = self.embed_tokens(batch.input_ids)
+        return h
+
+    def forward_layers(
+        self, h: torch.Tensor, batch: ForwardBatch, kv_pool: KVPool, backend: AttentionBackend
+    ) -> torch.Tensor:
+        """``[T, hidden] -> [T, hidden]`` through ``layer_range``; ``kv_pool`` holds exactly
+        those layers (its layer 0 is ``layer_range.start``)."""
+        first = self.layer_range.start
+        for i in self.layer_range:
+            h = self.layers[i](h, batch, kv_pool.layers[i - first], backend)
+        return h
+
+    def compute_logits(self, h: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        """Final norm and LM head on the sampled rows: ``[T, hidden] -> [S, vocab]`` float32."""
         if batch.return_hidden:  # an EAGLE head reads every token's final state (speculative/)
             h = batch.hidden_states = self.norm(h)
             return self.lm_head(h[batch.sample_indices]).float()
-        h = self.norm(h[batch.sample_indices])
-        return self.lm_head(h).float()
+        return self.lm_head(self.norm(h[batch.sample_indices])).float()
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
         """Copy checkpoint tensors ``(hf_name, tensor)`` into our (partly merged) parameters.

@@ -6,8 +6,8 @@
       -> model(batch, kv_pool, attention)  logits of the sampling rows     (models/)
 
 The engine's executors own one (``core/executor.py``: in this process) or one per worker process
-(``distributed/``: tensor and expert parallelism, where ``shard`` cuts the model to a rank's
-part before its weights are read). Every one of them is built from the same ``WorkerSpec``.
+(``distributed/``: tensor, expert and pipeline parallelism, where ``shard`` cuts the model to a
+rank's part before its weights are read; a pipeline stage's KV pool holds only its layers). Every one of them is built from the same ``WorkerSpec``.
 """
 
 from __future__ import annotations
@@ -62,15 +62,16 @@ class ModelWorker:
             quantization=config.quantization,
             weight_layout=config.weight_layout,
         )
-        mc = self.model_config
+        layers = self.model.layer_range  # all of them, unless this is one pipeline stage
         self.kv_pool = KVPool(
-            mc.num_hidden_layers,
+            len(layers),
             spec.num_pages,
             config.page_size,
             self.model.num_local_kv_heads,
-            mc.head_dim,
+            self.model_config.head_dim,
             config.kv_torch_dtype,
             self.device,
+            first_layer=layers.start,
         )
 
     @torch.inference_mode()

@@ -61,7 +61,7 @@ class ResearchLayer:
         if not isinstance(backend, PagedAttentionBackend) or config.world_size > 1:
             raise ValueError(
                 f"{feature} needs a PagedAttentionBackend (cpu_paged, torch_native, triton) "
-                "and tp_size = ep_size = 1"
+                "and tp_size = ep_size = pp_size = 1"
             )
         self.attention = SparseAttention(backend, methods, pruner)
         self.page_size = config.page_size
