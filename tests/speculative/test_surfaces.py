@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.server.conftest import MODEL, serve
-from vibe_sgl_lite import ModelRunner
+from vibe_sgl_lite import ModelRunner, SamplingParams
 from vibe_sgl_lite.cli import main
 from vibe_sgl_lite.config import EngineConfig
 
@@ -25,6 +25,14 @@ def test_cli_generate_with_speculation(qwen3_dir: Path, capsys: pytest.CaptureFi
         expected = runner.generate(PROMPT, max_tokens=20, temperature=0)
     assert out.startswith(PROMPT + expected + "\n")
     assert '"spec_num_draft_tokens"' in out
+
+
+def test_per_request_metrics_count_drafts(qwen3_dir: Path) -> None:
+    with ModelRunner(qwen3_dir, speculative_algorithm="ngram") as runner:
+        out = runner.generate_outputs([PROMPT], SamplingParams(temperature=0, max_tokens=30))[0]
+        stats = runner.get_stats()
+    assert out.metrics["spec_draft_tokens"] == stats["spec_num_draft_tokens"] > 0
+    assert out.metrics["spec_accepted_tokens"] == stats["spec_num_accepted_tokens"]
 
 
 def test_server_speculates_and_reports_vllm_counters(qwen3_dir: Path) -> None:
