@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -65,6 +66,7 @@ from train_tiny import (  # noqa: E402  (a sibling script, not a package)
     clean_text,
     extract_texts,
     fetch_sdist,
+    make_optimizer,
     sha256,
 )
 
@@ -256,17 +258,13 @@ def train(
     """AdamW on random windows; returns loss and agreement figures of the last steps."""
     generator = torch.Generator().manual_seed(cfg.seed)
     params = list(head.parameters())
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    optimizer = make_optimizer(head, cfg)  # type: ignore[arg-type]  # the same field names
     n = cfg.seq_len
     positions = torch.arange(n).expand(cfg.batch_size, n)
     positions2 = torch.cat([positions, positions], dim=1)
     mask, mask2 = causal_mask(n), second_step_mask(n)
     history: list[tuple[float, float, float]] = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for step in range(cfg.steps):
         starts = torch.randint(0, len(stream) - n, (cfg.batch_size,), generator=generator)
         ids = torch.stack([stream[s : s + n] for s in starts.tolist()])
@@ -307,6 +305,8 @@ def train(
     last = history[-50:]
     return {
         "train_seconds": time.perf_counter() - start,
+        "train_cpu_seconds": time.process_time() - cpu_start,
+        "load_average": os.getloadavg()[0],
         "final_loss": sum(h[0] for h in last) / len(last),
         "final_train_top1_step1": sum(h[1] for h in last) / len(last),
         "final_train_top1_step2": sum(h[2] for h in last) / len(last),
@@ -482,8 +482,10 @@ tokens ({stats['tokens_seen']:,} tokens seen). Loss (EAGLE's): smooth-L1 between
 and the target's feature + {cfg['cls_weight']} x cross-entropy of `lm_head(predicted)` against the
 target's next-token distribution, summed over two passes: the prediction from true features, and
 {"the second-step prediction from the head's own predicted feature (the second pass attends to the first pass's keys: the attention pattern of a chain's second draft)" if cfg['ttt'] else "(second pass disabled)"}.
-Feature noise: {cfg['noise']}. fp32, seed {stats['seed']}, {stats['threads']} CPU thread,
-**{stats['train_seconds'] / 60:.1f} minutes** of training on {stats['machine']}.
+Feature noise: {cfg['noise']}. fp32, seed {stats['seed']}, {stats['threads']} CPU thread:
+**{stats['train_seconds'] / 60:.1f} minutes** of training (wall clock; {stats['train_cpu_seconds'] / 60:.1f}
+minutes of CPU time: the machine, an {stats['machine']}, was shared, load average
+{stats['load_average']:.1f} at the end).
 
 Command: `{stats['command']}`
 
