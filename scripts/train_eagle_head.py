@@ -41,6 +41,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -473,6 +474,25 @@ def load_head(out: Path, config: Qwen3Config) -> TrainHead:
     return head.eval()
 
 
+def wrap_paragraphs(markdown: str) -> str:
+    """Refill each prose paragraph to 100 columns (headings and tables stay as they are)."""
+    blocks = markdown.strip().split("\n\n")
+    filled = [
+        (
+            block
+            if block.startswith(("#", "|"))
+            else textwrap.fill(
+                " ".join(block.split("\n")),
+                width=100,
+                break_on_hyphens=False,
+                break_long_words=False,
+            )
+        )
+        for block in blocks
+    ]
+    return "\n\n".join(filled) + "\n"
+
+
 def model_card(stats: dict) -> str:
     """The README of the asset folder, from the stats alone."""
     cfg, acc = stats["train_config"], stats["acceptance"]
@@ -483,7 +503,7 @@ def model_card(stats: dict) -> str:
         f"| {k} | {lengths[str(k)]:.3f} | {rates[k - 1]:.3f} | {per_step[str(k)]:.3f} |"
         for k in range(1, MAX_DEPTH + 1)
     )
-    return f"""# tiny-shakespeare-eagle: an EAGLE draft head for the bundled model
+    return wrap_paragraphs(f"""# tiny-shakespeare-eagle: an EAGLE draft head for the bundled model
 
 The draft head of `speculative_algorithm="eagle"` for `vibe_sgl_lite/assets/tiny-shakespeare`
 (`ModelRunner(speculative_algorithm="eagle")` with no `speculative_draft_model_path` uses it).
@@ -543,7 +563,7 @@ speculation; chains from every position accept {lengths['4']:.2f} drafts on aver
 Teacher-forced (the head on the text itself, true features): its token at `p` is the target's
 greedy token at `p` for {acc['teacher_forced_top1']:.1%} of the positions
 (`tests/speculative/test_eagle_head.py` checks this through the engine's paged head).
-"""
+""")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
