@@ -86,3 +86,10 @@ def test_pipeline_parallel_example_matches_one_process() -> None:
     assert "identical to one process: True" in lines
     share = float(lines[-1].rsplit(" ", 1)[1].rstrip("%")) / 100
     assert 0.0 < share < 1.0
+
+
+def test_speculative_example_keeps_the_text_and_eagle_saves_forwards() -> None:
+    lines = run_example("speculative.py").stdout.splitlines()
+    assert len(lines) == 3 and all("identical text: True" in line for line in lines[1:])
+    eagle = float(lines[2].split(":")[1].split()[0])
+    assert lines[2].startswith("eagle") and eagle > 1.5  # tokens per target forward
