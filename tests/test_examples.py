@@ -93,3 +93,10 @@ def test_speculative_example_keeps_the_text_and_eagle_saves_forwards() -> None:
     assert len(lines) == 3 and all("identical text: True" in line for line in lines[1:])
     eagle = float(lines[2].split(":")[1].split()[0])
     assert lines[2].startswith("eagle") and eagle > 1.5  # tokens per target forward
+
+
+def test_lora_example_serves_two_adapters_and_the_base_like_peft() -> None:
+    lines = run_example("lora.py").stdout.splitlines()
+    assert [line.split(" (")[0].strip() for line in lines] == ["base", "shout", "whisper"]
+    assert all("(same as peft)" in line for line in lines)
+    assert len({line.split("): ", 1)[1] for line in lines}) == 3  # each adapter changes the text

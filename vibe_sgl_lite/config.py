@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vibe_sgl_lite.utils.settings import check_fraction, check_int, setting
@@ -30,6 +31,7 @@ WEIGHT_LAYOUTS = ("auto", "row", "column")  # models/weight_layout.py
 SPECULATIVE_ALGORITHMS = ("ngram", "draft", "eagle")  # speculative/
 MAX_SPECULATIVE_TOKENS = 16
 """The largest ``speculative_num_draft_tokens``: past it a verify row costs a prefill's worth."""
+LORA_BACKENDS = ("auto", "torch", "triton")  # kernels/lora.py
 
 
 @dataclass
@@ -133,6 +135,26 @@ class EngineConfig:
         "group of tp_size worker processes, each step's rows pipelined through them in pp_size "
         "micro-batches",
     )
+    enable_lora: bool = setting(
+        False, "serve LoRA adapters (implied by lora_paths; load_lora adds more at run time)"
+    )
+    lora_paths: dict[str, str] | None = setting(
+        None,
+        "PEFT adapter folders to load at start, NAME=PATH ... (a request picks one by "
+        "lora_name, or by the server's model field) (default: none)",
+        cli_type=str,
+        nargs="+",
+    )
+    max_loras_per_batch: int = setting(8, "LoRA: most distinct adapters in one step (slots)")
+    max_lora_rank: int = setting(64, "LoRA: largest adapter rank r accepted")
+    max_loaded_loras: int = setting(
+        32, "LoRA: adapters each worker keeps in host memory (LRU; the rest re-read when used)"
+    )
+    lora_backend: str = setting(
+        "auto",
+        "LoRA segmented product: torch, or triton (auto: triton on CUDA, else torch)",
+        LORA_BACKENDS,
+    )
 
     def __post_init__(self) -> None:
         for name in ("page_size", "max_running_requests", "max_prefill_tokens", "seed"):
@@ -143,6 +165,7 @@ class EngineConfig:
         check_int("tp_size", self.tp_size, minimum=1)
         check_int("ep_size", self.ep_size, minimum=1)
         check_int("pp_size", self.pp_size, minimum=1)
+        self._check_lora()
         check_int("num_sink_tokens", self.num_sink_tokens, minimum=0)
         check_int("min_tokens_after_pruning", self.min_tokens_after_pruning, minimum=1)
         if check_fraction("pruning_ratio", self.pruning_ratio, allow_zero=True) >= 1.0:
@@ -167,6 +190,7 @@ class EngineConfig:
             "kv_cache_dtype",
             "attention_method",
             "weight_layout",
+            "lora_backend",
         ):
             choices = FIELDS[name].metadata["choices"]
             if getattr(self, name) not in choices:
@@ -251,6 +275,33 @@ class EngineConfig:
                 "verify row decodes several"
             )
 
+    def _check_lora(self) -> None:
+        for name in ("max_loras_per_batch", "max_lora_rank", "max_loaded_loras"):
+            check_int(name, getattr(self, name), minimum=1)
+        if not isinstance(self.enable_lora, bool):
+            raise ValueError(f"enable_lora must be a bool, got {self.enable_lora!r}")
+        if self.lora_paths is not None:
+            self.lora_paths = parse_lora_paths(self.lora_paths)
+            self.enable_lora = True
+        if self.max_loaded_loras < self.max_loras_per_batch:
+            raise ValueError(
+                f"max_loaded_loras must be >= max_loras_per_batch ({self.max_loras_per_batch}), "
+                f"got {self.max_loaded_loras}"
+            )
+        if not self.enable_lora:
+            return
+        if self.speculative_algorithm is not None:
+            raise ValueError(
+                f"lora_paths / enable_lora cannot be combined with speculative_algorithm="
+                f"{self.speculative_algorithm!r} yet: the draft would propose without the "
+                "request's adapter; use one or the other"
+            )
+        if self.pp_size > 1:
+            raise ValueError(
+                f"lora_paths / enable_lora does not support pipeline parallelism yet "
+                f"(pp_size={self.pp_size}); use pp_size=1 (tp_size > 1 is supported)"
+            )
+
     @property
     def torch_dtype(self) -> torch.dtype:
         return torch_dtype(self.dtype)
@@ -294,6 +345,33 @@ class EngineConfig:
 
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(EngineConfig)}
+
+
+def parse_lora_paths(value: object) -> dict[str, str]:
+    """``lora_paths`` as ``{name: folder}``: from a dict, or from ``NAME=PATH`` strings (the
+    CLI's ``--lora-paths a=/x b=/y``); a bare ``PATH`` is named after its folder."""
+    items: list[tuple[object, object]]
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        items = []
+        for text in value:
+            name, sep, path = text.partition("=")
+            items.append((name, path) if sep else (text.rstrip("/").rsplit("/", 1)[-1], text))
+    else:
+        raise ValueError(
+            f"lora_paths must be a dict {{name: path}} or a list of 'name=path', got {value!r}"
+        )
+    paths: dict[str, str] = {}
+    for name, path in items:
+        if not isinstance(name, str) or not name or not isinstance(path, (str, Path)) or not path:
+            raise ValueError(
+                f"lora_paths entries must be non-empty name=path strings, got {name!r}: {path!r}"
+            )
+        if name in paths:
+            raise ValueError(f"lora_paths names {name!r} twice")
+        paths[name] = str(path)
+    return paths
 
 
 def torch_dtype(name: str) -> torch.dtype:

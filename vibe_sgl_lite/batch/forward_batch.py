@@ -11,6 +11,7 @@ Several prefills (or prefill chunks) and many decodes run as ONE forward with no
     page_table       row b = the pages of request b, padded with 0   [B, max_pages]
     sample_indices   last token of each row that finishes its prompt or decodes [S]
                      (a speculative verify row: each of its last k + 1 tokens)
+    adapters         each row's LoRA adapter (None: the base model)  [B], only with LoRA
 """
 
 from __future__ import annotations
@@ -22,6 +23,20 @@ from typing import Any
 import torch
 
 
+@dataclass(frozen=True)
+class AdapterRef:
+    """The LoRA adapter a row runs under (``models/lora/``).
+
+    ``uid`` is unique for the engine's lifetime: an adapter unloaded and loaded again under the
+    same name gets a new one, so nothing cached for the old weights (worker copies, prefix-cache
+    pages) is ever taken for the new. ``path`` is its PEFT folder, which a worker reads the first
+    time it meets ``uid`` (each rank its own shard), so rows alone tell every worker what to load.
+    """
+
+    uid: int
+    path: str
+
+
 @dataclass
 class BatchRow:
     """One sequence's share of a step: ``token_ids`` start at position ``start_pos``.
@@ -31,6 +46,7 @@ class BatchRow:
     return the logits of every token of the row instead (scoring a text, e.g. for perplexity). ``request_id`` lets
     per-request research hooks (token pruning, score capture) follow a request across steps.
     A negative page-table entry is a page token pruning freed: never read, stored as 0.
+    ``lora``: the adapter of the row (``None``: the base model).
     """
 
     token_ids: Sequence[int]
@@ -40,6 +56,7 @@ class BatchRow:
     all_logits: bool = False
     request_id: int = -1
     num_logits: int = 1
+    lora: AdapterRef | None = None
 
 
 @dataclass
@@ -59,6 +76,7 @@ class ForwardBatch:
     # leaves in ``hidden_states [T, hidden]``: an EAGLE head drafts from them (speculative/).
     return_hidden: bool = False
     hidden_states: torch.Tensor | None = None
+    adapters: list[AdapterRef | None] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -114,4 +132,5 @@ class ForwardBatch:
             query_lens_cpu=query_lens,
             seq_lens_cpu=seq_lens,
             request_ids=[r.request_id for r in rows],
+            adapters=[r.lora for r in rows],
         )

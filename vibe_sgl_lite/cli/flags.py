@@ -81,6 +81,8 @@ def add_dataclass_flags(
             kwargs["choices"] = f.metadata.get("choices")
             kwargs["action"] = "append" if repeat else "store"
             kwargs["default"] = None if repeat else default
+            if f.metadata.get("nargs") is not None:
+                kwargs["nargs"] = f.metadata["nargs"]
         aliases = f.metadata.get("aliases", ())
         parser.add_argument("--" + dest.replace("_", "-"), *aliases, **kwargs)
     return dests

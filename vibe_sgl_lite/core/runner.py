@@ -6,6 +6,7 @@
     runner.generate_stream("Explain KV caches:")                  -> Iterator[str]
     runner.stream_deltas("Explain KV caches:", logprobs=2)        -> Iterator[StreamDelta]
     runner.generate_outputs([...], sampling_params)               -> list[GenerationOutput]
+    runner.load_lora("sql", "path/to/peft-adapter"); runner.generate(p, lora_name="sql")
 
 Every call enqueues requests into one ``Engine`` and steps it until they finish, so requests of
 one call (and of concurrent streams) share every forward pass: continuous batching.
@@ -269,6 +270,25 @@ class ModelRunner:
         if not logprobs:
             raise ValueError("perplexity needs a prompt of at least 2 tokens")
         return math.exp(-sum(logprobs) / len(logprobs))
+
+    # ---- LoRA adapters ----------------------------------------------------------------------
+
+    def load_lora(self, name: str, path: str | Path) -> None:
+        """Load the PEFT adapter folder ``path`` as ``lora_name=name`` (``docs/lora.md``).
+
+        Needs ``enable_lora=True`` or ``lora_paths`` at construction; a bad folder, a rank above
+        ``max_lora_rank`` or an adapter for another base model is a ``ValueError``."""
+        self._engine.load_lora(name, path)
+
+    def unload_lora(self, name: str) -> None:
+        """Forget adapter ``name``; refused (``ValueError``) while a request still uses it."""
+        self._engine.unload_lora(name)
+
+    @property
+    def lora_names(self) -> list[str]:
+        """The loaded adapters' names, in load order."""
+        loras = self._engine.loras
+        return list(loras.adapters) if loras is not None else []
 
     # ---- stats and cache ---------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from vibe_sgl_lite.batch.forward_batch import BatchRow
+from vibe_sgl_lite.batch.forward_batch import AdapterRef, BatchRow
 from vibe_sgl_lite.cache.base import PrefixCache
 from vibe_sgl_lite.core.executor import ModelExecutor
 from vibe_sgl_lite.memory.page_allocator import PageAllocator
@@ -37,7 +37,7 @@ class PromptScorer:
         self.page_size = page_size
 
     @torch.inference_mode()
-    def logits(self, ids: list[int]) -> torch.Tensor:
+    def logits(self, ids: list[int], lora: AdapterRef | None = None) -> torch.Tensor:
         """The logits ``[len(ids), vocab]`` of every position of ``ids``.
 
         Borrows the pages it needs, evicting unused prefix-cache pages first if the free list
@@ -52,15 +52,17 @@ class PromptScorer:
             )
         pages = self.allocator.alloc(need)
         try:
-            return self.executor.execute([BatchRow(ids, 0, pages, False, all_logits=True)])
+            return self.executor.execute(
+                [BatchRow(ids, 0, pages, False, all_logits=True, lora=lora)]
+            )
         finally:
             self.allocator.free(pages)
 
     @torch.inference_mode()
-    def logprobs(self, ids: list[int], top: int) -> PromptLogprobs:
+    def logprobs(self, ids: list[int], top: int, lora: AdapterRef | None = None) -> PromptLogprobs:
         """Each token's log-probability given those before it, with the ``top`` most likely
         alternatives at its position (``log_softmax`` of the raw logits, as ``Sampler``)."""
-        logprobs = torch.log_softmax(self.logits(ids)[:-1].float(), dim=-1)
+        logprobs = torch.log_softmax(self.logits(ids, lora)[:-1].float(), dim=-1)
         target = torch.tensor(ids[1:], dtype=torch.long, device=logprobs.device)
         chosen = logprobs.gather(1, target[:, None]).squeeze(1).tolist()
         top_values, top_ids = logprobs.topk(top, dim=-1)

@@ -3,6 +3,7 @@
     rows of one step (BatchRow: token ids, start position, page table, sample?)
       -> ForwardBatch.build                flat tensors, no padding        (batch/)
       -> attention.prepare(batch)          per-step metadata, once         (kernels/)
+      -> lora.prepare(batch)               adapters into slots (only with enable_lora)
       -> model(batch, kv_pool, attention)  logits of the sampling rows     (models/)
 
 The engine's executors own one (``core/executor.py``: in this process) or one per worker process
@@ -24,6 +25,7 @@ from vibe_sgl_lite.kernels.attention import AttentionBackend
 from vibe_sgl_lite.memory.kv_pool import KVPool
 from vibe_sgl_lite.models.decoder import DecoderForCausalLM
 from vibe_sgl_lite.models.loader import load_model
+from vibe_sgl_lite.models.lora import LoRAManager
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,11 @@ class ModelWorker:
             weight_layout=config.weight_layout,
         )
         layers = self.model.layer_range  # all of them, unless this is one pipeline stage
+        self.lora = (
+            LoRAManager(self.model, config, self.model_config, self.device)
+            if config.enable_lora
+            else None
+        )
         self.kv_pool = KVPool(
             len(layers),
             spec.num_pages,
@@ -79,6 +86,8 @@ class ModelWorker:
         """One forward over ``rows``; float32 logits ``[num sampling rows, vocab]``."""
         batch = ForwardBatch.build(rows, self.page_size, self.device)
         self.attention.prepare(batch)
+        if self.lora is not None:
+            self.lora.prepare(batch)
         logits: torch.Tensor = self.model(batch, self.kv_pool, self.attention)
         return logits
 

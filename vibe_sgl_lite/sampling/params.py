@@ -107,6 +107,9 @@ class SamplingParams:
         None, "constrain the output to this grammar (Lark/GBNF)", cli_type=text_file_arg
     )
     plugins: list[Plugin] | None = setting(None, "per-request plugins (Python only)", cli=False)
+    lora_name: str | None = setting(
+        None, "the LoRA adapter to run under, by its loaded name (default: the base model)"
+    )
 
     def __post_init__(self) -> None:
         self.max_tokens = _int("max_tokens", self.max_tokens, ">= 1", lambda v: v >= 1)
@@ -143,6 +146,12 @@ class SamplingParams:
                 lambda v: 0 <= v <= MAX_LOGPROBS,
             )
         self.skip_special_tokens = _bool("skip_special_tokens", self.skip_special_tokens)
+        if self.lora_name is not None and (
+            not isinstance(self.lora_name, str) or not self.lora_name
+        ):
+            raise ValueError(
+                f"lora_name must be a non-empty string or None, got {self.lora_name!r}"
+            )
         self._check_controls()
 
     def _check_controls(self) -> None:

@@ -49,7 +49,10 @@ class LPMScheduler(Scheduler):
     def policy_order(self) -> list[Request]:
         if len(self.waiting) > PREFIX_AWARE_MAX_WAITING:
             return super().policy_order()
-        hits = {id(r): self.cache.match_prefix(r.token_ids[:-1]).num_tokens for r in self.waiting}
+        hits = {
+            id(r): self.cache.match_prefix(r.cache_key(len(r.token_ids) - 1)).num_tokens
+            for r in self.waiting
+        }
         return sorted(self.waiting, key=lambda r: (-hits[id(r)], r.arrival_order))
 
 
@@ -68,7 +71,7 @@ class DFSWeightScheduler(Scheduler):
         weight: dict[int, int] = defaultdict(int)
         root: RadixNode | None = None
         for req in sorted(self.waiting, key=lambda r: r.arrival_order):
-            node = self.cache.match_prefix(req.token_ids[:-1]).node
+            node = self.cache.match_prefix(req.cache_key(len(req.token_ids) - 1)).node
             at_node[id(node)].append(req)
             for ancestor in node.path():
                 weight[id(ancestor)] += 1

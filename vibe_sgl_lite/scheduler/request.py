@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vibe_sgl_lite.batch.forward_batch import AdapterRef
 from vibe_sgl_lite.cache.base import RadixNode
 from vibe_sgl_lite.sampling import SamplingParams, TokenLogprobs
 
@@ -41,6 +42,7 @@ class Request:
     arrival_order: int = 0
     priority: int = 0  # smaller runs first under schedule_policy="priority"
     enqueue_step: int = 0  # scheduler step at which it last started waiting
+    lora: AdapterRef | None = None  # the LoRA adapter it runs under (None: the base model)
 
     state: RequestState = RequestState.WAITING
     token_ids: list[int] = field(default_factory=list)
@@ -98,6 +100,19 @@ class Request:
     @property
     def is_finished(self) -> bool:
         return self.state is RequestState.FINISHED
+
+    def cache_key(self, num_tokens: int) -> list[int]:
+        """The prefix-cache key of the first ``num_tokens`` tokens: the token ids, with the
+        adapter folded into the first one (``uid << 32 | token``).
+
+        The same tokens under two adapters (or an adapter and the base) have different K/V, so
+        they must never share a path of the radix tree; every path starts with its first page,
+        so a distinct first token separates them from the root down. The base keeps plain ids.
+        """
+        tokens = self.token_ids[:num_tokens]
+        if self.lora is not None and tokens:
+            tokens[0] |= self.lora.uid << 32
+        return tokens
 
     def take_text(self) -> str:
         """The text released since the last call, cleared: a streaming reader's next delta."""

@@ -129,7 +129,9 @@ class Scheduler:
             for req in self.order_waiting():
                 if len(self.running) >= self.config.max_running_requests or budget <= 0:
                     break
-                match = self.cache.match_prefix(req.token_ids[:-1])  # leave >= 1 to compute
+                if not self._adapter_fits(req):
+                    continue
+                match = self.cache.match_prefix(req.cache_key(len(req.token_ids) - 1))
                 if self._prefix_in_flight(req, match.num_tokens):
                     continue
                 n = self._admit(req, match, budget, batch)
@@ -137,6 +139,16 @@ class Scheduler:
                     break
                 budget -= n
         return batch
+
+    def _adapter_fits(self, req: Request) -> bool:
+        """Would admitting ``req`` keep the running adapters within ``max_loras_per_batch``?
+
+        Every running request is in every step, so this bound on the running set is the bound
+        on one step's distinct adapters (the worker's slots)."""
+        if req.lora is None:
+            return True
+        in_use = {r.lora for r in self.running if r.lora is not None}
+        return req.lora in in_use or len(in_use) < self.config.max_loras_per_batch
 
     def _chunk(self, remaining: int, budget: int) -> int:
         """Tokens of a prefill to compute now, given the budget left in this step."""
@@ -178,8 +190,8 @@ class Scheduler:
         page_size = self.config.page_size
         limit = len(req.token_ids) - 1
         for other in self.running:
-            if other.num_uncomputed_tokens <= 1:
-                continue  # decoding: its prompt pages are in the tree already
+            if other.num_uncomputed_tokens <= 1 or other.lora != req.lora:
+                continue  # decoding (its prompt pages are cached), or another adapter's K/V
             shared = len(os.path.commonprefix([req.token_ids[:limit], other.token_ids]))
             if (shared // page_size) * page_size > num_matched:
                 return True
@@ -234,7 +246,16 @@ class Scheduler:
             tokens = req.token_ids[start : start + n] + req.draft_ids
             num_logits = 1 + len(req.draft_ids)
             rows.append(
-                BatchRow(tokens, start, req.page_table, sample, False, req.request_id, num_logits)
+                BatchRow(
+                    tokens,
+                    start,
+                    req.page_table,
+                    sample,
+                    False,
+                    req.request_id,
+                    num_logits,
+                    lora=req.lora,
+                )
             )
             req.num_computed_tokens += n
             if req.first_scheduled_time is None:
@@ -272,7 +293,7 @@ class Scheduler:
     def _cache_tokens(self, req: Request, num_tokens: int) -> None:
         if req.max_cached_tokens is not None:
             num_tokens = min(num_tokens, req.max_cached_tokens)
-        node = self.cache.insert(req.token_ids[:num_tokens], req.page_table)
+        node = self.cache.insert(req.cache_key(num_tokens), req.page_table)
         self.cache.lock(node)
         if req.cache_node is not None:
             self.cache.unlock(req.cache_node)

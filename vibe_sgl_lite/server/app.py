@@ -2,7 +2,8 @@
 
     POST /v1/completions        text completion, streamed (SSE) or not     completions.py
     POST /v1/chat/completions   the model's chat template, then as above   chat.py
-    GET  /v1/models             the one model served                       meta.py
+    GET  /v1/models             the model served and its LoRA adapters     meta.py
+    POST /v1/load_lora_adapter, /v1/unload_lora_adapter   adapters at run time   lora.py
     GET  /health                200 while the engine thread runs           meta.py
     POST /generate              native: ``generate_outputs`` over HTTP     generate.py
     GET  /, /v1/engine/state, /metrics   the live page and Prometheus      dashboard.py
@@ -34,7 +35,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vibe_sgl_lite.core.runner import ModelRunner
-from vibe_sgl_lite.server import chat, completions, generate, meta, worker_api
+from vibe_sgl_lite.server import chat, completions, generate, lora, meta, worker_api
 from vibe_sgl_lite.server.context import ServedModel, ServerContext
 from vibe_sgl_lite.server.dashboard import add_page_routes
 from vibe_sgl_lite.server.engine_loop import EngineLoop
@@ -69,7 +70,8 @@ def create_app(
     context = ServerContext(
         dataclasses.replace(
             served, reasoning_parser=reasoning_parser, tool_call_parser=tool_call_parser
-        )
+        ),
+        {name: ref.path for name, ref in engine.loras.adapters.items()} if engine.loras else {},
     )
     metrics = ServerMetrics(context.stats, model_name)
 
@@ -83,7 +85,7 @@ def create_app(
     app.state.context = context
     app.state.engine_loop = context.engine_loop
     add_page_routes(app, context.stats, metrics, model_name)
-    for module in (meta, worker_api, completions, chat, generate):
+    for module in (meta, worker_api, completions, chat, generate, lora):
         app.include_router(module.router)
     _add_guard(app, api_key)
     _add_error_handlers(app)

@@ -60,7 +60,7 @@ async def chat_completions(
     reasoning = Reasoning.of(model, prompt)
     if max_tokens is None:  # up to the model's length, as OpenAI does
         max_tokens = max(1, min(model.max_model_len - len(prompt), model.max_model_len))
-    params = params_for(body, model.max_model_len, max_tokens, logprobs, renames)
+    params = params_for(body, model.max_model_len, max_tokens, logprobs, renames, model.lora_name)
     params = with_grammar(body, params, tool_parser)
     created, rid = int(time.time()), f"chatcmpl-{secrets.token_hex(12)}"
     handles = await start(context.engine_loop(), [prompt], params, renames)

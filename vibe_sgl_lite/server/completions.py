@@ -60,7 +60,9 @@ async def completions(
         )
     prompts = prompts_of(body.prompt)
     max_tokens = 1 if score_only else body.max_tokens
-    params = params_for(body, model.max_model_len, max_tokens, body.logprobs, COMPLETION_RENAMES)
+    params = params_for(
+        body, model.max_model_len, max_tokens, body.logprobs, COMPLETION_RENAMES, model.lora_name
+    )
     if score_prompt:
         params = [dataclasses.replace(p, prompt_logprobs=body.logprobs) for p in params]
     created, rid = int(time.time()), f"cmpl-{secrets.token_hex(12)}"

@@ -34,6 +34,7 @@ class ServedModel:
     model_path: str = ""
     vocab_size: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
+    lora_name: str | None = None  # the adapter a body's ``model`` chose (``lora.py``)
     reasoning_parser: str | None = None  # ``--reasoning-parser`` (``reasoning.py``)
     tool_call_parser: str | None = None  # ``--tool-call-parser`` (``tool_parsers.py``)
 
@@ -68,14 +69,21 @@ class ServedModel:
 class ServerContext:
     """The served model, and the engine loop once the app's lifespan has started it."""
 
-    def __init__(self, model: ServedModel) -> None:
+    def __init__(self, model: ServedModel, adapters: dict[str, str] | None = None) -> None:
         self.model = model
+        # The LoRA adapters served besides the base, ``{name: folder}``; changed only by the
+        # load/unload routes once the engine thread has done it (``lora.py``).
+        self.adapters: dict[str, str] = dict(adapters or {})
         self._loop: EngineLoop | None = None
 
     def model_for(self, name: str) -> ServedModel:
-        """The served model, if ``name`` (a body's ``model``) names it; else a 404."""
+        """The served model, if ``name`` (a body's ``model``) names it, or the model under the
+        LoRA adapter of that name (vLLM's convention); else a 404 naming it."""
+        if name in self.adapters:
+            return dataclasses.replace(self.model, name=name, lora_name=name)
         if name != self.model.name:
-            message = f"model {name!r} does not exist; this server serves {self.model.name!r}"
+            served = ", ".join(repr(n) for n in [self.model.name, *self.adapters])
+            message = f"model {name!r} does not exist; this server serves {served}"
             raise APIError(404, message, "model")
         return self.model
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar, assert_never
 
 from vibe_sgl_lite.core.engine import Engine
+from vibe_sgl_lite.core.lora import UnknownAdapterError
 from vibe_sgl_lite.core.output import GenerationOutput
 from vibe_sgl_lite.sampling import SamplingParams
 from vibe_sgl_lite.server.commands import (
@@ -176,6 +177,9 @@ class EngineLoop:
             return
         try:
             req = self.engine.add_request(command.prompt, command.params, command.priority)
+        except UnknownAdapterError as exc:  # unloaded after the route checked the name
+            handle.admit(Delta(error=str(exc), status=404))
+            return
         except ValueError as exc:
             handle.admit(Delta(error=str(exc)))
             return

@@ -6,6 +6,8 @@ fields (``root``: the model's path, ``max_model_len``). Its ``owned_by`` is ``"s
 SGLang's own server says: SGLang's model gateway reads that field to tell an SGLang worker from a
 vLLM one (it would otherwise take our ``/version`` for vLLM's), and an SGLang worker is what
 ``worker_api.py`` answers as (``docs/scaling.md``).
+It also lists each LoRA adapter served (vLLM's cards: ``parent`` is the base model, ``root``
+the adapter's folder).
 """
 
 from __future__ import annotations
@@ -39,4 +41,8 @@ async def models(context: Context) -> dict[str, Any]:
         "root": model.model_path or model.name,
         "max_model_len": model.max_model_len,
     }
-    return {"object": "list", "data": [card]}
+    adapters = [
+        {**card, "id": name, "parent": model.name, "root": path}
+        for name, path in context.adapters.items()
+    ]
+    return {"object": "list", "data": [card, *adapters]}

@@ -12,6 +12,7 @@ engine's field names to the body's (``responses.py``), so a 400 names what the c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 
 from fastapi import Request
@@ -45,9 +46,10 @@ def params_for(
     max_tokens: int | None,
     logprobs: int | None,
     renames: dict[str, str],
+    lora_name: str | None = None,
 ) -> list[SamplingParams]:
     """The ``SamplingParams`` of each of the body's ``n`` choices (``max_tokens`` defaults to
-    the model's length)."""
+    the model's length), under LoRA adapter ``lora_name`` if the body's ``model`` chose one."""
     if max_tokens is not None and not 1 <= max_tokens <= max_model_len:
         name = renames.get("max_tokens", "max_tokens")
         raise APIError(
@@ -55,7 +57,10 @@ def params_for(
         )
     try:
         return [
-            body.sampling_params(max_tokens or max_model_len, logprobs, i) for i in range(body.n)
+            dataclasses.replace(
+                body.sampling_params(max_tokens or max_model_len, logprobs, i), lora_name=lora_name
+            )
+            for i in range(body.n)
         ]
     except ValueError as exc:
         raise bad_request(str(exc), renames) from None

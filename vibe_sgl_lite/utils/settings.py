@@ -22,13 +22,15 @@ def setting(
     cli: bool = True,
     cli_type: Callable[[str], Any] | None = None,
     aliases: tuple[str, ...] = (),
+    nargs: str | None = None,
 ) -> Any:
     """A dataclass field that documents itself.
 
     ``metadata``: ``help`` and ``choices`` (help text, allowed values), ``cli`` (False: no flag,
     for values only Python can pass), ``cli_type`` (how a flag's text becomes the value when
-    the field's type alone cannot say, e.g. a JSON file) and ``aliases`` (more spellings of
-    the flag, e.g. ``("--threads",)``).
+    the field's type alone cannot say, e.g. a JSON file), ``aliases`` (more spellings of
+    the flag, e.g. ``("--threads",)``) and ``nargs`` (a flag taking several words, each
+    through ``cli_type``: ``--lora-paths a=/x b=/y``).
     """
     metadata = {
         "help": help,
@@ -36,6 +38,7 @@ def setting(
         "cli": cli,
         "cli_type": cli_type,
         "aliases": aliases,
+        "nargs": nargs,
     }
     return field(default=default, metadata=metadata)
 

@@ -1,0 +1,243 @@
+"""LoRA through the engine: slots and the host LRU, the prefix cache keyed by adapter, chunked
+prefill, preemption, the Triton path, an int8 base, and refused input.
+
+Greedy references come from ``PeftModel`` (``conftest.py``): every setting here must leave each
+request's output exactly what peft produces for its adapter alone.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.lora.conftest import make_adapter
+from tests.lora.test_peft_oracle import peft_as, peft_logits
+from tests.model_factory import build_llama, hf_greedy
+from vibe_sgl_lite import ModelRunner
+from vibe_sgl_lite.batch.forward_batch import BatchRow
+from vibe_sgl_lite.models.worker import ModelWorker
+from vibe_sgl_lite.sampling import SamplingParams
+
+pytestmark = pytest.mark.integration
+
+NAMES: list[str | None] = ["qv", None, "all_rslora", "mlp_o_k", "qv", "all_rslora"]
+SHARED = list(range(20, 44))  # 24 tokens: six pages of 4, shared by every prompt
+PROMPTS = [SHARED + [100 + i, 3 + i] for i in range(len(NAMES))]
+MAX_TOKENS = 6
+
+
+def greedy(name: str | None) -> SamplingParams:
+    return SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, lora_name=name)
+
+
+@pytest.fixture(scope="module")
+def expected(peft_model: Any) -> list[list[int]]:
+    out = []
+    for ids, name in zip(PROMPTS, NAMES):
+        with peft_as(peft_model, name) as m:
+            out.append(hf_greedy(m, ids, MAX_TOKENS))
+    return out
+
+
+def make_runner(qwen3_dir: Path, adapters: dict[str, Path], **settings: Any) -> ModelRunner:
+    settings.setdefault("max_total_tokens", 2048)
+    settings.setdefault("page_size", 4)
+    paths = {name: str(path) for name, path in adapters.items()}
+    return ModelRunner(qwen3_dir, lora_paths=paths, **settings)
+
+
+class RowSpy:
+    """Wraps the worker's ``forward`` to record each step's rows."""
+
+    def __init__(self, runner: ModelRunner) -> None:
+        engine = runner.engine
+        assert engine is not None and isinstance(engine.executor, ModelWorker)
+        self.worker, self.steps = engine.executor, []
+        self.forward = self.worker.forward
+        self.worker.forward = self  # type: ignore[method-assign]
+        engine.executor.execute = self  # type: ignore[method-assign]
+
+    def __call__(self, rows: Sequence[BatchRow]) -> torch.Tensor:
+        self.steps.append(list(rows))
+        return self.forward(rows)
+
+
+def run(runner: ModelRunner) -> list[list[int]]:
+    return [o.token_ids for o in runner.generate_outputs(PROMPTS, [greedy(n) for n in NAMES])]
+
+
+def test_slots_bound_each_step_and_host_lru_rereads(
+    qwen3_dir: Path, adapters: dict[str, Path], expected: list[list[int]]
+) -> None:
+    """Three adapters, two slots, a host cache of two: every step holds at most two distinct
+    adapters, adapters are swapped in and out (and re-read from disk), output unchanged."""
+    with make_runner(qwen3_dir, adapters, max_loras_per_batch=2, max_loaded_loras=2) as runner:
+        spy = RowSpy(runner)
+        assert run(runner) == expected
+        distinct = [len({r.lora for r in rows if r.lora is not None}) for rows in spy.steps]
+        assert max(distinct) == 2
+        lora = spy.worker.lora
+        assert lora is not None and len(lora.host) <= 2 and lora.num_swaps >= 3
+
+
+def test_same_prompt_under_another_adapter_never_reuses_its_cache(
+    qwen3_dir: Path, adapters: dict[str, Path], peft_model: Any
+) -> None:
+    """The case a token-keyed cache gets wrong: the prompt under A, then under B (and then the
+    base), must each equal that adapter alone; under A again it is a cache hit."""
+    ids = PROMPTS[0]
+    with make_runner(qwen3_dir, adapters) as runner:
+        outputs = {}
+        for name in ["qv", "all_rslora", None, "qv"]:
+            (out,) = runner.generate_outputs([ids], greedy(name))
+            with peft_as(peft_model, name) as m:
+                assert out.token_ids == hf_greedy(m, ids, MAX_TOKENS), name
+            outputs.setdefault(name, []).append(out.num_cached_tokens)
+    assert outputs["qv"][0] == 0 and outputs["all_rslora"] == [0] and outputs[None] == [0]
+    assert outputs["qv"][1] >= len(SHARED)  # the same adapter does share its pages
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(chunked_prefill_size=5),
+        dict(max_total_tokens=64, chunked_prefill_size=7),  # forces preemption
+        dict(enable_prefix_cache=False, max_loras_per_batch=1),
+    ],
+    ids=["chunked", "preemption", "one-slot"],
+)
+def test_engine_settings_leave_greedy_output_unchanged(
+    qwen3_dir: Path,
+    adapters: dict[str, Path],
+    expected: list[list[int]],
+    settings: dict[str, Any],
+) -> None:
+    with make_runner(qwen3_dir, adapters, **settings) as runner:
+        assert run(runner) == expected
+        if "max_total_tokens" in settings:
+            assert runner.get_stats()["num_preemptions"] > 0
+
+
+@pytest.mark.slow
+def test_triton_backend_end_to_end(
+    qwen3_dir: Path, adapters: dict[str, Path], expected: list[list[int]]
+) -> None:
+    """The Triton kernel in the engine (under the interpreter on CPU: two steps, three rows)."""
+    with make_runner(qwen3_dir, adapters, lora_backend="triton") as runner:
+        params = [
+            SamplingParams(temperature=0, max_tokens=2, ignore_eos=True, lora_name=n)
+            for n in NAMES[:3]
+        ]
+        outs = runner.generate_outputs(PROMPTS[:3], params)
+        assert [o.token_ids for o in outs] == [e[:2] for e in expected[:3]]
+
+
+def test_int8_base_with_fp32_adapter(
+    qwen3_dir: Path, adapters: dict[str, Path], peft_model: Any
+) -> None:
+    """int8 weights under a float LoRA: close to peft's fp32 logits (int8's own error), and the
+    adapter still moves them as much as in fp32."""
+    ids = PROMPTS[1]
+    with make_runner(qwen3_dir, adapters, quantization="int8") as runner:
+        engine = runner.engine
+        assert engine is not None
+        ours = {n: engine.scorer.logits(ids, engine.resolve_lora(n)) for n in (None, "all_rslora")}
+    ref = {n: peft_logits(peft_model, n, ids) for n in (None, "all_rslora")}
+    for name in ours:
+        scale = ref[name].abs().max()
+        assert (ours[name] - ref[name]).abs().max() / scale < 0.03, name
+    delta, ref_delta = ours["all_rslora"] - ours[None], ref["all_rslora"] - ref[None]
+    assert (delta - ref_delta).abs().max() / ref_delta.abs().max() < 0.1
+
+
+def test_load_and_unload_at_run_time(qwen3_dir: Path, adapters: dict[str, Path]) -> None:
+    with ModelRunner(qwen3_dir, enable_lora=True, max_total_tokens=1024) as runner:
+        assert runner.lora_names == []
+        with pytest.raises(ValueError, match="lora_name 'qv' is not loaded"):
+            runner.generate([1, 2, 3], lora_name="qv", max_tokens=2)
+        runner.load_lora("qv", adapters["qv"])
+        with pytest.raises(ValueError, match="already loaded"):
+            runner.load_lora("qv", adapters["qv"])
+        first = runner.generate([1, 2, 3], lora_name="qv", max_tokens=4, temperature=0)
+        engine = runner.engine
+        assert engine is not None
+        stream = runner.stream_deltas([1, 2, 3], lora_name="qv", max_tokens=4)
+        next(stream)
+        with pytest.raises(ValueError, match="used by 1 unfinished request"):
+            runner.unload_lora("qv")
+        stream.close()
+        runner.unload_lora("qv")
+        assert runner.lora_names == []
+        runner.load_lora("qv", adapters["qv"])  # a new uid: nothing of the old one is reused
+        assert runner.generate([1, 2, 3], lora_name="qv", max_tokens=4, temperature=0) == first
+
+
+# ---- refused input ----------------------------------------------------------------------------
+
+
+def test_lora_name_without_lora_enabled(qwen3_dir: Path) -> None:
+    with ModelRunner(qwen3_dir, max_total_tokens=256) as runner:
+        with pytest.raises(ValueError, match="lora_name 'x' given, but LoRA is not enabled"):
+            runner.generate([1, 2], lora_name="x")
+
+
+def _copy_with_config(src: Path, dst: Path, **changes: Any) -> Path:
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "adapter_config.json").read_text())
+    cfg.update(changes)
+    (dst / "adapter_config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_bad_adapters_are_refused_by_name(
+    qwen3_dir: Path, adapters: dict[str, Path], tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    other_base = build_llama(tmp_path / "llama", tokenizer_dir, hidden_size=32, head_dim=8)
+    from peft import LoraConfig, get_peft_model
+
+    from tests.model_factory import load_hf
+
+    head = get_peft_model(load_hf(qwen3_dir), LoraConfig(r=4, target_modules=["lm_head"]))
+    head.save_pretrained(str(tmp_path / "head"))
+    cases = {
+        str(tmp_path / "missing"): "is not a folder",
+        str(
+            _copy_with_config(adapters["qv"], tmp_path / "big", r=128)
+        ): "r=128 is above max_lora_rank=64",
+        str(tmp_path / "head"): "target module 'lm_head' is not supported",
+        str(
+            make_adapter(other_base, tmp_path / "other", 0, r=4, target_modules=["q_proj"])
+        ): "another base",
+        str(_copy_with_config(adapters["qv"], tmp_path / "dora", use_dora=True)): "use_dora",
+    }
+    with ModelRunner(qwen3_dir, enable_lora=True, max_total_tokens=256) as runner:
+        for path, message in cases.items():
+            with pytest.raises(ValueError, match=message):
+                runner.load_lora("bad", path)
+        assert runner.lora_names == []
+    with pytest.raises(ValueError, match="lora_paths entries"):
+        ModelRunner(qwen3_dir, lora_paths={"": "x"})
+    with pytest.raises(ValueError, match="max_lora_rank must be an integer >= 1"):
+        ModelRunner(qwen3_dir, lora_paths={}, max_lora_rank=0)
+
+
+def test_cli_generate_under_an_adapter(
+    qwen3_dir: Path, adapters: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vibe_sgl_lite.cli import main
+
+    flags = ["--max-tokens", "5", "--temperature", "0", "--max-total-tokens", "256"]
+    paths = [f"qv={adapters['qv']}", f"rs={adapters['all_rslora']}"]
+    args = ["generate", "--model", str(qwen3_dir), "Once upon", *flags, "--lora-name", "rs"]
+    assert main([*args, "--lora-paths", *paths]) == 0
+    printed = capsys.readouterr().out
+    with make_runner(qwen3_dir, adapters) as runner:
+        expected = runner.generate("Once upon", max_tokens=5, temperature=0, lora_name="all_rslora")
+        base = runner.generate("Once upon", max_tokens=5, temperature=0)
+    assert printed == "Once upon" + expected + "\n" and expected != base
