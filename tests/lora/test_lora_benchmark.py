@@ -28,7 +28,7 @@ def test_merged_baseline_equals_the_served_adapter(
     logits = {}
     with ModelRunner(qwen3_dir, lora_paths={"a": str(adapter)}, max_total_tokens=256) as r:
         assert r.engine is not None
-        logits["served"] = r.engine.scorer.logits(ids, r.engine.resolve_lora("a"))
+        logits["served"] = r.engine.scorer.logits(ids, r.engine.loras.resolve("a"))
         logits["base"] = r.engine.scorer.logits(ids)
     with ModelRunner(merged, max_total_tokens=256) as r:
         assert r.engine is not None

@@ -147,7 +147,7 @@ def test_int8_base_with_fp32_adapter(
     with make_runner(qwen3_dir, adapters, quantization="int8") as runner:
         engine = runner.engine
         assert engine is not None
-        ours = {n: engine.scorer.logits(ids, engine.resolve_lora(n)) for n in (None, "all_rslora")}
+        ours = {n: engine.scorer.logits(ids, engine.loras.resolve(n)) for n in (None, "all_rslora")}
     ref = {n: peft_logits(peft_model, n, ids) for n in (None, "all_rslora")}
     for name in ours:
         scale = ref[name].abs().max()
@@ -241,3 +241,10 @@ def test_cli_generate_under_an_adapter(
         expected = runner.generate("Once upon", max_tokens=5, temperature=0, lora_name="all_rslora")
         base = runner.generate("Once upon", max_tokens=5, temperature=0)
     assert printed == "Once upon" + expected + "\n" and expected != base
+
+
+def test_lora_with_speculative_decoding_or_pipeline_stages_is_refused(qwen3_dir: Path) -> None:
+    with pytest.raises(ValueError, match="speculative_algorithm='ngram' yet"):
+        ModelRunner(qwen3_dir, enable_lora=True, speculative_algorithm="ngram")
+    with pytest.raises(ValueError, match="pipeline parallelism yet \\(pp_size=2\\)"):
+        ModelRunner(qwen3_dir, lora_paths={}, pp_size=2)

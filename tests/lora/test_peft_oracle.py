@@ -67,7 +67,9 @@ def forward_rows(
     for ids, name in zip(prompts, names):
         pages = engine.allocator.alloc(-(-len(ids) // engine.config.page_size))
         held.extend(pages)
-        rows.append(BatchRow(ids, 0, pages, False, all_logits=True, lora=engine.resolve_lora(name)))
+        rows.append(
+            BatchRow(ids, 0, pages, False, all_logits=True, lora=engine.loras.resolve(name))
+        )
     try:
         logits = engine.executor.forward(rows)
     finally:

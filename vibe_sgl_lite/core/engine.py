@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 
-from vibe_sgl_lite.batch.forward_batch import AdapterRef
 from vibe_sgl_lite.cache.base import NoPrefixCache, PrefixCache
 from vibe_sgl_lite.cache.radix_cache import RadixCache
 from vibe_sgl_lite.config import EngineConfig
@@ -116,11 +115,7 @@ class Engine:
         )
         self.runner_has_plugins = bool(plugins)  # else only requests that ask meet the plugins
         self.outputs = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_model_len)
-        self.loras: AdapterRegistry | None = None
-        if config.enable_lora:
-            self.loras = AdapterRegistry(self.model_config, config.max_lora_rank)
-            for name, path in (config.lora_paths or {}).items():
-                self.loras.load(name, path)
+        self.loras = AdapterRegistry(self.model_config, config)  # LoRA adapters (core/lora.py)
         # Last: everything that can refuse a setting has done so before worker processes start.
         backend = self.research.attention if self.research is not None else self.attention
         self.executor = self._make_executor(WorkerSpec(model_path, config, num_pages, backend))
@@ -185,7 +180,7 @@ class Engine:
     ) -> Request:
         """Validate and enqueue; raises ``ValueError`` (naming the problem) before queueing."""
         params = params.validated_copy()
-        lora = self.resolve_lora(params.lora_name)
+        lora = self.loras.resolve(params.lora_name)
         prompt_ids = self.tokenizer.prompt_ids(
             prompt, self.model_config.vocab_size, self.max_model_len
         )
@@ -219,27 +214,12 @@ class Engine:
         self.counters["num_prompt_tokens"] += len(prompt_ids)
         return req
 
-    def resolve_lora(self, name: str | None) -> AdapterRef | None:
-        """The adapter a request named (``None``: the base model); ``ValueError`` if unknown."""
-        if name is None:
-            return None
-        if self.loras is None:
-            raise ValueError(
-                f"lora_name {name!r} given, but LoRA is not enabled (start the engine with "
-                "lora_paths or enable_lora=True)"
-            )
-        return self.loras.resolve(name)
-
     def load_lora(self, name: str, path: str | Path) -> None:
         """Make the PEFT adapter in ``path`` available as ``lora_name=name``."""
-        if self.loras is None:
-            raise ValueError("load_lora needs enable_lora=True (or lora_paths) at start")
         self.loras.load(name, path)
 
     def unload_lora(self, name: str) -> None:
         """Forget adapter ``name``; refused while an unfinished request uses it."""
-        if self.loras is None:
-            raise ValueError("unload_lora needs enable_lora=True (or lora_paths) at start")
         unfinished = self.scheduler.running + self.scheduler.waiting
         self.loras.unload(name, (r.lora for r in unfinished))
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from vibe_sgl_lite.batch.forward_batch import AdapterRef
+from vibe_sgl_lite.config import EngineConfig
 from vibe_sgl_lite.models.config import ModelConfig
 from vibe_sgl_lite.models.lora import read_adapter
 
@@ -25,13 +26,26 @@ class UnknownAdapterError(ValueError):
 
 
 class AdapterRegistry:
-    def __init__(self, model_config: ModelConfig, max_rank: int) -> None:
-        self.model_config, self.max_rank = model_config, max_rank
+    """The engine's adapters; without ``enable_lora`` (or ``lora_paths``) it refuses them all."""
+
+    def __init__(self, model_config: ModelConfig, config: EngineConfig) -> None:
+        self.model_config, self.max_rank = model_config, config.max_lora_rank
+        self.enabled = config.enable_lora
         self.adapters: dict[str, AdapterRef] = {}
         self._next_uid = 1
+        for name, path in (config.lora_paths or {}).items():
+            self.load(name, path)
+
+    def _require_enabled(self, what: str) -> None:
+        if not self.enabled:
+            raise ValueError(
+                f"{what} given, but LoRA is not enabled (start the engine with lora_paths or "
+                "enable_lora=True)"
+            )
 
     def load(self, name: str, path: str | Path) -> AdapterRef:
         """Check and register the adapter in folder ``path`` as ``name``."""
+        self._require_enabled(f"load_lora({name!r})")
         if not isinstance(name, str) or not name:
             raise ValueError(f"lora_name must be a non-empty string, got {name!r}")
         if name in self.adapters:
@@ -43,7 +57,11 @@ class AdapterRegistry:
         self.adapters[name] = ref
         return ref
 
-    def resolve(self, name: str) -> AdapterRef:
+    def resolve(self, name: str | None) -> AdapterRef | None:
+        """The adapter a request named (``None``: the base model); ``ValueError`` if unknown."""
+        if name is None:
+            return None
+        self._require_enabled(f"lora_name {name!r}")
         ref = self.adapters.get(name)
         if ref is None:
             loaded = ", ".join(sorted(self.adapters)) or "none"
@@ -52,6 +70,7 @@ class AdapterRegistry:
 
     def unload(self, name: str, in_use: Iterable[AdapterRef | None]) -> None:
         """Forget ``name``; refused while ``in_use`` (the unfinished requests' adapters) has it."""
+        self._require_enabled(f"unload_lora({name!r})")
         ref = self.resolve(name)
         users = sum(1 for r in in_use if r == ref)
         if users:

@@ -287,8 +287,7 @@ class ModelRunner:
     @property
     def lora_names(self) -> list[str]:
         """The loaded adapters' names, in load order."""
-        loras = self._engine.loras
-        return list(loras.adapters) if loras is not None else []
+        return list(self._engine.loras.adapters)
 
     # ---- stats and cache ---------------------------------------------------------------------
 

@@ -76,7 +76,7 @@ class RankStage:
                 )
                 dist.recv(h, src=self.prev_rank)
                 start = time.monotonic()
-            w.attention.prepare(batch)
+            w.prepare(batch)
             h = model.forward_layers(h, batch, w.kv_pool, w.attention)
             if self.next_rank is None:
                 logits.append(model.compute_logits(h, batch))

@@ -85,13 +85,18 @@ class ModelWorker:
     def forward(self, rows: Sequence[BatchRow]) -> torch.Tensor:
         """One forward over ``rows``; float32 logits ``[num sampling rows, vocab]``."""
         batch = ForwardBatch.build(rows, self.page_size, self.device)
-        self.attention.prepare(batch)
-        if self.lora is not None:
-            self.lora.prepare(batch)
+        self.prepare(batch)
         logits: torch.Tensor = self.model(batch, self.kv_pool, self.attention)
         return logits
 
     execute = forward
+
+    def prepare(self, batch: ForwardBatch) -> None:
+        """The step's metadata, once before the layers: the attention backend's, and the LoRA
+        adapters' slots and token groups (only with ``enable_lora``)."""
+        self.attention.prepare(batch)
+        if self.lora is not None:
+            self.lora.prepare(batch)
 
     @torch.inference_mode()
     def forward_with_hidden(self, rows: Sequence[BatchRow]) -> tuple[torch.Tensor, ForwardBatch]:
@@ -99,7 +104,7 @@ class ModelWorker:
         ``hidden_states [T, hidden]`` (an EAGLE head drafts from them)."""
         batch = ForwardBatch.build(rows, self.page_size, self.device)
         batch.return_hidden = True
-        self.attention.prepare(batch)
+        self.prepare(batch)
         logits: torch.Tensor = self.model(batch, self.kv_pool, self.attention)
         return logits, batch
 

@@ -71,7 +71,7 @@ def create_app(
         dataclasses.replace(
             served, reasoning_parser=reasoning_parser, tool_call_parser=tool_call_parser
         ),
-        {name: ref.path for name, ref in engine.loras.adapters.items()} if engine.loras else {},
+        {name: ref.path for name, ref in engine.loras.adapters.items()},
     )
     metrics = ServerMetrics(context.stats, model_name)
 
