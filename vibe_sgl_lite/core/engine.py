@@ -180,7 +180,7 @@ class Engine:
     ) -> Request:
         """Validate and enqueue; raises ``ValueError`` (naming the problem) before queueing."""
         params = params.validated_copy()
-        lora = self.loras.resolve(params.lora_name)
+        lora = None if params.lora_name is None else self.loras.resolve(params.lora_name)
         prompt_ids = self.tokenizer.prompt_ids(
             prompt, self.model_config.vocab_size, self.max_model_len
         )
