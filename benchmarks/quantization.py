@@ -1,4 +1,4 @@
-"""Batch-1 weight-only quantisation: decode tokens/s with fp32, int8 and int4 weights, against
+"""Batch-1 quantisation: decode tokens/s with fp32, int8 (W8A8), int8 weight-only and int4, against
 our own fp32 and against llama.cpp on the same weights, same run.
 
 Why batch 1. Decoding one sequence multiplies a single activation row by every weight matrix:
@@ -11,8 +11,8 @@ What is measured. For each model (``--model``, repeatable: a Hugging Face folder
 file; by default the bundled model and, when ``scripts/fetch_test_gguf.py`` has fetched it,
 SmolLM2-135M-Instruct Q4_1 from ``scripts/_cache``) and each weights kind:
 
-* ``ours tok/s``: ``ModelRunner(model, quantization=None | "int8" | "int4")`` (float32
-  activations and KV cache, prefix cache off so that a repeat recomputes its prompt), one
+* ``ours tok/s``: ``ModelRunner(model, quantization=None | "int8" | "int8_weight_only" |
+  "int4")`` (``int8``: W8A8, int8 activation rows; the others float32 activations; float32 KV cache, prefix cache off so that a repeat recomputes its prompt), one
   request: ``--prompt-len`` random token ids (below the vocabulary, ``--seed``) and
   ``--new-tokens`` greedy tokens with EOS ignored. One warm-up ``generate_outputs``, then the
   best wall time of ``--repeats`` (background load only ever slows a run down);
@@ -80,9 +80,9 @@ from vibe_sgl_lite.models.gguf import is_gguf_file
 from vibe_sgl_lite.models.gguf_export import export_gguf
 from vibe_sgl_lite.sampling import SamplingParams
 
-WEIGHTS = ("fp32", "int8", "int4")
-QUANTIZATION: dict[str, str | None] = {"fp32": None, "int8": "int8", "int4": "int4"}
-EXPORT_STORAGE = {"fp32": "F32", "int8": "Q8_0", "int4": "Q4_0"}
+WEIGHTS = ("fp32", "int8", "int8_weight_only", "int4")
+QUANTIZATION: dict[str, str | None] = {w: None if w == "fp32" else w for w in WEIGHTS}
+EXPORT_STORAGE = {"fp32": "F32", "int8": "Q8_0", "int8_weight_only": "Q8_0", "int4": "Q4_0"}
 """The GGUF type llama.cpp gets for each row when the model is a folder: the closest llama.cpp
 counterpart of our mode."""
 
@@ -339,7 +339,7 @@ class ModelResult:
         lines = [f"model: {self.model} ({self.description})", TABLE_HEADER]
         for r in self.rows:
             cells = [
-                f"{r.weights:>7} {r.ours.tokens_per_second:>10.1f} {self.speedup(r.weights):>6.2f}"
+                f"{r.weights:>16} {r.ours.tokens_per_second:>10.1f} {self.speedup(r.weights):>6.2f}"
             ]
             if r.llama_cpp is None:
                 cells.append(f"{'-':>15} {'-':>14} {'-':>11}")
@@ -353,7 +353,7 @@ class ModelResult:
 
 
 TABLE_HEADER = (
-    f"{'weights':>7} {'ours tok/s':>10} {'x fp32':>6} {'llama.cpp tok/s':>15} "
+    f"{'weights':>16} {'ours tok/s':>10} {'x fp32':>6} {'llama.cpp tok/s':>15} "
     f"{'ours/llama.cpp':>14} {'same tokens':>11}"
 )
 

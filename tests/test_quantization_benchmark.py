@@ -41,11 +41,11 @@ def test_quantization_benchmark_smoke(
     assert has_llama_cpp or "llama.cpp: not installed" in out
     assert "cpu:" in out and "torch threads: 1" in out and "date:" in out
     [result] = report.models
-    assert [r.weights for r in result.rows] == ["fp32", "int8", "int4"]
+    assert [r.weights for r in result.rows] == ["fp32", "int8", "int8_weight_only", "int4"]
 
     lines = out.splitlines()
     start = lines.index(bench.TABLE_HEADER)
-    printed = [line.split() for line in lines[start + 1 : start + 4]]
+    printed = [line.split() for line in lines[start + 1 : start + 5]]
     for row, cells in zip(result.rows, printed):
         assert cells[0] == row.weights
         assert row.ours.tokens_per_second > 0 and len(row.ours.token_ids) == NEW_TOKENS

@@ -26,7 +26,7 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 """The ``dtype`` choices; ``DTYPES`` maps each to its ``torch.dtype``."""
 KV_CACHE_DTYPES = ("auto", *DTYPE_NAMES, "int8")
 ATTENTION_METHODS = ("dense", "streaming", "quest", "topk_oracle")  # kernels/sparse/
-QUANTIZATIONS = ("int8", "int4")  # models/quantization.py
+QUANTIZATIONS = ("int8", "int8_weight_only", "int4")  # models/quantize.py
 WEIGHT_LAYOUTS = ("auto", "row", "column")  # models/weight_layout.py
 SPECULATIVE_ALGORITHMS = ("ngram", "draft", "eagle")  # speculative/
 MAX_SPECULATIVE_TOKENS = 16
@@ -85,8 +85,9 @@ class EngineConfig:
     min_tokens_after_pruning: int = setting(256, "token pruning: never prune below this many")
     quantization: str | None = setting(
         None,
-        "weight-only quantisation of the linear layers: int8 (per output channel) or int4 "
-        "(groups of 32; the LM head int8) (default: float weights)",
+        "quantised linear layers: int8 (W8A8: int8 weights per output channel, int8 activations "
+        "per row, integer products), int8_weight_only (float activations), or int4 (weights in "
+        "groups of 32, float activations; the LM head W8A8 int8) (default: float weights)",
         QUANTIZATIONS,
     )
     weight_layout: str = setting(

@@ -49,73 +49,21 @@ fp16); SDPA does so too for bf16 on the CPU.
 from __future__ import annotations
 
 import functools
-import hashlib
-import platform
-import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from vibe_sgl_lite.kernels.backend import PagedAttentionBackend
-
-_SOURCE = Path(__file__).with_name("cpu_paged.cpp")
-_CFLAGS = [
-    "-O3",
-    "-march=native",  # AVX-512 where the machine has it: the kernel's loops are vectorised
-    "-fopenmp",  # at::parallel_for is an OpenMP pragma in a header: compiled here
-    "-fno-math-errno",  # lets the compiler vectorise the exp() of a block of scores
-]
-
-
-def _cpu_tag() -> str:
-    """A short hash of this CPU's feature flags: ``-march=native`` builds are only valid on it.
-
-    It goes into the extension's name, so a home directory shared by machines with different
-    CPUs keeps one build per CPU kind instead of loading one that raises SIGILL.
-    """
-    try:
-        flags = next(
-            line
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("flags")
-        )
-    except (OSError, StopIteration):
-        flags = platform.processor() or platform.machine()
-    return hashlib.sha1(flags.encode()).hexdigest()[:8]
+from vibe_sgl_lite.kernels.cpp_build import load_op_library
 
 
 @functools.cache
 def kernel_op() -> Any:
-    """Build (or load from torch's extension cache) the C++ op; return it.
-
-    Raises ``RuntimeError`` when the build fails: the caller asked for this path, so a silent
-    fallback to a slower one would only hide the problem. ``-march=native`` ties the build to
-    this CPU; torch's cache is per user and machine, so that is what we want.
-    """
-    from torch.utils.cpp_extension import _get_build_directory, load
-
-    name = f"vibe_sgl_lite_cpu_paged_{_cpu_tag()}"
-    if not (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists():
-        print(
-            "vibe-sgl-lite: compiling the C++ attention kernel for this CPU (once, ~20 s)...",
-            file=sys.stderr,
-            flush=True,
-        )
-    try:
-        load(
-            name=name,
-            sources=[str(_SOURCE)],
-            extra_cflags=_CFLAGS,
-            extra_ldflags=["-fopenmp"],
-            is_python_module=False,  # the op registers itself with TORCH_LIBRARY
-        )
-    except Exception as exc:  # compiler missing, ninja missing, compile error, ...
-        raise RuntimeError(
-            f"could not build the CPU paged-attention kernel {_SOURCE.name} "
-            "(needs a C++17 compiler and ninja; see the error above)"
-        ) from exc
+    """Build (or load from torch's extension cache, ``kernels/cpp_build.py``) the C++ op; return
+    it. ``-march=native``: AVX-512 where the machine has it, the kernel's loops are vectorised
+    (the build is cached per CPU kind). Raises ``RuntimeError`` when the build fails."""
+    load_op_library("cpu_paged", "attention kernel", ["-march=native"])
     return torch.ops.vibe_cpu_paged.paged_attention
 
 

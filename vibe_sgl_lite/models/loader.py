@@ -2,7 +2,7 @@
 
 (A llama.cpp ``.gguf`` file goes through the same steps; ``models/gguf.py`` supplies its config
 and its dequantised tensors.) With ``quantization`` the loaded float model's linear layers are
-then replaced by int8/int4 ones (``models/quantization.py``).
+then replaced by int8/int4 ones (``models/quantize.py``).
 
 Tensors are read with safetensors' own API (memory-mapped, never pickle), one at a time, so peak
 memory stays close to the size of the model itself.
@@ -25,12 +25,8 @@ from vibe_sgl_lite.models.config import ModelConfig
 from vibe_sgl_lite.models.decoder import DecoderForCausalLM
 from vibe_sgl_lite.models.gguf import iter_gguf_tensors
 from vibe_sgl_lite.models.layers import RotaryEmbedding
-from vibe_sgl_lite.models.quantization import (
-    QuantizedWeight,
-    Slot,
-    quantization_targets,
-    quantize_model,
-)
+from vibe_sgl_lite.models.quantization import QuantizedWeight, Slot
+from vibe_sgl_lite.models.quantize import quantization_targets, quantize_model
 from vibe_sgl_lite.models.registry import get_model_class
 from vibe_sgl_lite.models.weight_layout import relayout_linear_weights, resolve_weight_layout
 from vibe_sgl_lite.models.weights import PACKED
@@ -199,8 +195,9 @@ def load_model(
     terminal and the load takes over a second (a big model read from disk), so logs and tests
     stay clean; ``True`` always, ``False`` never.
 
-    ``quantization`` (``"int8"``, ``"int4"``) replaces the linear layers by ``QuantizedLinear``
-    (the LM head: int8) once the float weights are in (``quantize_model``). From a GGUF file,
+    ``quantization`` (``"int8"``: W8A8, ``"int8_weight_only"``, ``"int4"``) replaces the linear
+    layers by quantised ones (the LM head: W8A8 int8) once the float weights are in
+    (``models/quantize.py``). From a GGUF file,
     int4 takes the Q4_0/Q4_1 matrices' own codes rather than re-rounding their dequantised
     floats; every other case quantises the loaded floats (a Q8_0 matrix under int8 too: its
     per-32 block scales do not fit the fused kernel's one scale per row).

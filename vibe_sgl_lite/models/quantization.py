@@ -1,4 +1,9 @@
-"""Weight-only quantisation: int8 or int4 weights, float activations, dequantised inside the matmul.
+"""Quantised linear layers: ``int8`` (W8A8, ``models/w8a8.py``), and the weight-only modes here.
+
+``quantization`` is one of ``MODES``: ``"int8"`` rounds weights *and* activation rows to int8 and
+multiplies integers (``Int8Linear``); ``"int8_weight_only"`` and ``"int4"`` keep float
+activations and dequantise inside the matmul (``QuantizedLinear``, the rest of this docstring).
+All three share the weight numbers below (``QuantizedWeight``: int8 per channel, int4 groups).
 
 Why it pays: decoding one token multiplies a single activation row by every weight matrix, about
 two flops per weight read, so batch-1 decode is bound by memory traffic, not arithmetic. Storing
@@ -50,16 +55,14 @@ quantised; the latter is packed once, for the device it runs on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vibe_sgl_lite.models.layers import Attention, GatedMLP, MergedLinear
-
-MODES = ("int8", "int4")
+MODES = ("int8", "int8_weight_only", "int4")  # the layer kinds; weight numbers: "int8"/"int4"
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 DEFAULT_INT4_GROUP_SIZE = 32
 INT4_ROWS_MULTIPLE = 16  # the CPU int4 packing works on blocks of 16 output rows
@@ -164,15 +167,21 @@ def quantize_int4(
 def quantize_weight(
     weight: torch.Tensor, mode: str, group_size: int = DEFAULT_INT4_GROUP_SIZE
 ) -> QuantizedWeight:
-    """``quantize_int8`` or ``quantize_int4`` by ``mode``.
+    """``quantize_int8`` or ``quantize_int4`` by ``mode`` (a ``MODES`` entry or ``"int8"``).
 
     Rows are padded with zero columns up to the kernel's multiple (16 for int8, ``group_size``
     for int4); they cost nothing in the product and ``QuantizedLinear`` pads the input to match."""
     if mode not in MODES:
         raise ValueError(f"quantization must be one of {', '.join(MODES)}, got {mode!r}")
+    mode = weight_format(mode)
     multiple = INT8_K_MULTIPLE if mode == "int8" else group_size
     padded = F.pad(weight.detach().float(), (0, -weight.shape[1] % multiple))
     return quantize_int8(padded) if mode == "int8" else quantize_int4(padded, group_size)
+
+
+def weight_format(mode: str) -> str:
+    """The numbers a ``MODES`` entry stores: ``"int4"``, or ``"int8"`` for both int8 modes."""
+    return "int4" if mode == "int4" else "int8"
 
 
 class QuantizedLinear(nn.Module):
@@ -263,87 +272,3 @@ class QuantizedLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"mode={self.mode}{group}, fused={self.fused}, bias={self.bias is not None}"
         )
-
-
-def quantization_targets(model: nn.Module, lm_head: bool = True) -> dict[str, nn.Linear]:
-    """``{module path: linear}`` of the layers ``quantize_model`` replaces.
-
-    Every attention (``qkv_proj``, ``o_proj``) and dense SwiGLU (``gate_up_proj``,
-    ``down_proj``) projection, and the LM head if ``lm_head``: the matrices a decode step reads.
-    The embedding is a lookup (one row per token, never the whole matrix), so it stays float; so
-    do norms, a mixture-of-experts router (tiny, and its top-k choice is sensitive) and the
-    stacked experts (not ``nn.Linear``).
-
-    A layer cut for tensor parallelism is a subclass with its own communicating ``forward``,
-    which a ``QuantizedLinear`` would silently drop: it is refused with a ``ValueError``."""
-    targets: dict[str, nn.Linear] = {}
-    for path, module in model.named_modules():
-        if isinstance(module, Attention):
-            names = ("qkv_proj", "o_proj")
-        elif isinstance(module, GatedMLP):
-            names = ("gate_up_proj", "down_proj")
-        else:
-            continue
-        for name in names:
-            targets[f"{path}.{name}"] = getattr(module, name)
-    head = getattr(model, "lm_head", None)
-    if lm_head and isinstance(head, nn.Linear):
-        targets["lm_head"] = head
-    for path, linear in targets.items():
-        if type(linear) not in (nn.Linear, MergedLinear):
-            raise ValueError(
-                f"quantization cannot replace {path} ({type(linear).__name__}): layers sharded "
-                "for tensor parallelism are not supported (use tp_size=1)"
-            )
-    return targets
-
-
-def shard_rows(linear: nn.Linear) -> list[tuple[int, int]]:
-    """``(first row, rows)`` of each checkpoint tensor in ``linear``'s weight (one if unmerged)."""
-    if isinstance(linear, MergedLinear):
-        return [(linear.shard_offset(i), n) for i, n in enumerate(linear.shard_sizes)]
-    return [(0, linear.out_features)]
-
-
-@torch.no_grad()
-def quantize_model(
-    model: nn.Module,
-    mode: str,
-    *,
-    group_size: int = DEFAULT_INT4_GROUP_SIZE,
-    lm_head: str | None = "int8",
-    prequantized: Mapping[Slot, QuantizedWeight] | None = None,
-) -> nn.Module:
-    """Replace ``model``'s target linears (``quantization_targets``) by ``QuantizedLinear``, in
-    place, after its float weights are loaded; returns ``model``.
-
-    ``lm_head`` is the LM head's own mode (``None``: keep it float). It defaults to int8 under
-    both modes, as llama.cpp keeps its output matrix above 4 bits: it is the largest matrix a
-    decode step reads in small models, int8 costs it nothing measurable, but int4 made SmolLM2's
-    perplexity 6% worse (the other layers in int4: +0.04%). A tied LM head gets its own quantised
-    copy of the embedding, which stays float for the lookup.
-
-    ``prequantized`` holds checkpoint tensors that arrived already quantised in this layout
-    (Q4_0/Q4_1 GGUF blocks for int4), by ``(module path, shard index)``: they are used as they
-    are and the float rows of that shard, never loaded, are ignored. A merged layer may mix
-    both, since every row is quantised on its own."""
-    for name, value in (("quantization", mode), ("lm_head", lm_head)):
-        if value is not None and value not in MODES:
-            raise ValueError(f"{name} must be one of {', '.join(MODES)}, got {value!r}")
-    if group_size not in INT4_GROUP_SIZES:
-        raise ValueError(f"group_size must be one of {INT4_GROUP_SIZES}, got {group_size}")
-    given = prequantized or {}
-    modules = dict(model.named_modules())
-    for path, linear in quantization_targets(model, lm_head=lm_head is not None).items():
-        layer_mode = lm_head if path == "lm_head" and lm_head is not None else mode
-        parts = []
-        for shard, (start, rows) in enumerate(shard_rows(linear)):
-            part = given.get((path, shard))
-            if part is None or part.mode != layer_mode:  # (int4 codes given for an int8 head)
-                floats = linear.weight[start : start + rows] if part is None else part.dequantize()
-                part = quantize_weight(floats[:, : linear.in_features], layer_mode, group_size)
-            parts.append(part.map_rows(lambda t: t.to(linear.weight.device)))
-        quantized = QuantizedLinear(QuantizedWeight.cat(parts), linear.bias, linear.in_features)
-        parent, _, attr = path.rpartition(".")
-        setattr(modules[parent] if parent else model, attr, quantized)
-    return model
