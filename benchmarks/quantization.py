@@ -1,7 +1,7 @@
-"""Batch-1 quantisation: decode tokens/s with fp32, int8 (W8A8), int8 weight-only and int4, against
-our own fp32 and against llama.cpp on the same weights, same run.
+"""Quantisation: decode tokens/s with fp32, int8 (W8A8), int8 weight-only and int4 weights,
+against our own fp32 and against llama.cpp on the same weights, same run; batch 1 by default.
 
-Why batch 1. Decoding one sequence multiplies a single activation row by every weight matrix:
+Why batch 1 first. Decoding one sequence multiplies a single activation row by every weight matrix:
 about two flops per weight read, so the step is bound by reading the weights, and storing them
 in 8 (4) bits instead of 32 is meant to make it up to 4x (8x) faster. This script measures how
 much of that the engine gets (``x fp32``) and how it compares with llama.cpp, the program a CPU
@@ -12,11 +12,12 @@ file; by default the bundled model and, when ``scripts/fetch_test_gguf.py`` has 
 SmolLM2-135M-Instruct Q4_1 from ``scripts/_cache``) and each weights kind:
 
 * ``ours tok/s``: ``ModelRunner(model, quantization=None | "int8" | "int8_weight_only" |
-  "int4")`` (``int8``: W8A8, int8 activation rows; the others float32 activations; float32 KV cache, prefix cache off so that a repeat recomputes its prompt), one
-  request: ``--prompt-len`` random token ids (below the vocabulary, ``--seed``) and
-  ``--new-tokens`` greedy tokens with EOS ignored. One warm-up ``generate_outputs``, then the
+  "int4")`` (``int8`` rounds the activations to int8 too, the others keep them float32; float32
+  KV cache, prefix cache off so that a repeat recomputes its prompt), ``--batch`` requests
+  (default 1) at once, each ``--prompt-len`` random token ids (below the vocabulary, ``--seed``)
+  and ``--new-tokens`` greedy tokens with EOS ignored. One warm-up ``generate_outputs``, then the
   best wall time of ``--repeats`` (background load only ever slows a run down);
-  tokens/s = new tokens / that time. **The prefill is inside the time**: a 32-token prompt
+  tokens/s = all requests' new tokens / that time. **The prefill is inside the time**: a 32-token prompt
   against 128 new tokens, it is a small share, but int4's fused kernel is slower than a GEMM
   at prefill (``models/quantization.py``), and that is counted against it, as a user would feel
   it. ``x fp32`` is a row's tokens/s over the fp32 row's.
@@ -39,15 +40,16 @@ SmolLM2-135M-Instruct Q4_1 from ``scripts/_cache``) and each weights kind:
 
 * ``same tokens``: how many of the new tokens ours and llama.cpp's greedy outputs share before
   they first differ (``128/128``: identical). On the fp32 row both multiply the same float32
-  numbers, so they should agree. Quantised rows need not: our int8 is one scale per output row
-  (Q8_0: one per 32 weights), our int4 is asymmetric groups of 32 with an int8 LM head (Q4_0:
+  numbers, so they should agree (for the first request). Quantised rows need not: our int8
+  weights have one scale per output row (Q8_0: one per 32 weights), our int4 is asymmetric groups of 32 with an int8 LM head (Q4_0:
   symmetric groups, the LM head Q4_0 too), and llama.cpp also rounds the activations to 8 bits
   for its quantised dot products. On a Q4_0/Q4_1 file our int4 keeps the file's own 4-bit codes.
 
-Not measured: batched decode (``benchmarks/decode_step.py``, ``vibe-sgl-lite bench``) and
+Not measured: a step's breakdown (``benchmarks/decode_step.py``) and
 quality (``vibe-sgl-lite eval`` perplexity); a greedy-token prefix is only a coarse check.
 
     python benchmarks/quantization.py --threads 1
+    python benchmarks/quantization.py --threads 1 --batch 32 --model scripts/_cache/SmolLM2-135M-Instruct.Q4_1.gguf
     python benchmarks/quantization.py --threads 1 --model path/to/hf-folder --model path/to/x.gguf
 """
 
@@ -110,59 +112,68 @@ class Generation:
     token_ids: list[int]  # [new_tokens]
 
 
-def best_of(generate: Callable[[], list[int]], new_tokens: int, repeats: int) -> Generation:
-    """One warm-up call (first-use allocations, kernel picks, thread pool start), then
-    ``new_tokens`` over the best wall time of ``repeats`` calls; each call returns its new ids."""
+def best_of(generate: Callable[[], list[list[int]]], new_tokens: int, repeats: int) -> Generation:
+    """One warm-up call (first-use allocations, kernel picks, thread pool start), then all
+    sequences' new tokens over the best wall time of ``repeats`` calls; each call returns the new
+    ids of every sequence, and the first sequence's are kept."""
     generate()
-    best, token_ids = math.inf, []
+    best, outputs = math.inf, []
     for _ in range(repeats):
         start = time.perf_counter()
-        token_ids = generate()
+        outputs = generate()
         best = min(best, time.perf_counter() - start)
-    if len(token_ids) != new_tokens:
-        raise RuntimeError(f"asked for {new_tokens} tokens (EOS ignored), got {len(token_ids)}")
-    return Generation(new_tokens / best, token_ids)
+    if any(len(ids) != new_tokens for ids in outputs):
+        raise RuntimeError(f"asked for {new_tokens} tokens (EOS ignored) per sequence")
+    return Generation(len(outputs) * new_tokens / best, outputs[0])
 
 
 def measure_ours(
-    model: Path, quantization: str | None, prompt: list[int], new_tokens: int, repeats: int
+    model: Path,
+    quantization: str | None,
+    prompts: list[list[int]],
+    new_tokens: int,
+    repeats: int,
 ) -> Generation:
-    """Our engine at batch 1 with ``quantization`` (``None``: the float32 weights)."""
+    """Our engine, all ``prompts`` at once, with ``quantization`` (``None``: float32 weights)."""
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
     with ModelRunner(
         model,
         quantization=quantization,
-        max_total_tokens=len(prompt) + new_tokens + POOL_SLACK,
+        max_total_tokens=sum(len(p) + new_tokens + POOL_SLACK for p in prompts),
         enable_prefix_cache=False,
     ) as runner:
 
-        def generate() -> list[int]:
-            output = runner.generate_outputs([prompt], params)[0]
-            if output.error is not None:
-                raise ValueError(output.error)
-            return output.token_ids
+        def generate() -> list[list[int]]:
+            outputs = runner.generate_outputs(prompts, params)
+            for output in outputs:
+                if output.error is not None:
+                    raise ValueError(output.error)
+            return [output.token_ids for output in outputs]
 
         return best_of(generate, new_tokens, repeats)
 
 
 def measure_llama_cpp(
     gguf: Path,
-    prompt: list[int],
+    prompts: list[list[int]],
     new_tokens: int,
     repeats: int,
     threads: int,
     extra_buffers: bool = True,
 ) -> Generation:
-    """llama.cpp at batch 1 on ``gguf``, with the KV cache in float32 as ours."""
+    """llama.cpp on ``gguf``, all ``prompts`` as sequences of one context (one ``llama_decode``
+    per step over all of them), with the KV cache in float32 as ours."""
     with LlamaCppEngine(
         gguf,
-        max_seqs=1,
-        n_ctx=len(prompt) + new_tokens + POOL_SLACK,
+        max_seqs=len(prompts),
+        n_ctx=sum(len(p) + new_tokens + POOL_SLACK for p in prompts),
         threads=threads,
         kv_dtype="float32",
         extra_buffers=extra_buffers,
     ) as llm:
-        return best_of(lambda: llm.generate([(prompt, new_tokens)])[0], new_tokens, repeats)
+        return best_of(
+            lambda: llm.generate([(p, new_tokens) for p in prompts]), new_tokens, repeats
+        )
 
 
 class LlamaCppChild:
@@ -182,13 +193,13 @@ class LlamaCppChild:
         self.extra_buffers = True
 
     def measure(
-        self, gguf: Path, prompt: list[int], new_tokens: int, repeats: int
+        self, gguf: Path, prompts: list[list[int]], new_tokens: int, repeats: int
     ) -> tuple[Generation | None, str]:
         """llama.cpp's ``Generation``, or ``None``; and what to add to the row's note."""
-        result = self._run(gguf, prompt, new_tokens, repeats)
+        result = self._run(gguf, prompts, new_tokens, repeats)
         if result == -signal.SIGILL and self.extra_buffers:
             self.extra_buffers = False
-            result = self._run(gguf, prompt, new_tokens, repeats)
+            result = self._run(gguf, prompts, new_tokens, repeats)
         note = "" if self.extra_buffers else f"; {NO_EXTRA_BUFFERS}"
         if isinstance(result, Generation):
             return result, note
@@ -198,12 +209,12 @@ class LlamaCppChild:
         return None, f"{note}; llama.cpp failed: {result}"
 
     def _run(
-        self, gguf: Path, prompt: list[int], new_tokens: int, repeats: int
+        self, gguf: Path, prompts: list[list[int]], new_tokens: int, repeats: int
     ) -> Generation | int | str:
         """The child's ``Generation``, its return code if it died, or its error's last line."""
         request = dict(
             gguf=str(gguf),
-            prompt=prompt,
+            prompts=prompts,
             new_tokens=new_tokens,
             repeats=repeats,
             threads=self.threads,
@@ -235,7 +246,7 @@ def llama_cpp_child() -> None:
     request = json.load(sys.stdin)
     result = measure_llama_cpp(
         Path(request["gguf"]),
-        request["prompt"],
+        request["prompts"],
         request["new_tokens"],
         request["repeats"],
         request["threads"],
@@ -378,17 +389,22 @@ def measure_model(
     is as large as the model."""
     config = ModelConfig.from_path(model)
     rng = random.Random(args.seed)
-    prompt = [rng.randrange(1, config.vocab_size) for _ in range(args.prompt_len)]
+    prompts = [
+        [rng.randrange(1, config.vocab_size) for _ in range(args.prompt_len)]
+        for _ in range(args.batch)
+    ]
     rows = []
     with tempfile.TemporaryDirectory(prefix="quantization-gguf-") as tmp:
         for weights in WEIGHTS:
-            ours = measure_ours(model, QUANTIZATION[weights], prompt, args.new_tokens, args.repeats)
+            ours = measure_ours(
+                model, QUANTIZATION[weights], prompts, args.new_tokens, args.repeats
+            )
             llama_cpp, what = None, NOT_INSTALLED
             if llama_cpp_child is not None:
                 gguf, what = llama_cpp_gguf(model, weights, Path(tmp))
                 if gguf is not None:
                     llama_cpp, note = llama_cpp_child.measure(
-                        gguf, prompt, args.new_tokens, args.repeats
+                        gguf, prompts, args.new_tokens, args.repeats
                     )
                     what += note
                     if gguf != model:
@@ -409,6 +425,7 @@ class QuantizationReport:
     new_tokens: int
     repeats: int
     llama_cpp_installed: bool
+    batch: int
     models: list[ModelResult]
 
     def header(self) -> list[str]:
@@ -416,9 +433,10 @@ class QuantizationReport:
             f"cpu: {self.cpu}",
             f"torch threads: {self.threads} (llama.cpp the same)",
             f"date: {self.date}",
-            f"workload: batch 1, {self.prompt_len} random prompt tokens, {self.new_tokens} greedy "
-            f"new tokens (EOS ignored); best of {self.repeats} after one warm-up; tok/s = new "
-            "tokens / wall time of the whole generate, prefill included",
+            f"workload: batch {self.batch}, {self.prompt_len} random prompt tokens, "
+            f"{self.new_tokens} greedy new tokens each (EOS ignored); best of {self.repeats} "
+            "after one warm-up; tok/s = new tokens / wall time of the whole generate, prefill "
+            "included",
         ]
 
 
@@ -439,12 +457,15 @@ def main(argv: Sequence[str] | None = None) -> QuantizationReport:
     parser.add_argument("--prompt-len", type=int, default=32, help="random prompt tokens")
     parser.add_argument("--new-tokens", type=int, default=128, help="greedy tokens generated")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the best counts")
-    parser.add_argument("--seed", type=int, default=0, help="of the random prompt")
+    parser.add_argument("--seed", type=int, default=0, help="of the random prompts")
+    parser.add_argument(
+        "--batch", type=int, default=1, help="requests generated together (each its own prompt)"
+    )
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads; 0: torch's default (all cores)"
     )
     args = parser.parse_args(argv)
-    for name in ("prompt_len", "new_tokens", "repeats"):
+    for name in ("prompt_len", "new_tokens", "repeats", "batch"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     common.apply_threads(args)
@@ -458,6 +479,7 @@ def main(argv: Sequence[str] | None = None) -> QuantizationReport:
         repeats=args.repeats,
         llama_cpp_installed=llama_cpp_installed(),
         models=[],
+        batch=args.batch,
     )
     for line in report.header():
         print(line, flush=True)
