@@ -100,3 +100,14 @@ def test_lora_example_serves_two_adapters_and_the_base_like_peft() -> None:
     assert [line.split(" (")[0].strip() for line in lines] == ["base", "shout", "whisper"]
     assert all("(same as peft)" in line for line in lines)
     assert len({line.split("): ", 1)[1] for line in lines}) == 3  # each adapter changes the text
+
+
+def test_quantization_example_keeps_a_row_identical_alone_and_batched() -> None:
+    proc = run_example("quantization.py")
+    lines = proc.stdout.splitlines()
+    modes = [line.split(":")[0].strip() for line in lines if "perplexity" in line]
+    assert modes == ["float32", "int8", "int8_weight_only", "int4"]
+    assert "alone and in a batch of 4: identical True" in proc.stdout
+    rows = [line.split() for line in lines if "perplexity" in line]
+    perplexity = {row[0].rstrip(":"): float(row[2]) for row in rows}
+    assert perplexity["int8"] < perplexity["float32"] * 1.01
