@@ -15,8 +15,9 @@ SmolLM2-135M-Instruct Q4_1 from ``scripts/_cache``) and each weights kind:
   "int4")`` (``int8`` rounds the activations to int8 too, the others keep them float32; float32
   KV cache, prefix cache off so that a repeat recomputes its prompt), ``--batch`` requests
   (default 1) at once, each ``--prompt-len`` random token ids (below the vocabulary, ``--seed``)
-  and ``--new-tokens`` greedy tokens with EOS ignored. One warm-up ``generate_outputs``, then the
-  best wall time of ``--repeats`` (background load only ever slows a run down);
+  and ``--new-tokens`` greedy tokens with EOS ignored. Every kind is loaded at once, one warm-up
+  ``generate_outputs`` each, then ``--repeats`` rounds in which the kinds take turns, so that
+  background load hits them alike; each keeps its best wall time (load only ever slows a run);
   tokens/s = all requests' new tokens / that time. **The prefill is inside the time**: a 32-token prompt
   against 128 new tokens, it is a small share, but int4's fused kernel is slower than a GEMM
   at prefill (``models/quantization.py``), and that is counted against it, as a user would feel
@@ -67,6 +68,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -112,45 +114,72 @@ class Generation:
     token_ids: list[int]  # [new_tokens]
 
 
-def best_of(generate: Callable[[], list[list[int]]], new_tokens: int, repeats: int) -> Generation:
-    """One warm-up call (first-use allocations, kernel picks, thread pool start), then all
-    sequences' new tokens over the best wall time of ``repeats`` calls; each call returns the new
-    ids of every sequence, and the first sequence's are kept."""
-    generate()
-    best, outputs = math.inf, []
-    for _ in range(repeats):
+@dataclass
+class Runs:
+    """The best wall time of timed calls, and the new ids of every sequence of the last one."""
+
+    best: float = math.inf
+    outputs: list[list[int]] = dataclasses.field(default_factory=list)
+
+    def time(self, generate: Callable[[], list[list[int]]]) -> None:
         start = time.perf_counter()
-        outputs = generate()
-        best = min(best, time.perf_counter() - start)
-    if any(len(ids) != new_tokens for ids in outputs):
-        raise RuntimeError(f"asked for {new_tokens} tokens (EOS ignored) per sequence")
-    return Generation(len(outputs) * new_tokens / best, outputs[0])
+        self.outputs = generate()
+        self.best = min(self.best, time.perf_counter() - start)
+
+    def generation(self, new_tokens: int) -> Generation:
+        """All sequences' new tokens over the best time; the first sequence's ids."""
+        if any(len(ids) != new_tokens for ids in self.outputs):
+            raise RuntimeError(f"asked for {new_tokens} tokens (EOS ignored) per sequence")
+        return Generation(len(self.outputs) * new_tokens / self.best, self.outputs[0])
+
+
+def best_of(generate: Callable[[], list[list[int]]], new_tokens: int, repeats: int) -> Generation:
+    """One warm-up call (first-use allocations, kernel picks, thread pool start), then the best
+    of ``repeats`` timed calls; each call returns the new ids of every sequence."""
+    generate()
+    runs = Runs()
+    for _ in range(repeats):
+        runs.time(generate)
+    return runs.generation(new_tokens)
 
 
 def measure_ours(
-    model: Path,
-    quantization: str | None,
-    prompts: list[list[int]],
-    new_tokens: int,
-    repeats: int,
-) -> Generation:
-    """Our engine, all ``prompts`` at once, with ``quantization`` (``None``: float32 weights)."""
-    params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
-    with ModelRunner(
-        model,
-        quantization=quantization,
-        max_total_tokens=sum(len(p) + new_tokens + POOL_SLACK for p in prompts),
-        enable_prefix_cache=False,
-    ) as runner:
+    model: Path, prompts: list[list[int]], new_tokens: int, repeats: int
+) -> dict[str, Generation]:
+    """Our engine on every kind of weights (``WEIGHTS``), all ``prompts`` at once.
 
-        def generate() -> list[list[int]]:
+    Every kind is loaded first and the timed runs take turns (fp32, int8, ..., then again), so
+    that background load on a shared machine hits every kind alike instead of whichever ran
+    while another job did; each kind keeps its best run after one warm-up."""
+    params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
+    pool = sum(len(p) + new_tokens + POOL_SLACK for p in prompts)
+    with ExitStack() as stack:
+        runners = {
+            weights: stack.enter_context(
+                ModelRunner(
+                    model,
+                    quantization=QUANTIZATION[weights],
+                    max_total_tokens=pool,
+                    enable_prefix_cache=False,
+                )
+            )
+            for weights in WEIGHTS
+        }
+
+        def generate(runner: ModelRunner) -> list[list[int]]:
             outputs = runner.generate_outputs(prompts, params)
             for output in outputs:
                 if output.error is not None:
                     raise ValueError(output.error)
             return [output.token_ids for output in outputs]
 
-        return best_of(generate, new_tokens, repeats)
+        runs = {weights: Runs() for weights in WEIGHTS}
+        for runner in runners.values():
+            generate(runner)
+        for _ in range(repeats):
+            for weights, runner in runners.items():
+                runs[weights].time(lambda: generate(runner))
+    return {weights: r.generation(new_tokens) for weights, r in runs.items()}
 
 
 def measure_llama_cpp(
@@ -394,11 +423,10 @@ def measure_model(
         for _ in range(args.batch)
     ]
     rows = []
+    measured = measure_ours(model, prompts, args.new_tokens, args.repeats)
     with tempfile.TemporaryDirectory(prefix="quantization-gguf-") as tmp:
         for weights in WEIGHTS:
-            ours = measure_ours(
-                model, QUANTIZATION[weights], prompts, args.new_tokens, args.repeats
-            )
+            ours = measured[weights]
             llama_cpp, what = None, NOT_INSTALLED
             if llama_cpp_child is not None:
                 gguf, what = llama_cpp_gguf(model, weights, Path(tmp))
@@ -434,9 +462,9 @@ class QuantizationReport:
             f"torch threads: {self.threads} (llama.cpp the same)",
             f"date: {self.date}",
             f"workload: batch {self.batch}, {self.prompt_len} random prompt tokens, "
-            f"{self.new_tokens} greedy new tokens each (EOS ignored); best of {self.repeats} "
-            "after one warm-up; tok/s = new tokens / wall time of the whole generate, prefill "
-            "included",
+            f"{self.new_tokens} greedy new tokens each (EOS ignored); ours: every kind loaded, "
+            f"best of {self.repeats} runs taken in turns after one warm-up each; tok/s = new "
+            "tokens / wall time of the whole generate, prefill included",
         ]
 
 
