@@ -41,7 +41,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#define VIBE_X86 1
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -58,6 +61,9 @@ constexpr int64_t MR = 4;      // most activation rows per tile
 enum Isa : int64_t { kScalar = 0, kAvx2 = 1, kAvxVnni = 2, kAvx512Vnni = 3 };
 
 bool isa_supported(int64_t isa) {
+#ifndef VIBE_X86
+  return isa == kScalar;  // other architectures: the plain C++ path only
+#else
   switch (isa) {
     case kScalar: return true;
     case kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -67,6 +73,7 @@ bool isa_supported(int64_t isa) {
              __builtin_cpu_supports("avx512vnni");
     default: return false;
   }
+#endif
 }
 
 int64_t rows_per_tile(int64_t isa) { return isa == kAvx512Vnni ? MR : 1; }
@@ -102,6 +109,7 @@ void tile_scalar(const Rows& rows, int64_t mr, const uint8_t* w, float* out) {
   }
 }
 
+#ifdef VIBE_X86
 template <int64_t R>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) inline void tile_avx512vnni_rows(
     const Rows& rows, const uint8_t* w, float* out) {
@@ -194,13 +202,20 @@ VIBE_TILE256(tile_avxvnni, __attribute__((target("avx2,fma,avxvnni"))), dot_avxv
 VIBE_TILE256(tile_avx2, __attribute__((target("avx2,fma"))), dot_avx2)
 #undef VIBE_TILE256
 
+#endif  // VIBE_X86
+
 TileFn tile_for(int64_t isa) {
+#ifdef VIBE_X86
   switch (isa) {
     case kAvx2: return tile_avx2;
     case kAvxVnni: return tile_avxvnni;
     case kAvx512Vnni: return tile_avx512vnni;
     default: return tile_scalar;
   }
+#else
+  (void)isa;
+  return tile_scalar;
+#endif
 }
 
 // xq [M, Kp] int8 (zero beyond K), sx [M, Kg] float32 and sum128 [M, Kg] int32 from x [M, K]:

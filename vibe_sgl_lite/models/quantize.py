@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from vibe_sgl_lite.kernels.int8_gemm import best_isa
 from vibe_sgl_lite.models.layers import Attention, GatedMLP, MergedLinear
 from vibe_sgl_lite.models.quantization import (
     DEFAULT_INT4_GROUP_SIZE,
@@ -98,6 +99,15 @@ def quantize_model(
             raise ValueError(f"{name} must be one of {', '.join(MODES)}, got {value!r}")
     if group_size not in INT4_GROUP_SIZES:
         raise ValueError(f"group_size must be one of {INT4_GROUP_SIZES}, got {group_size}")
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if "int8" in (mode, lm_head) and on_cpu:
+        try:
+            best_isa()  # build the W8A8 kernel now, at ModelRunner(...), not in the first step
+        except RuntimeError as e:
+            raise ValueError(
+                f"quantization={mode!r} (W8A8 int8) could not build its CPU kernel ({e}); install "
+                "a C++ compiler and ninja, or pass quantization='int8_weight_only'"
+            ) from e
     given = prequantized or {}
     modules = dict(model.named_modules())
     for path, linear in quantization_targets(model, lm_head=lm_head is not None).items():
