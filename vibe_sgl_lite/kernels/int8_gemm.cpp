@@ -118,23 +118,31 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) inline void tile_avx512vn
   __m512 acc[R][2];
   for (int64_t i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   for (int64_t g = 0; g < Kg; ++g) {
-    __m512i d[R][2];
-    for (int64_t i = 0; i < R; ++i) d[i][0] = d[i][1] = _mm512_setzero_si512();
-    for (int64_t q = g * (GROUP / 4); q < (g + 1) * (GROUP / 4); ++q) {
-      const __m512i wa = _mm512_loadu_si512(w + q * 64), wb = _mm512_loadu_si512(w1 + q * 64);
-      for (int64_t i = 0; i < R; ++i) {
-        int32_t quad;
-        __builtin_memcpy(&quad, rows.xq + i * Kp + q * 4, 4);
-        const __m512i xb = _mm512_set1_epi32(quad);
-        d[i][0] = _mm512_dpbusd_epi32(d[i][0], wa, xb);
-        d[i][1] = _mm512_dpbusd_epi32(d[i][1], wb, xb);
+    // Two chains per accumulator (even and odd quads): vpdpbusd's latency would otherwise bound
+    // a one-row tile. Integer sums, so the split does not change a bit of the result.
+    __m512i d[R][2][2];
+    for (int64_t i = 0; i < R; ++i)
+      for (int64_t h = 0; h < 2; ++h) d[i][h][0] = d[i][h][1] = _mm512_setzero_si512();
+    for (int64_t q = g * (GROUP / 4); q < (g + 1) * (GROUP / 4); q += 2) {
+      for (int64_t e = 0; e < 2; ++e) {
+        const __m512i wa = _mm512_loadu_si512(w + (q + e) * 64);
+        const __m512i wb = _mm512_loadu_si512(w1 + (q + e) * 64);
+        for (int64_t i = 0; i < R; ++i) {
+          int32_t quad;
+          __builtin_memcpy(&quad, rows.xq + i * Kp + (q + e) * 4, 4);
+          const __m512i xb = _mm512_set1_epi32(quad);
+          d[i][0][e] = _mm512_dpbusd_epi32(d[i][0][e], wa, xb);
+          d[i][1][e] = _mm512_dpbusd_epi32(d[i][1][e], wb, xb);
+        }
       }
     }
     for (int64_t i = 0; i < R; ++i) {
       const __m512i c = _mm512_set1_epi32(rows.sum128[i * Kg + g]);
       const __m512 s = _mm512_set1_ps(rows.sx[i * Kg + g]);
-      for (int64_t h = 0; h < 2; ++h)
-        acc[i][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(d[i][h], c)), s, acc[i][h]);
+      for (int64_t h = 0; h < 2; ++h) {
+        const __m512i sum = _mm512_sub_epi32(_mm512_add_epi32(d[i][h][0], d[i][h][1]), c);
+        acc[i][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), s, acc[i][h]);
+      }
     }
   }
   for (int64_t i = 0; i < R; ++i)
