@@ -57,6 +57,8 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed and x.dim() == 2:  # the model's [T, hidden] rows: no reshapes (measured
+            return int8_linear(x, self.qweight, self.scales, self.bias)  # 12 us a call with them)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if self.packed:
