@@ -169,5 +169,5 @@ def test_eagle_first_drafts_equal_the_heads_dense_recomputation(
         proposer.propose = checking  # type: ignore[method-assign]
         got = [o.token_ids for o in runner.generate_outputs(PROMPTS, _params())]
     assert got == expected
-    assert len(checked) > 20
+    assert len(checked) >= 12  # a random head's requests stop speculating after 4 rows
     assert all(a == b for a, b in checked), checked

@@ -65,6 +65,7 @@ class Request:
     num_draft_slots: int = 0
     draft_ids: list[int] = field(default_factory=list)
     draft_probs: torch.Tensor | None = None
+    num_verify_rows: int = 0
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
 

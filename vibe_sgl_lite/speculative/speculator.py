@@ -14,8 +14,9 @@ When it pays: a decode step at small batch reads every weight to produce one tok
 a verify row of ``k + 1`` tokens costs about the same while the products stay bound by
 memory. So speculation is switched off where it cannot pay (``plan``):
 
-* per request, when after ``MIN_DRAFTS_JUDGED`` drafts fewer than ``MIN_ACCEPTANCE`` of them
-  were accepted (n-gram lookup on free text);
+* per request, when after ``MIN_ROWS_JUDGED`` verify rows they produced fewer than
+  ``MIN_TOKENS_PER_ROW`` tokens each on average (n-gram lookup on free text): a verify row and
+  its drafting cost more than a decode, so fewer tokens per row than that lose time;
 * per step, while more than ``speculative_disable_batch_size`` requests decode: the products
   have become compute-bound and a verify row costs ``k + 1`` decodes (``docs/speculative.md``
   has the measured curve);
@@ -36,8 +37,8 @@ from vibe_sgl_lite.scheduler.request import Request
 from vibe_sgl_lite.speculative.proposer import Proposer
 from vibe_sgl_lite.speculative.verify import Verified, verify
 
-MIN_DRAFTS_JUDGED = 32
-MIN_ACCEPTANCE = 0.2
+MIN_ROWS_JUDGED = 4
+MIN_TOKENS_PER_ROW = 1.5
 DEFAULT_DISABLE_BATCH_SIZE = 8
 
 
@@ -111,11 +112,13 @@ class Speculator:
             self.num_draft_tokens += proposed
             self.num_accepted_tokens += result.num_accepted
             self.accepted_per_position.update(range(result.num_accepted))
+            req.num_verify_rows += 1
             req.num_draft_tokens += proposed
             req.num_accepted_tokens += result.num_accepted
+            rows = req.num_verify_rows
             if (
-                req.num_draft_tokens >= MIN_DRAFTS_JUDGED
-                and req.num_accepted_tokens < MIN_ACCEPTANCE * req.num_draft_tokens
+                rows >= MIN_ROWS_JUDGED
+                and rows + req.num_accepted_tokens < MIN_TOKENS_PER_ROW * rows
             ):
                 self.switched_off.add(req.request_id)
         return results
