@@ -128,6 +128,11 @@ class EngineConfig:
         "speculative: stop speculating while more requests than this decode at once (verifying "
         "is no longer nearly free) (default: measured per algorithm, see docs/speculative.md)",
     )
+    speculative_adaptive: bool = setting(
+        True,
+        "speculative: per batch size, measure decode tokens/s with and without drafts and let "
+        "greedy requests draft only where it is faster (speculative/guard.py)",
+    )
     tp_size: int = setting(1, "tensor-parallel degree (worker processes)")
     ep_size: int = setting(1, "expert-parallel degree (mixture-of-experts models)")
     pp_size: int = setting(

@@ -76,6 +76,7 @@ def test_scripted_drafts_leave_greedy_output_unchanged(
     with ModelRunner(
         qwen3_dir,
         num_threads=1,
+        speculative_adaptive=False,
         speculative_algorithm="ngram",
         speculative_num_draft_tokens=5,
         **settings,
@@ -99,7 +100,11 @@ def test_ngram_drafts_leave_greedy_output_unchanged(
     qwen3_dir: Path, reference: dict[str, Any]
 ) -> None:
     with ModelRunner(
-        qwen3_dir, page_size=4, num_threads=1, speculative_algorithm="ngram"
+        qwen3_dir,
+        page_size=4,
+        num_threads=1,
+        speculative_adaptive=False,
+        speculative_algorithm="ngram",
     ) as runner:
         assert _outputs(runner, _params()) == reference["outputs"]
         assert runner.get_stats()["spec_num_draft_tokens"] > 0
@@ -125,6 +130,7 @@ def test_stops_inside_an_accepted_run_cut_it_where_plain_decoding_stops(
         qwen3_dir,
         page_size=4,
         num_threads=1,
+        speculative_adaptive=False,
         speculative_algorithm="ngram",
         speculative_num_draft_tokens=k,
     ) as runner:
@@ -148,7 +154,11 @@ def test_penalties_count_the_drafts_before_each_position(
     with ModelRunner(qwen3_dir, page_size=4, num_threads=1) as plain:
         expected = _outputs(plain, params)
     with ModelRunner(
-        qwen3_dir, page_size=4, num_threads=1, speculative_algorithm="ngram"
+        qwen3_dir,
+        page_size=4,
+        num_threads=1,
+        speculative_adaptive=False,
+        speculative_algorithm="ngram",
     ) as runner:
         assert runner.engine is not None and runner.engine.speculator is not None
         tokenizer = runner.engine.tokenizer
@@ -165,7 +175,9 @@ def test_penalties_count_the_drafts_before_each_position(
 def test_requests_with_plugins_decode_without_drafts(qwen3_dir: Path) -> None:
     with ModelRunner(qwen3_dir, num_threads=1) as plain:
         expected = plain.generate(PROMPTS[1], temperature=0, max_tokens=20, logit_bias={5: 2.0})
-    with ModelRunner(qwen3_dir, num_threads=1, speculative_algorithm="ngram") as runner:
+    with ModelRunner(
+        qwen3_dir, num_threads=1, speculative_adaptive=False, speculative_algorithm="ngram"
+    ) as runner:
         got = runner.generate(PROMPTS[1], temperature=0, max_tokens=20, logit_bias={5: 2.0})
         assert got == expected
         assert runner.get_stats()["spec_num_draft_tokens"] == 0

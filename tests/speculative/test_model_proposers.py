@@ -73,6 +73,7 @@ def test_target_as_its_own_draft_model_has_every_draft_accepted(
     with ModelRunner(
         qwen3_dir,
         num_threads=1,
+        speculative_adaptive=False,
         speculative_algorithm="draft",
         speculative_draft_model_path=str(qwen3_dir),
         speculative_num_draft_tokens=3,
@@ -97,6 +98,7 @@ def test_a_different_proposer_model_leaves_greedy_output_unchanged(
         with ModelRunner(
             qwen3_dir,
             num_threads=1,
+            speculative_adaptive=False,
             speculative_algorithm=algorithm,
             speculative_draft_model_path=str(path),
             **settings,
@@ -149,6 +151,7 @@ def test_eagle_first_drafts_equal_the_heads_dense_recomputation(
         page_size=4,
         chunked_prefill_size=6,
         enable_prefix_cache=False,
+        speculative_adaptive=False,
         speculative_algorithm="eagle",
         speculative_draft_model_path=str(models["head"]),
         speculative_num_draft_tokens=2,

@@ -117,6 +117,7 @@ def test_engine_sampled_output_is_distributed_as_without_speculation(qwen3_dir: 
         qwen3_dir,
         num_threads=1,
         max_running_requests=512,
+        speculative_adaptive=False,
         speculative_algorithm="ngram",
         speculative_num_draft_tokens=2,
         speculative_disable_batch_size=1024,
@@ -140,6 +141,8 @@ def test_seeded_speculative_sampling_replays(qwen3_dir: Path) -> None:
     params = SamplingParams(temperature=0.8, max_tokens=24, seed=5)
     runs = []
     for _ in range(2):
-        with ModelRunner(qwen3_dir, num_threads=1, speculative_algorithm="ngram") as runner:
+        with ModelRunner(
+            qwen3_dir, num_threads=1, speculative_adaptive=False, speculative_algorithm="ngram"
+        ) as runner:
             runs.append(runner.generate_outputs(["1 2 3 4 1 2 3 4 1 2"] * 3, params))
     assert [o.token_ids for o in runs[0]] == [o.token_ids for o in runs[1]]

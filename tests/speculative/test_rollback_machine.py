@@ -43,11 +43,13 @@ def test_speculative_rollback_machine(
             seed=st.integers(0, 1000),
         )
         def start(self, page_size: int, k: int, pages: int, seed: int) -> None:
+            longest = max(len(b) for b in BASES) + MAX_TOKENS + k  # one request always fits
             self.runner = ModelRunner(
                 qwen3_dir,
                 num_threads=1,
                 page_size=page_size,
-                max_total_tokens=pages * page_size,
+                max_total_tokens=max(pages, -(-longest // page_size) + 1) * page_size,
+                speculative_adaptive=False,
                 speculative_algorithm="ngram",
                 speculative_num_draft_tokens=k,
             )

@@ -28,7 +28,9 @@ def test_cli_generate_with_speculation(qwen3_dir: Path, capsys: pytest.CaptureFi
 
 
 def test_per_request_metrics_count_drafts(qwen3_dir: Path) -> None:
-    with ModelRunner(qwen3_dir, speculative_algorithm="ngram") as runner:
+    with ModelRunner(
+        qwen3_dir, speculative_adaptive=False, speculative_algorithm="ngram"
+    ) as runner:
         out = runner.generate_outputs([PROMPT], SamplingParams(temperature=0, max_tokens=30))[0]
         stats = runner.get_stats()
     assert out.metrics["spec_draft_tokens"] == stats["spec_num_draft_tokens"] > 0
@@ -38,7 +40,10 @@ def test_per_request_metrics_count_drafts(qwen3_dir: Path) -> None:
 def test_server_speculates_and_reports_vllm_counters(qwen3_dir: Path) -> None:
     with ModelRunner(qwen3_dir) as plain:
         expected = plain.generate(PROMPT, max_tokens=24, temperature=0)
-    with ModelRunner(qwen3_dir, speculative_algorithm="ngram") as runner, serve(runner) as live:
+    with (
+        ModelRunner(qwen3_dir, speculative_adaptive=False, speculative_algorithm="ngram") as runner,
+        serve(runner) as live,
+    ):
         reply = live.client().completions.create(
             model=MODEL, prompt=PROMPT, max_tokens=24, temperature=0
         )

@@ -17,8 +17,12 @@ def test_tp2_ngram_and_draft_model_give_the_same_greedy_tokens(qwen3_dir: Path) 
     with ModelRunner(qwen3_dir, page_size=4, num_threads=2) as plain:
         expected = [o.token_ids for o in plain.generate_outputs(PROMPTS, _params())]
     for extra in (
-        dict(speculative_algorithm="ngram"),
-        dict(speculative_algorithm="draft", speculative_draft_model_path=str(qwen3_dir)),
+        dict(speculative_adaptive=False, speculative_algorithm="ngram"),
+        dict(
+            speculative_adaptive=False,
+            speculative_algorithm="draft",
+            speculative_draft_model_path=str(qwen3_dir),
+        ),
     ):
         with ModelRunner(
             qwen3_dir, page_size=4, tp_size=2, num_threads=2, chunked_prefill_size=8, **extra  # type: ignore[arg-type]

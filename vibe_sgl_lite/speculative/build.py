@@ -56,6 +56,7 @@ def build_speculator(target: SpeculationTarget) -> Speculator | None:
         config.speculative_num_draft_tokens,
         target.max_model_len,
         config.speculative_disable_batch_size,
+        config.speculative_adaptive,
     )
 
 

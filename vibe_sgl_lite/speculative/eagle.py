@@ -47,7 +47,9 @@ class EagleProposer(Proposer):
         self.pool = head.new_kv_pool(pool.num_pages, pool.page_size, pool.dtype, target.device)
         self.hidden_size = head.config.hidden_size
         self.seen: dict[int, int] = {}
-        self.pending: dict[int, torch.Tensor] = {}
+        # f_{seen-1} ..: pieces concatenated only when the head consumes them (a plain decode
+        # appends one row per step, and a torch.cat per request per step would cost more)
+        self.pending: dict[int, list[torch.Tensor]] = {}
         self.verify_states: dict[int, torch.Tensor] = {}
 
     def _run(self, rows: Sequence[BatchRow], features: torch.Tensor) -> torch.Tensor:
@@ -62,9 +64,9 @@ class EagleProposer(Proposer):
     def _start(self, req: Request, start: int) -> None:
         if req.request_id not in self.seen:  # new, or back after preemption
             self.seen[req.request_id] = start
-            self.pending[req.request_id] = torch.zeros(
-                1, self.hidden_size, device=self.target.device
-            )  # f_{start-1}: unknown after a prefix hit, nothing before position 0
+            self.pending[req.request_id] = [
+                torch.zeros(1, self.hidden_size, device=self.target.device)
+            ]  # f_{start-1}: unknown after a prefix hit, nothing before position 0
 
     def observe(
         self, requests: Sequence[Request], rows: Sequence[BatchRow], hidden: torch.Tensor | None
@@ -81,7 +83,7 @@ class EagleProposer(Proposer):
                 continue
             self._start(req, row.start_pos)
             rid = req.request_id
-            self.pending[rid] = torch.cat([self.pending[rid], states])
+            self.pending[rid].append(states)
             if n > 1 or len(self.pending[rid]) > MAX_PENDING:
                 catch_up.append((req, row.start_pos + n))
         if catch_up:
@@ -89,8 +91,9 @@ class EagleProposer(Proposer):
             for req, end in catch_up:
                 rid, seen = req.request_id, self.seen[req.request_id]
                 rows_.append(BatchRow(req.token_ids[seen:end], seen, req.page_table, True))
-                feats.append(self.pending[rid][:-1])
-                self.pending[rid] = self.pending[rid][-1:]
+                pending = torch.cat(self.pending[rid])
+                feats.append(pending[:-1])
+                self.pending[rid] = [pending[-1:]]
                 self.seen[rid] = end
             self._run(rows_, torch.cat(feats))
 
@@ -102,9 +105,9 @@ class EagleProposer(Proposer):
             rid, seen = req.request_id, self.seen.get(req.request_id, req.num_computed_tokens)
             self._start(req, seen)
             rows.append(BatchRow(req.token_ids[seen:], seen, req.page_table, True))
-            feats.append(self.pending[rid])
+            feats.append(torch.cat(self.pending[rid]))
             self.seen[rid] = len(req.token_ids)
-            self.pending[rid] = self.pending[rid][:0]
+            self.pending[rid] = []
         active = list(range(len(requests)))
         features = torch.cat(feats)
         while active:
@@ -135,7 +138,7 @@ class EagleProposer(Proposer):
     def accepted(self, req: Request, num_accepted: int) -> None:
         rid = req.request_id
         states = self.verify_states.pop(rid)
-        self.pending[rid] = states[: num_accepted + 1]  # f_{L-1} .. f_{L-1+a}: true features
+        self.pending[rid] = [states[: num_accepted + 1]]  # f_{L-1} .. f_{L-1+a}: true features
         self.seen[rid] = min(self.seen[rid], req.num_computed_tokens)
 
     def release(self, req: Request) -> None:

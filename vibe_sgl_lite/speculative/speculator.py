@@ -20,6 +20,8 @@ memory. So speculation is switched off where it cannot pay (``plan``):
 * per step, while more than ``speculative_disable_batch_size`` requests decode: the products
   have become compute-bound and a verify row costs ``k + 1`` decodes (``docs/speculative.md``
   has the measured curve);
+* for greedy requests, per batch-size bucket, wherever speculating measured fewer decode
+  tokens per second than not speculating (``guard.py``);
 * for requests whose generation-control plugins see one position per step (structured
   output, logit bias, repetition and entropy checks, user plugins): they decode plainly
   rather than risk a different output.
@@ -34,6 +36,7 @@ import torch
 
 from vibe_sgl_lite.batch.forward_batch import BatchRow
 from vibe_sgl_lite.scheduler.request import Request
+from vibe_sgl_lite.speculative.guard import ThroughputGuard
 from vibe_sgl_lite.speculative.proposer import Proposer
 from vibe_sgl_lite.speculative.verify import Verified, verify
 
@@ -49,6 +52,7 @@ class Speculator:
         num_draft_tokens: int,
         max_model_len: int,
         disable_batch_size: int | None = None,
+        adaptive: bool = True,
     ) -> None:
         self.proposer = proposer
         self.k = num_draft_tokens
@@ -59,14 +63,18 @@ class Speculator:
         self.num_draft_tokens = 0
         self.num_accepted_tokens = 0
         self.accepted_per_position: Counter[int] = Counter()  # draft j (from 0) accepted
+        self.guard = ThroughputGuard() if adaptive else None
 
     def plan(self, running: Sequence[Request], plugin_requests: Collection[int]) -> None:
         """Set ``num_draft_slots`` of every running request (before ``schedule``)."""
         decoding = [r for r in running if r.num_uncomputed_tokens == 1]
         off_for_batch = len(decoding) > self.disable_batch_size
+        greedy_on = bool(decoding) and (self.guard is None or self.guard.choose(len(decoding)))
         for req in running:
             req.num_draft_slots = 0
             if off_for_batch or req.num_uncomputed_tokens != 1:
+                continue
+            if req.params.is_greedy and not greedy_on:
                 continue
             if req.request_id in self.switched_off or req.request_id in plugin_requests:
                 continue
@@ -96,6 +104,12 @@ class Speculator:
         else:
             logits = executor.execute(rows)  # type: ignore[attr-defined]
         self.proposer.observe(requests, rows, hidden)
+        if self.guard is None:
+            pass
+        elif any(len(row.token_ids) > row.num_logits for row in rows):
+            self.guard.discard()  # a prefill in the step: its time is not a decode's
+        elif not any(r.draft_ids for r in requests):
+            self.guard.record(len(rows))
         result: torch.Tensor = logits
         return result
 
@@ -104,6 +118,8 @@ class Speculator:
     ) -> list[Verified]:
         """Accepted drafts + one target token per request; records acceptance."""
         results = verify(logits, raw_logits, requests)
+        if self.guard is not None:
+            self.guard.record(sum(len(r.token_ids) for r in results))
         for req, result in zip(requests, results):
             if not req.draft_ids:
                 continue
