@@ -577,6 +577,9 @@ def run(args: argparse.Namespace) -> DecodeStepReport:
         enable_prefix_cache=False,  # random prompts share nothing; no tree to walk
         attention_backend=args.backend,
         weight_layout=args.weight_layout,
+        # the engine sets its own thread count (EngineConfig.num_threads): pass --threads on,
+        # or a machine's load average would choose it
+        num_threads=torch.get_num_threads(),
     )
     with random_model(shape, max_positions=max(4096, per_request)) as model_dir:
         with ModelRunner(model_dir, **settings) as runner:
