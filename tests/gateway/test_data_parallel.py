@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 import urllib.request
 from pathlib import Path
 
@@ -46,6 +47,9 @@ def test_dp2_serves_survives_a_dead_replica_and_stops_clean(
         for i in range(6):  # the gateway retries a failed attempt on the live replica
             out = client.completions.create(model=MODEL, prompt=f"request {i}", max_tokens=4)
             assert out.choices[0].finish_reason == "length"
+        deadline = time.monotonic() + 20  # the supervisor polls its children every 0.2 s
+        while "exited with status -9" not in dp.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert "exited with status -9" in dp.output()
 
         dp.proc.send_signal(signal.SIGTERM)
