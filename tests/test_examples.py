@@ -111,3 +111,10 @@ def test_quantization_example_keeps_a_row_identical_alone_and_batched() -> None:
     rows = [line.split() for line in lines if "perplexity" in line]
     perplexity = {row[0].rstrip(":"): float(row[2]) for row in rows}
     assert perplexity["int8"] < perplexity["float32"] * 1.01
+
+
+def test_decode_graph_example_gives_the_eager_text() -> None:
+    proc = run_example("decode_graph.py")
+    lines = proc.stdout.splitlines()
+    assert lines[-1] == "identical text: True"
+    assert "compiled batch sizes [1]" in proc.stdout

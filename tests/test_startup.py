@@ -125,10 +125,10 @@ def test_first_kernel_build_is_announced_on_stderr(
     built: list[str] = []
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     monkeypatch.setattr(cpp_extension, "load", lambda name, **kw: built.append(name))
-    cpu_paged.kernel_op.__wrapped__()  # type: ignore[attr-defined]
+    cpu_paged.build_kernel.__wrapped__()  # type: ignore[attr-defined]
     assert built and "compiling the C++ attention kernel" in capsys.readouterr().err
     so = tmp_path / built[0] / f"{built[0]}.so"
     so.parent.mkdir(parents=True, exist_ok=True)
     so.touch()
-    cpu_paged.kernel_op.__wrapped__()  # type: ignore[attr-defined]
+    cpu_paged.build_kernel.__wrapped__()  # type: ignore[attr-defined]
     assert capsys.readouterr().err == ""  # already built: silent

@@ -32,6 +32,8 @@ SPECULATIVE_ALGORITHMS = ("ngram", "draft", "eagle")  # speculative/
 MAX_SPECULATIVE_TOKENS = 16
 """The largest ``speculative_num_draft_tokens``: past it a verify row costs a prefill's worth."""
 LORA_BACKENDS = ("auto", "torch", "triton")  # kernels/lora.py
+MAX_GRAPH_BATCH_SIZE = 512
+"""The largest ``torch_compile_max_bs`` / ``cuda_graph_max_bs`` (models/decode_graph.py)."""
 
 
 @dataclass
@@ -133,6 +135,21 @@ class EngineConfig:
         "speculative: per batch size, measure decode tokens/s with and without drafts and let "
         "greedy requests draft only where it is faster (speculative/guard.py)",
     )
+    enable_torch_compile: bool = setting(
+        False,
+        "compile decode steps of up to torch_compile_max_bs rows with torch.compile (inductor), "
+        "one graph per batch-size bucket, compiled on its first step (models/decode_graph.py)",
+    )
+    torch_compile_max_bs: int = setting(
+        8, f"enable_torch_compile: the largest batch compiled, 1..{MAX_GRAPH_BATCH_SIZE}"
+    )
+    enable_cuda_graph: bool = setting(
+        False,
+        "CUDA: replay decode steps of up to cuda_graph_max_bs rows from captured CUDA graphs",
+    )
+    cuda_graph_max_bs: int = setting(
+        32, f"enable_cuda_graph: the largest batch captured, 1..{MAX_GRAPH_BATCH_SIZE}"
+    )
     tp_size: int = setting(1, "tensor-parallel degree (worker processes)")
     ep_size: int = setting(1, "expert-parallel degree (mixture-of-experts models)")
     pp_size: int = setting(
@@ -229,7 +246,33 @@ class EngineConfig:
                 f"got {self.max_total_tokens}"
             )
         self._check_speculative()
+        self._check_graphs()
         check_device(self.device)
+
+    def _check_graphs(self) -> None:
+        """Decode graphs replay the plain model over the plain attention backend, in this
+        process: refuse, by name, what would put something else in the step."""
+        for name in ("enable_torch_compile", "enable_cuda_graph"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("torch_compile_max_bs", "cuda_graph_max_bs"):
+            check_int(name, getattr(self, name), minimum=1, maximum=MAX_GRAPH_BATCH_SIZE)
+        for name in ("enable_torch_compile", "enable_cuda_graph"):
+            if not getattr(self, name):
+                continue
+            if self.world_size > 1:
+                raise ValueError(
+                    f"{name} does not support tensor/expert/pipeline parallelism yet "
+                    f"(tp_size={self.tp_size}, ep_size={self.ep_size}, pp_size={self.pp_size})"
+                )
+            if self.enable_lora:
+                raise ValueError(f"{name} cannot be combined with LoRA adapters yet")
+            if self.attention_method != "dense" or self.pruning_ratio > 0:
+                raise ValueError(
+                    f"{name} cannot be combined with attention_method="
+                    f"{self.attention_method!r} / pruning_ratio={self.pruning_ratio}: sparse "
+                    "reads are chosen on the host per step"
+                )
 
     def _check_speculative(self) -> None:
         """Speculative settings are checked here, before any model or worker process exists."""

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 
@@ -126,6 +126,10 @@ class PagedAttentionBackend:
     """
 
     name = "paged"
+    supports_decode_graphs: ClassVar[bool] = False
+    """True when a decode step through this backend can be compiled or captured as a graph
+    (``models/decode_graph.py``): its decode reads no host-side copy of the batch (the
+    ``*_cpu`` lists), calls only registered ops, and runs the same ops for the same shapes."""
     decode_kernel: Callable[..., None]
     extend_kernel: Callable[..., None]
 

@@ -59,11 +59,26 @@ from vibe_sgl_lite.kernels.cpp_build import load_op_library
 
 
 @functools.cache
-def kernel_op() -> Any:
-    """Build (or load from torch's extension cache, ``kernels/cpp_build.py``) the C++ op; return
-    it. ``-march=native``: AVX-512 where the machine has it, the kernel's loops are vectorised
-    (the build is cached per CPU kind). Raises ``RuntimeError`` when the build fails."""
+def build_kernel() -> None:
+    """Build (or load from torch's extension cache, ``kernels/cpp_build.py``) the C++ op.
+    ``-march=native``: AVX-512 where the machine has it, the kernel's loops are vectorised (the
+    build is cached per CPU kind). Raises ``RuntimeError`` when the build fails."""
     load_op_library("cpu_paged", "attention kernel", ["-march=native"])
+
+
+@functools.cache
+def register_fake_kernel() -> None:
+    """Tell ``torch.compile`` what the op returns (nothing: it writes ``out`` in place), so a
+    compiled decode step (``models/decode_graph.py``) calls it as one opaque op."""
+    torch.library.register_fake("vibe_cpu_paged::paged_attention")(lambda *args: None)
+
+
+def kernel_op() -> Any:
+    """The C++ op, built on first use. A compiled step traces this after the engine built it,
+    so tracing skips the build (which reads files ``torch.compile`` cannot trace)."""
+    if not torch.compiler.is_compiling():
+        build_kernel()
+        register_fake_kernel()
     return torch.ops.vibe_cpu_paged.paged_attention
 
 
@@ -148,6 +163,7 @@ class CpuPagedAttention(PagedAttentionBackend):
     extend per row + SDPA."""
 
     name = "cpu_paged"
+    supports_decode_graphs = True
     decode_kernel = staticmethod(paged_decode_attention)
     extend_kernel = staticmethod(paged_extend_attention)
 

@@ -6,6 +6,9 @@
       -> lora.prepare(batch)               adapters into slots (only with enable_lora)
       -> model(batch, kv_pool, attention)  logits of the sampling rows     (models/)
 
+With ``enable_torch_compile`` (CPU) or ``enable_cuda_graph`` (CUDA), a step of plain decode rows
+replays a captured graph of that whole path instead (``decode_graph.py``).
+
 The engine's executors own one (``core/executor.py``: in this process) or one per worker process
 (``distributed/``: tensor, expert and pipeline parallelism, where ``shard`` cuts the model to a
 rank's part before its weights are read; a pipeline stage's KV pool holds only its layers). Every one of them is built from the same ``WorkerSpec``.
@@ -23,6 +26,7 @@ from vibe_sgl_lite.batch.forward_batch import BatchRow, ForwardBatch
 from vibe_sgl_lite.config import EngineConfig
 from vibe_sgl_lite.kernels.attention import AttentionBackend
 from vibe_sgl_lite.memory.kv_pool import KVPool
+from vibe_sgl_lite.models.decode_graph import DecodeGraphRunner, graph_capture
 from vibe_sgl_lite.models.decoder import DecoderForCausalLM
 from vibe_sgl_lite.models.loader import load_model
 from vibe_sgl_lite.models.lora import LoRAManager
@@ -65,6 +69,7 @@ class ModelWorker:
             weight_layout=config.weight_layout,
         )
         layers = self.model.layer_range  # all of them, unless this is one pipeline stage
+        capture = graph_capture(config, self.device)
         self.lora = (
             LoRAManager(self.model, config, self.model_config, self.device)
             if config.enable_lora
@@ -72,7 +77,7 @@ class ModelWorker:
         )
         self.kv_pool = KVPool(
             len(layers),
-            spec.num_pages,
+            spec.num_pages + (capture is not None),  # + the padding rows' scratch page
             config.page_size,
             self.model.num_local_kv_heads,
             self.model_config.head_dim,
@@ -80,10 +85,26 @@ class ModelWorker:
             self.device,
             first_layer=layers.start,
         )
+        self.graphs: DecodeGraphRunner | None = None
+        if capture is not None:
+            if not getattr(self.attention, "supports_decode_graphs", False):
+                raise ValueError(
+                    "enable_torch_compile / enable_cuda_graph: attention backend "
+                    f"{type(self.attention).__name__} cannot run in a captured graph (its "
+                    "supports_decode_graphs is not set); use cpu_paged or triton"
+                )
+            method, max_batch_size = capture
+            self.graphs = DecodeGraphRunner(
+                self.model, self.kv_pool, self.attention, method, max_batch_size, spec.num_pages
+            )
 
     @torch.inference_mode()
     def forward(self, rows: Sequence[BatchRow]) -> torch.Tensor:
         """One forward over ``rows``; float32 logits ``[num sampling rows, vocab]``."""
+        if self.graphs is not None and self.graphs.can_run(rows, self.attention):
+            replayed = self.graphs.forward(rows)
+            if replayed is not None:
+                return replayed
         batch = ForwardBatch.build(rows, self.page_size, self.device)
         self.prepare(batch)
         logits: torch.Tensor = self.model(batch, self.kv_pool, self.attention)

@@ -47,6 +47,7 @@ def scales(kv_cache: KVCache) -> tuple[torch.Tensor | None, torch.Tensor | None]
 
 class TritonPagedAttention(PagedAttentionBackend):
     name = "triton"
+    supports_decode_graphs = True  # the decode plan depends on shapes only (decode_plan.py)
 
     def __init__(self) -> None:
         super().__init__()
