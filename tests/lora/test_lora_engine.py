@@ -7,8 +7,6 @@ request's output exactly what peft produces for its adapter alone.
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,13 +14,11 @@ from typing import Any
 import pytest
 import torch
 
-from tests.lora.conftest import make_adapter
-from tests.lora.test_peft_oracle import peft_as, peft_logits
-from tests.model_factory import build_llama, hf_greedy
+from tests.lora.conftest import greedy, lora_runner, make_adapter, peft_greedy, peft_logits
+from tests.model_factory import build_llama, copy_with_json
 from vibe_sgl_lite import ModelRunner
 from vibe_sgl_lite.batch.forward_batch import BatchRow
 from vibe_sgl_lite.models.worker import ModelWorker
-from vibe_sgl_lite.sampling import SamplingParams
 
 pytestmark = pytest.mark.integration
 
@@ -32,24 +28,9 @@ PROMPTS = [SHARED + [100 + i, 3 + i] for i in range(len(NAMES))]
 MAX_TOKENS = 6
 
 
-def greedy(name: str | None) -> SamplingParams:
-    return SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, lora_name=name)
-
-
 @pytest.fixture(scope="module")
 def expected(peft_model: Any) -> list[list[int]]:
-    out = []
-    for ids, name in zip(PROMPTS, NAMES):
-        with peft_as(peft_model, name) as m:
-            out.append(hf_greedy(m, ids, MAX_TOKENS))
-    return out
-
-
-def make_runner(qwen3_dir: Path, adapters: dict[str, Path], **settings: Any) -> ModelRunner:
-    settings.setdefault("max_total_tokens", 2048)
-    settings.setdefault("page_size", 4)
-    paths = {name: str(path) for name, path in adapters.items()}
-    return ModelRunner(qwen3_dir, lora_paths=paths, **settings)
+    return [peft_greedy(peft_model, name, ids, MAX_TOKENS) for ids, name in zip(PROMPTS, NAMES)]
 
 
 class RowSpy:
@@ -69,7 +50,8 @@ class RowSpy:
 
 
 def run(runner: ModelRunner) -> list[list[int]]:
-    return [o.token_ids for o in runner.generate_outputs(PROMPTS, [greedy(n) for n in NAMES])]
+    params = [greedy(n, MAX_TOKENS) for n in NAMES]
+    return [o.token_ids for o in runner.generate_outputs(PROMPTS, params)]
 
 
 def test_slots_bound_each_step_and_host_lru_rereads(
@@ -77,7 +59,7 @@ def test_slots_bound_each_step_and_host_lru_rereads(
 ) -> None:
     """Three adapters, two slots, a host cache of two: every step holds at most two distinct
     adapters, adapters are swapped in and out (and re-read from disk), output unchanged."""
-    with make_runner(qwen3_dir, adapters, max_loras_per_batch=2, max_loaded_loras=2) as runner:
+    with lora_runner(qwen3_dir, adapters, max_loras_per_batch=2, max_loaded_loras=2) as runner:
         spy = RowSpy(runner)
         assert run(runner) == expected
         distinct = [len({r.lora for r in rows if r.lora is not None}) for rows in spy.steps]
@@ -92,12 +74,11 @@ def test_same_prompt_under_another_adapter_never_reuses_its_cache(
     """The case a token-keyed cache gets wrong: the prompt under A, then under B (and then the
     base), must each equal that adapter alone; under A again it is a cache hit."""
     ids = PROMPTS[0]
-    with make_runner(qwen3_dir, adapters) as runner:
+    with lora_runner(qwen3_dir, adapters) as runner:
         outputs = {}
         for name in ["qv", "all_rslora", None, "qv"]:
-            (out,) = runner.generate_outputs([ids], greedy(name))
-            with peft_as(peft_model, name) as m:
-                assert out.token_ids == hf_greedy(m, ids, MAX_TOKENS), name
+            (out,) = runner.generate_outputs([ids], greedy(name, MAX_TOKENS))
+            assert out.token_ids == peft_greedy(peft_model, name, ids, MAX_TOKENS), name
             outputs.setdefault(name, []).append(out.num_cached_tokens)
     assert outputs["qv"][0] == 0 and outputs["all_rslora"] == [0] and outputs[None] == [0]
     assert outputs["qv"][1] >= len(SHARED)  # the same adapter does share its pages
@@ -118,7 +99,7 @@ def test_engine_settings_leave_greedy_output_unchanged(
     expected: list[list[int]],
     settings: dict[str, Any],
 ) -> None:
-    with make_runner(qwen3_dir, adapters, **settings) as runner:
+    with lora_runner(qwen3_dir, adapters, **settings) as runner:
         assert run(runner) == expected
         if "max_total_tokens" in settings:
             assert runner.get_stats()["num_preemptions"] > 0
@@ -129,12 +110,8 @@ def test_triton_backend_end_to_end(
     qwen3_dir: Path, adapters: dict[str, Path], expected: list[list[int]]
 ) -> None:
     """The Triton kernel in the engine (under the interpreter on CPU: two steps, three rows)."""
-    with make_runner(qwen3_dir, adapters, lora_backend="triton") as runner:
-        params = [
-            SamplingParams(temperature=0, max_tokens=2, ignore_eos=True, lora_name=n)
-            for n in NAMES[:3]
-        ]
-        outs = runner.generate_outputs(PROMPTS[:3], params)
+    with lora_runner(qwen3_dir, adapters, lora_backend="triton") as runner:
+        outs = runner.generate_outputs(PROMPTS[:3], [greedy(n, 2) for n in NAMES[:3]])
         assert [o.token_ids for o in outs] == [e[:2] for e in expected[:3]]
 
 
@@ -152,7 +129,7 @@ def test_int8_base_with_fp32_adapter(
     logits (within int8's own error, larger when activations are rounded too), and the adapter
     still moves them as much as in fp32."""
     ids = PROMPTS[1]
-    with make_runner(qwen3_dir, adapters, quantization=quantization) as runner:
+    with lora_runner(qwen3_dir, adapters, quantization=quantization) as runner:
         engine = runner.engine
         assert engine is not None
         ours = {n: engine.scorer.logits(ids, engine.loras.resolve(n)) for n in (None, "all_rslora")}
@@ -195,14 +172,6 @@ def test_lora_name_without_lora_enabled(qwen3_dir: Path) -> None:
             runner.generate([1, 2], lora_name="x")
 
 
-def _copy_with_config(src: Path, dst: Path, **changes: Any) -> Path:
-    shutil.copytree(src, dst)
-    cfg = json.loads((dst / "adapter_config.json").read_text())
-    cfg.update(changes)
-    (dst / "adapter_config.json").write_text(json.dumps(cfg))
-    return dst
-
-
 def test_bad_adapters_are_refused_by_name(
     qwen3_dir: Path, adapters: dict[str, Path], tokenizer_dir: Path, tmp_path: Path
 ) -> None:
@@ -216,13 +185,15 @@ def test_bad_adapters_are_refused_by_name(
     cases = {
         str(tmp_path / "missing"): "is not a folder",
         str(
-            _copy_with_config(adapters["qv"], tmp_path / "big", r=128)
+            copy_with_json(adapters["qv"], tmp_path / "big", "adapter_config.json", r=128)
         ): "r=128 is above max_lora_rank=64",
         str(tmp_path / "head"): "target module 'lm_head' is not supported",
         str(
             make_adapter(other_base, tmp_path / "other", 0, r=4, target_modules=["q_proj"])
         ): "another base",
-        str(_copy_with_config(adapters["qv"], tmp_path / "dora", use_dora=True)): "use_dora",
+        str(
+            copy_with_json(adapters["qv"], tmp_path / "dora", "adapter_config.json", use_dora=True)
+        ): "use_dora",
     }
     with ModelRunner(qwen3_dir, enable_lora=True, max_total_tokens=256) as runner:
         for path, message in cases.items():
@@ -245,7 +216,7 @@ def test_cli_generate_under_an_adapter(
     args = ["generate", "--model", str(qwen3_dir), "Once upon", *flags, "--lora-name", "rs"]
     assert main([*args, "--lora-paths", *paths]) == 0
     printed = capsys.readouterr().out
-    with make_runner(qwen3_dir, adapters) as runner:
+    with lora_runner(qwen3_dir, adapters) as runner:
         expected = runner.generate("Once upon", max_tokens=5, temperature=0, lora_name="all_rslora")
         base = runner.generate("Once upon", max_tokens=5, temperature=0)
     assert printed == "Once upon" + expected + "\n" and expected != base

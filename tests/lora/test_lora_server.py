@@ -12,8 +12,9 @@ from pathlib import Path
 import openai
 import pytest
 
+from tests.lora.conftest import greedy
 from tests.server.conftest import LiveServer, serve
-from vibe_sgl_lite import ModelRunner, SamplingParams
+from vibe_sgl_lite import ModelRunner
 
 pytestmark = pytest.mark.integration
 PROMPT = [5, 17, 42, 99, 7, 3]
@@ -30,9 +31,8 @@ def live(qwen3_dir: Path, adapters: dict[str, Path]) -> Iterator[LiveServer]:
 def expected(qwen3_dir: Path, adapters: dict[str, Path], name: str | None) -> list[int]:
     """The Python API's greedy tokens for ``PROMPT`` under adapter ``name``."""
     paths = {n: str(p) for n, p in adapters.items()}
-    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, lora_name=name)
     with ModelRunner(qwen3_dir, lora_paths=paths, max_total_tokens=512) as runner:
-        return runner.generate_outputs([PROMPT], params)[0].token_ids
+        return runner.generate_outputs([PROMPT], greedy(name, 6))[0].token_ids
 
 
 def test_model_field_picks_the_adapter_and_models_lists_it(

@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.lora.test_peft_oracle import peft_as
-from tests.model_factory import hf_greedy
-from vibe_sgl_lite import ModelRunner, SamplingParams
+from tests.lora.conftest import greedy, peft_greedy
+from vibe_sgl_lite import ModelRunner
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -26,16 +25,11 @@ PROMPTS = [list(range(10, 30)), [5, 6, 7], list(range(40, 49)), list(range(60, 7
 def test_tp2_mixed_adapters_match_peft(
     qwen3_dir: Path, adapters: dict[str, Path], peft_model: Any
 ) -> None:
-    expected = []
-    for ids, name in zip(PROMPTS, NAMES):
-        with peft_as(peft_model, name) as m:
-            expected.append(hf_greedy(m, ids, 6))
+    expected = [peft_greedy(peft_model, name, ids, 6) for ids, name in zip(PROMPTS, NAMES)]
     start = {n: str(adapters[n]) for n in ("all_rslora", "qv")}
     with ModelRunner(
         qwen3_dir, tp_size=2, lora_paths=start, max_total_tokens=512, page_size=4
     ) as runner:
         runner.load_lora("mlp_o_k", adapters["mlp_o_k"])
-        params = [
-            SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, lora_name=n) for n in NAMES
-        ]
+        params = [greedy(n, 6) for n in NAMES]
         assert [o.token_ids for o in runner.generate_outputs(PROMPTS, params)] == expected

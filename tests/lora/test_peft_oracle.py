@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from tests.model_factory import hf_greedy, load_hf
+from tests.lora.conftest import greedy, lora_runner, peft_greedy, peft_logits
+from tests.model_factory import load_hf
 from vibe_sgl_lite import ModelRunner
 from vibe_sgl_lite.batch.forward_batch import BatchRow
 from vibe_sgl_lite.models.worker import ModelWorker
-from vibe_sgl_lite.sampling import SamplingParams
 
 pytestmark = pytest.mark.integration
 
@@ -34,27 +33,17 @@ MAX_TOKENS = 8
 ATOL = 1e-4
 
 
-@contextmanager
-def peft_as(model: Any, name: str | None) -> Iterator[Any]:
-    """``model`` running adapter ``name`` (``None``: its base, adapters disabled)."""
-    if name is None:
-        with model.disable_adapter():
-            yield model
-    else:
-        model.set_adapter(name)
-        yield model
-
-
-def peft_logits(model: Any, name: str | None, ids: list[int]) -> torch.Tensor:
-    with torch.no_grad(), peft_as(model, name) as m:
-        return m(torch.tensor([ids])).logits[0].float()
-
-
 @pytest.fixture(scope="module")
 def runner(qwen3_dir: Path, adapters: dict[str, Path]) -> Iterator[ModelRunner]:
-    paths = {name: str(path) for name, path in adapters.items()}
-    with ModelRunner(qwen3_dir, lora_paths=paths, max_total_tokens=2048, page_size=4) as r:
+    with lora_runner(qwen3_dir, adapters) as r:
         yield r
+
+
+def mixed_batch(seed: int) -> tuple[list[str | None], list[list[int]]]:
+    """Every adapter and the base twice, in a random order, each with one of ``PROMPTS``."""
+    names: list[str | None] = [None, "qv", "all_rslora", "mlp_o_k"] * 2
+    random.Random(seed).shuffle(names)
+    return names, [PROMPTS[i % len(PROMPTS)] for i in range(len(names))]
 
 
 def forward_rows(
@@ -91,28 +80,17 @@ def test_logits_alone_match_peft(runner: ModelRunner, peft_model: Any, name: str
 
 
 def test_mixed_batch_logits_match_peft(runner: ModelRunner, peft_model: Any) -> None:
-    rng = random.Random(0)
-    names: list[str | None] = [None, "qv", "all_rslora", "mlp_o_k"] * 2
-    rng.shuffle(names)
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(names))]
+    names, prompts = mixed_batch(seed=0)
     for ids, name, ours in zip(prompts, names, forward_rows(runner, prompts, names)):
         torch.testing.assert_close(ours, peft_logits(peft_model, name, ids), atol=ATOL, rtol=0)
 
 
 def test_mixed_batch_greedy_matches_peft(runner: ModelRunner, peft_model: Any) -> None:
-    rng = random.Random(1)
-    names: list[str | None] = [None, "qv", "all_rslora", "mlp_o_k"] * 2
-    rng.shuffle(names)
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(names))]
-    params = [
-        SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, lora_name=n)
-        for n in names
-    ]
+    names, prompts = mixed_batch(seed=1)
     steps_before = runner.get_stats()["num_steps"]
-    outputs = runner.generate_outputs(prompts, params)
+    outputs = runner.generate_outputs(prompts, [greedy(n, MAX_TOKENS) for n in names])
     for ids, name, out in zip(prompts, names, outputs):
-        with peft_as(peft_model, name) as m:
-            assert out.token_ids == hf_greedy(m, ids, MAX_TOKENS), name
+        assert out.token_ids == peft_greedy(peft_model, name, ids, MAX_TOKENS), name
     # one batch for all of them, not a loop per adapter: a step per token (one more when two
     # requests share prompt and adapter: the second waits a step to reuse the first's pages)
     assert runner.get_stats()["num_steps"] - steps_before <= MAX_TOKENS + 1

@@ -25,6 +25,7 @@ from tests.model_factory import (
     build_llama,
     build_qwen2,
     build_qwen3_moe,
+    copy_with_json,
     hf_greedy,
     hf_prefill_logits,
     load_hf,
@@ -86,14 +87,6 @@ def case_dir(
 @pytest.fixture(scope="module")
 def moe_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
     return build_qwen3_moe(tmp_path_factory.mktemp("moe"), tokenizer_dir, seed=1)
-
-
-def _edit_config(src: Path, dst: Path, **changes: Any) -> Path:
-    shutil.copytree(src, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    cfg.update(changes)
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
 
 
 # --- every architecture: logits and greedy tokens -------------------------------------------
@@ -158,12 +151,14 @@ def test_sliding_window_is_refused_by_field_name(tmp_path: Path, tokenizer_dir: 
 
     plain = build_qwen2(tmp_path / "plain", tokenizer_dir)
     layer_types = ["full_attention", "sliding_attention"]
-    typed = _edit_config(plain, tmp_path / "typed", layer_types=layer_types)
+    typed = copy_with_json(plain, tmp_path / "typed", "config.json", layer_types=layer_types)
     with pytest.raises(ValueError, match="layer_types contains 'sliding_attention'"):
         load_model(typed)
 
     # Switched off, the window size is ignored, as transformers ignores it.
-    off = _edit_config(plain, tmp_path / "off", use_sliding_window=False, sliding_window=2)
+    off = copy_with_json(
+        plain, tmp_path / "off", "config.json", use_sliding_window=False, sliding_window=2
+    )
     torch.testing.assert_close(
         prefill_logits(off, LOGIT_PROMPTS), prefill_logits(plain, LOGIT_PROMPTS)
     )
@@ -171,9 +166,8 @@ def test_sliding_window_is_refused_by_field_name(tmp_path: Path, tokenizer_dir: 
 
 @pytest.mark.unit
 def test_unsupported_activation_is_refused(tmp_path: Path, tokenizer_dir: Path) -> None:
-    d = _edit_config(
-        build_llama(tmp_path / "m", tokenizer_dir), tmp_path / "gelu", hidden_act="gelu"
-    )
+    plain = build_llama(tmp_path / "m", tokenizer_dir)
+    d = copy_with_json(plain, tmp_path / "gelu", "config.json", hidden_act="gelu")
     with pytest.raises(ValueError, match="hidden_act 'gelu'"):
         load_model(d)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from vibe_sgl_lite import ModelRunner
 from vibe_sgl_lite.scheduler.request import Request
 from vibe_sgl_lite.speculative import Draft, Proposer
 
@@ -33,3 +34,17 @@ class ScriptedProposer(Proposer):
                 tokens[j] = (tokens[j] + 1 + self.rng.randrange(self.vocab - 1)) % self.vocab
             drafts.append(Draft(tokens))
         return drafts
+
+
+def script(
+    runner: ModelRunner,
+    reference: dict[tuple[int, ...], list[int]],
+    lie: float,
+    seed: int,
+    vocab: int | None = None,
+) -> None:
+    """Make a ``ScriptedProposer`` ``runner``'s proposer (``vocab``: the model's unless given)."""
+    engine = runner.engine
+    assert engine is not None and engine.speculator is not None
+    vocab = engine.model_config.vocab_size if vocab is None else vocab
+    engine.speculator.proposer = ScriptedProposer(reference, lie, seed, vocab)

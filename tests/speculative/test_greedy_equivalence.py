@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
-from tests.speculative.scripted import ScriptedProposer
+from tests.speculative.conftest import SpeculativeRunner
+from tests.speculative.scripted import script
 from vibe_sgl_lite import ModelRunner
-from vibe_sgl_lite.core.engine import CHECK_INVARIANTS_ENV
 from vibe_sgl_lite.sampling import SamplingParams
+
+pytestmark = pytest.mark.usefixtures("check_invariants")
 
 PROMPTS = [
     "Once upon a time there was a tiny language model",
@@ -25,11 +27,6 @@ PROMPTS = [
     "Once upon a time there was a tiny language model that lived on a small CPU.",
     "1 2 3 4 5 6 7 8 9 10",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _check_invariants(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(CHECK_INVARIANTS_ENV, "1")
 
 
 def _outputs(runner: ModelRunner, params: list[SamplingParams]) -> list[list[int]]:
@@ -71,20 +68,13 @@ CASES = [(SETTINGS[0], 0.0), (SETTINGS[0], 1.0)] + [(s, 0.5) for s in SETTINGS]
     ids=[",".join(f"{k}={v}" for k, v in s.items()) + f",lie={lie}" for s, lie in CASES],
 )
 def test_scripted_drafts_leave_greedy_output_unchanged(
-    qwen3_dir: Path, reference: dict[str, Any], settings: dict[str, Any], lie: float
+    speculative_runner: SpeculativeRunner,
+    reference: dict[str, Any],
+    settings: dict[str, Any],
+    lie: float,
 ) -> None:
-    with ModelRunner(
-        qwen3_dir,
-        num_threads=1,
-        speculative_adaptive=False,
-        speculative_algorithm="ngram",
-        speculative_num_draft_tokens=5,
-        **settings,
-    ) as runner:
-        assert runner.engine is not None and runner.engine.speculator is not None
-        runner.engine.speculator.proposer = ScriptedProposer(
-            reference["by_prompt"], lie, seed=7, vocab=runner.engine.model_config.vocab_size
-        )
+    with speculative_runner(speculative_num_draft_tokens=5, **settings) as runner:
+        script(runner, reference["by_prompt"], lie, seed=7)
         for _ in range(2):  # the second pass meets its own prompts in the prefix cache
             assert _outputs(runner, _params()) == reference["outputs"]
         stats = runner.get_stats()
@@ -97,22 +87,16 @@ def test_scripted_drafts_leave_greedy_output_unchanged(
 
 
 def test_ngram_drafts_leave_greedy_output_unchanged(
-    qwen3_dir: Path, reference: dict[str, Any]
+    speculative_runner: SpeculativeRunner, reference: dict[str, Any]
 ) -> None:
-    with ModelRunner(
-        qwen3_dir,
-        page_size=4,
-        num_threads=1,
-        speculative_adaptive=False,
-        speculative_algorithm="ngram",
-    ) as runner:
+    with speculative_runner(page_size=4) as runner:
         assert _outputs(runner, _params()) == reference["outputs"]
         assert runner.get_stats()["spec_num_draft_tokens"] > 0
 
 
 @pytest.mark.parametrize("k", [1, 3, 8])
 def test_stops_inside_an_accepted_run_cut_it_where_plain_decoding_stops(
-    qwen3_dir: Path, reference: dict[str, Any], k: int
+    qwen3_dir: Path, speculative_runner: SpeculativeRunner, reference: dict[str, Any], k: int
 ) -> None:
     """Every stop is placed so that it falls inside a run of accepted drafts."""
     out0 = reference["outputs"][0]
@@ -126,18 +110,8 @@ def test_stops_inside_an_accepted_run_cut_it_where_plain_decoding_stops(
             SamplingParams(temperature=0, max_tokens=40, logprobs=2),
         ]
         expected = plain.generate_outputs([PROMPTS[0]] * len(cases), cases)
-    with ModelRunner(
-        qwen3_dir,
-        page_size=4,
-        num_threads=1,
-        speculative_adaptive=False,
-        speculative_algorithm="ngram",
-        speculative_num_draft_tokens=k,
-    ) as runner:
-        assert runner.engine is not None and runner.engine.speculator is not None
-        runner.engine.speculator.proposer = ScriptedProposer(
-            reference["by_prompt"], 0.0, seed=0, vocab=runner.engine.model_config.vocab_size
-        )
+    with speculative_runner(page_size=4, speculative_num_draft_tokens=k) as runner:
+        script(runner, reference["by_prompt"], 0.0, seed=0)
         got = runner.generate_outputs([PROMPTS[0]] * len(cases), cases)
     for g, e in zip(got, expected):
         assert (g.token_ids, g.text, g.finish_reason) == (e.token_ids, e.text, e.finish_reason)
@@ -148,36 +122,28 @@ def test_stops_inside_an_accepted_run_cut_it_where_plain_decoding_stops(
 
 
 def test_penalties_count_the_drafts_before_each_position(
-    qwen3_dir: Path, reference: dict[str, Any]
+    qwen3_dir: Path, speculative_runner: SpeculativeRunner, reference: dict[str, Any]
 ) -> None:
     params = _params(repetition_penalty=1.3, frequency_penalty=0.5)
     with ModelRunner(qwen3_dir, page_size=4, num_threads=1) as plain:
         expected = _outputs(plain, params)
-    with ModelRunner(
-        qwen3_dir,
-        page_size=4,
-        num_threads=1,
-        speculative_adaptive=False,
-        speculative_algorithm="ngram",
-    ) as runner:
-        assert runner.engine is not None and runner.engine.speculator is not None
+    with speculative_runner(page_size=4) as runner:
+        assert runner.engine is not None
         tokenizer = runner.engine.tokenizer
         by_prompt = {
             tuple(tokenizer.prompt_ids(p, 10**6, 10**6)): o for p, o in zip(PROMPTS, expected)
         }
-        runner.engine.speculator.proposer = ScriptedProposer(
-            by_prompt, 0.3, seed=1, vocab=runner.engine.model_config.vocab_size
-        )
+        script(runner, by_prompt, 0.3, seed=1)
         assert _outputs(runner, params) == expected
         assert runner.get_stats()["spec_num_accepted_tokens"] > 0
 
 
-def test_requests_with_plugins_decode_without_drafts(qwen3_dir: Path) -> None:
+def test_requests_with_plugins_decode_without_drafts(
+    qwen3_dir: Path, speculative_runner: SpeculativeRunner
+) -> None:
     with ModelRunner(qwen3_dir, num_threads=1) as plain:
         expected = plain.generate(PROMPTS[1], temperature=0, max_tokens=20, logit_bias={5: 2.0})
-    with ModelRunner(
-        qwen3_dir, num_threads=1, speculative_adaptive=False, speculative_algorithm="ngram"
-    ) as runner:
+    with speculative_runner() as runner:
         got = runner.generate(PROMPTS[1], temperature=0, max_tokens=20, logit_bias={5: 2.0})
         assert got == expected
         assert runner.get_stats()["spec_num_draft_tokens"] == 0

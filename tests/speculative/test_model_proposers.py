@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from tests.model_factory import build_qwen3
+from tests.speculative.conftest import SpeculativeRunner
 from tests.speculative.random_head import build_random_head
 from vibe_sgl_lite import ModelRunner
 from vibe_sgl_lite.batch.forward_batch import BatchRow, ForwardBatch
-from vibe_sgl_lite.core.engine import CHECK_INVARIANTS_ENV
 from vibe_sgl_lite.models.worker import ModelWorker
 from vibe_sgl_lite.sampling import SamplingParams
 from vibe_sgl_lite.scheduler.request import Request
@@ -33,16 +33,12 @@ PROMPTS = [
     "1 2 3 4 5 6 7 8 9 10",
     "def forward(self, x): return self.proj(x) + 1",
 ]
+pytestmark = pytest.mark.usefixtures("check_invariants")
 SETTINGS: list[dict[str, Any]] = [
     dict(page_size=4),
     dict(page_size=1, chunked_prefill_size=5),
     dict(page_size=4, max_total_tokens=72),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _check_invariants(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(CHECK_INVARIANTS_ENV, "1")
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +64,13 @@ def expected(qwen3_dir: Path) -> list[list[int]]:
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=str)
 def test_target_as_its_own_draft_model_has_every_draft_accepted(
-    qwen3_dir: Path, expected: list[list[int]], settings: dict[str, Any]
+    qwen3_dir: Path,
+    speculative_runner: SpeculativeRunner,
+    expected: list[list[int]],
+    settings: dict[str, Any],
 ) -> None:
-    with ModelRunner(
-        qwen3_dir,
-        num_threads=1,
-        speculative_adaptive=False,
-        speculative_algorithm="draft",
+    with speculative_runner(
+        "draft",
         speculative_draft_model_path=str(qwen3_dir),
         speculative_num_draft_tokens=3,
         **settings,
@@ -91,17 +87,15 @@ def test_target_as_its_own_draft_model_has_every_draft_accepted(
 
 @pytest.mark.parametrize("algorithm", ["draft", "eagle"])
 def test_a_different_proposer_model_leaves_greedy_output_unchanged(
-    qwen3_dir: Path, models: dict[str, Path], expected: list[list[int]], algorithm: str
+    speculative_runner: SpeculativeRunner,
+    models: dict[str, Path],
+    expected: list[list[int]],
+    algorithm: str,
 ) -> None:
     path = models["draft" if algorithm == "draft" else "head"]
     for settings in SETTINGS:
-        with ModelRunner(
-            qwen3_dir,
-            num_threads=1,
-            speculative_adaptive=False,
-            speculative_algorithm=algorithm,
-            speculative_draft_model_path=str(path),
-            **settings,
+        with speculative_runner(
+            algorithm, speculative_draft_model_path=str(path), **settings
         ) as runner:
             assert [o.token_ids for o in runner.generate_outputs(PROMPTS, _params())] == expected
 
@@ -143,16 +137,13 @@ def _dense_first_draft(proposer: EagleProposer, target: ModelWorker, tokens: Seq
 
 
 def test_eagle_first_drafts_equal_the_heads_dense_recomputation(
-    qwen3_dir: Path, models: dict[str, Path], expected: list[list[int]]
+    speculative_runner: SpeculativeRunner, models: dict[str, Path], expected: list[list[int]]
 ) -> None:
-    with ModelRunner(
-        qwen3_dir,
-        num_threads=1,
+    with speculative_runner(
+        "eagle",
         page_size=4,
         chunked_prefill_size=6,
         enable_prefix_cache=False,
-        speculative_adaptive=False,
-        speculative_algorithm="eagle",
         speculative_draft_model_path=str(models["head"]),
         speculative_num_draft_tokens=2,
     ) as runner:

@@ -16,7 +16,8 @@ import pytest
 import torch
 from scipy.stats import chi2_contingency, chisquare
 
-from tests.speculative.scripted import ScriptedProposer
+from tests.speculative.conftest import SpeculativeRunner
+from tests.speculative.scripted import script
 from vibe_sgl_lite import ModelRunner
 from vibe_sgl_lite.sampling import SamplingParams
 from vibe_sgl_lite.sampling.sampler import draw
@@ -100,7 +101,9 @@ def test_a_wrong_rule_fails_the_same_test(rule: Rule) -> None:
     assert _p_value(first, p[0]) < 1e-9
 
 
-def test_engine_sampled_output_is_distributed_as_without_speculation(qwen3_dir: Path) -> None:
+def test_engine_sampled_output_is_distributed_as_without_speculation(
+    qwen3_dir: Path, speculative_runner: SpeculativeRunner
+) -> None:
     """End to end on a tiny model: the second output token (the first one that goes through
     verification) has the same distribution with speculation as without, under temperature,
     top-k, top-p and min-p; a two-sample chi-square test over 1,000 seeded requests each."""
@@ -113,18 +116,13 @@ def test_engine_sampled_output_is_distributed_as_without_speculation(qwen3_dir: 
     with ModelRunner(qwen3_dir, num_threads=1, max_running_requests=512) as plain:
         greedy = plain.generate_outputs([prompt], SamplingParams(temperature=0, max_tokens=3))
         expected = [o.token_ids[1] for o in plain.generate_outputs([prompt] * n, params)]
-    with ModelRunner(
-        qwen3_dir,
-        num_threads=1,
+    with speculative_runner(
         max_running_requests=512,
-        speculative_adaptive=False,
-        speculative_algorithm="ngram",
         speculative_num_draft_tokens=2,
         speculative_disable_batch_size=1024,
     ) as runner:
-        assert runner.engine is not None and runner.engine.speculator is not None
         reference = {tuple(greedy[0].prompt_token_ids): greedy[0].token_ids}
-        runner.engine.speculator.proposer = ScriptedProposer(reference, 0.0, 0, 2)
+        script(runner, reference, 0.0, 0, vocab=2)
         got = [o.token_ids[1] for o in runner.generate_outputs([prompt] * n, params)]
         stats = runner.get_stats()
     assert stats["spec_num_accepted_tokens"] > 30  # verification really ran, both ways
@@ -137,12 +135,10 @@ def test_engine_sampled_output_is_distributed_as_without_speculation(qwen3_dir: 
     assert chi2_contingency(table).pvalue > ALPHA
 
 
-def test_seeded_speculative_sampling_replays(qwen3_dir: Path) -> None:
+def test_seeded_speculative_sampling_replays(speculative_runner: SpeculativeRunner) -> None:
     params = SamplingParams(temperature=0.8, max_tokens=24, seed=5)
     runs = []
     for _ in range(2):
-        with ModelRunner(
-            qwen3_dir, num_threads=1, speculative_adaptive=False, speculative_algorithm="ngram"
-        ) as runner:
+        with speculative_runner() as runner:
             runs.append(runner.generate_outputs(["1 2 3 4 1 2 3 4 1 2"] * 3, params))
     assert [o.token_ids for o in runs[0]] == [o.token_ids for o in runs[1]]

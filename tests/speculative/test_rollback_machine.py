@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from tests.speculative.scripted import ScriptedProposer
+from tests.speculative.conftest import SpeculativeRunner
+from tests.speculative.scripted import script
 from vibe_sgl_lite import ModelRunner
 from vibe_sgl_lite.sampling import SamplingParams
 
@@ -33,7 +34,7 @@ def oracle(qwen3_dir: Path) -> dict[str, Any]:
 
 
 def test_speculative_rollback_machine(
-    qwen3_dir: Path, oracle: dict[tuple[int, ...], list[int]]
+    speculative_runner: SpeculativeRunner, oracle: dict[tuple[int, ...], list[int]]
 ) -> None:
     class Machine(RuleBasedStateMachine):
         @initialize(
@@ -44,19 +45,15 @@ def test_speculative_rollback_machine(
         )
         def start(self, page_size: int, k: int, pages: int, seed: int) -> None:
             longest = max(len(b) for b in BASES) + MAX_TOKENS + k  # one request always fits
-            self.runner = ModelRunner(
-                qwen3_dir,
-                num_threads=1,
+            self.runner = speculative_runner(
                 page_size=page_size,
                 max_total_tokens=max(pages, -(-longest // page_size) + 1) * page_size,
-                speculative_adaptive=False,
-                speculative_algorithm="ngram",
                 speculative_num_draft_tokens=k,
             )
             engine = self.runner.engine
-            assert engine is not None and engine.speculator is not None
+            assert engine is not None
             self.engine = engine
-            engine.speculator.proposer = ScriptedProposer(oracle, 0.6, seed, 300)
+            script(self.runner, oracle, 0.6, seed, vocab=300)
             valid = [list(p) + out for p, out in oracle.items()]
             cache = engine.cache
             original = cache.insert

@@ -106,14 +106,7 @@ class DecoderForCausalLM(nn.Module):
             config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling
         )
         self.layers = nn.ModuleList(
-            self.layer_class(
-                config,
-                self.rotary,
-                qk_norm=self.qk_norm,
-                qkv_bias=self.qkv_bias,
-                o_bias=self.o_bias,
-                mlp=self.build_mlp(config, i),
-            )
+            self.build_layer(config, self.rotary, self.build_mlp(config, i))
             for i in range(config.num_hidden_layers)
         )
         self.layer_range = range(config.num_hidden_layers)
@@ -149,6 +142,16 @@ class DecoderForCausalLM(nn.Module):
                 f"{cls.__name__}: layer_types contains 'sliding_attention', which is not "
                 "supported; every layer here attends over the full context"
             )
+
+    @classmethod
+    def build_layer(
+        cls, config: ModelConfig, rotary: RotaryEmbedding, mlp: nn.Module
+    ) -> DecoderLayer:
+        """One layer of this architecture (its ``layer_class`` and attention flags) around
+        ``mlp``; an EAGLE head builds its one layer here too (``speculative/eagle_head.py``)."""
+        return cls.layer_class(
+            config, rotary, qk_norm=cls.qk_norm, qkv_bias=cls.qkv_bias, o_bias=cls.o_bias, mlp=mlp
+        )
 
     def build_mlp(self, config: ModelConfig, layer_idx: int) -> nn.Module:
         """The feed-forward of layer ``layer_idx``: a dense SwiGLU unless a subclass says so."""

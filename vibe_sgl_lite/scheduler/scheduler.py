@@ -16,14 +16,15 @@ Subclasses only choose the order of the waiting queue (``scheduler/policies.py``
 mechanism (budgets, pages, chunks, preemption) lives here, once.
 
 Starvation: ``order_waiting`` puts every request that has waited ``max_wait_steps`` steps first,
-oldest first, whatever the policy says (see ``scheduler/policies.py``).
+oldest first, whatever the policy says (see ``scheduler/policies.py``). With LoRA, admission also
+keeps the running adapters within the workers' slots (``scheduler/adapter_budget.py``); the
+statistics and the page-ownership check live in ``scheduler/accounting.py``.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,6 +32,8 @@ from vibe_sgl_lite.batch.forward_batch import BatchRow
 from vibe_sgl_lite.cache.base import NoPrefixCache, PrefixCache, PrefixMatch
 from vibe_sgl_lite.config import EngineConfig
 from vibe_sgl_lite.memory.page_allocator import PageAllocator
+from vibe_sgl_lite.scheduler.accounting import check_page_holders, scheduler_stats
+from vibe_sgl_lite.scheduler.adapter_budget import AdapterBudget
 from vibe_sgl_lite.scheduler.request import FREED_PAGE, Request, RequestState
 
 
@@ -65,12 +68,15 @@ class Scheduler:
         self._config: EngineConfig | None = None
         self._allocator: PageAllocator | None = None
         self.cache: PrefixCache = NoPrefixCache()
+        self.adapter_budget: AdapterBudget | None = None  # LoRA only (``attach``)
         # Called whenever a request gives its pages back (finish, abort, preemption).
         self.on_release: list[Callable[[Request], None]] = []
 
     def attach(self, config: EngineConfig, allocator: PageAllocator, cache: PrefixCache) -> None:
         """Called once by the engine: a scheduler object can be built before the engine."""
         self._config, self._allocator, self.cache = config, allocator, cache
+        if config.enable_lora:
+            self.adapter_budget = AdapterBudget(config.max_loras_per_batch)
 
     @property
     def config(self) -> EngineConfig:
@@ -129,8 +135,8 @@ class Scheduler:
             for req in self.order_waiting():
                 if len(self.running) >= self.config.max_running_requests or budget <= 0:
                     break
-                if not self._adapter_fits(req):
-                    continue
+                if self.adapter_budget and not self.adapter_budget.admits(req, self.running):
+                    continue  # its adapter would be one too many in this step
                 match = self.cache.match_prefix(req.cache_key(len(req.token_ids) - 1))
                 if self._prefix_in_flight(req, match.num_tokens):
                     continue
@@ -139,16 +145,6 @@ class Scheduler:
                     break
                 budget -= n
         return batch
-
-    def _adapter_fits(self, req: Request) -> bool:
-        """Would admitting ``req`` keep the running adapters within ``max_loras_per_batch``?
-
-        Every running request is in every step, so this bound on the running set is the bound
-        on one step's distinct adapters (the worker's slots)."""
-        if req.lora is None:
-            return True
-        in_use = {r.lora for r in self.running if r.lora is not None}
-        return req.lora in in_use or len(in_use) < self.config.max_loras_per_batch
 
     def _chunk(self, remaining: int, budget: int) -> int:
         """Tokens of a prefill to compute now, given the budget left in this step."""
@@ -243,25 +239,18 @@ class Scheduler:
             start = req.num_computed_tokens
             batch.starts.append(start)
             sample = start + n == len(req.token_ids)
-            tokens = req.token_ids[start : start + n] + req.draft_ids
+            ids = req.token_ids[start : start + n] + req.draft_ids
             num_logits = 1 + len(req.draft_ids)
             rows.append(
                 BatchRow(
-                    tokens,
-                    start,
-                    req.page_table,
-                    sample,
-                    False,
-                    req.request_id,
-                    num_logits,
-                    lora=req.lora,
+                    ids, start, req.page_table, sample, False, req.request_id, num_logits, req.lora
                 )
             )
             req.num_computed_tokens += n
             if req.first_scheduled_time is None:
                 req.first_scheduled_time = now
             if n == 1 and sample and start >= req.num_prompt_tokens:
-                self.num_decode_tokens_computed += len(tokens)
+                self.num_decode_tokens_computed += len(ids)
             else:
                 self.num_prefill_tokens_computed += n
         return rows
@@ -340,32 +329,9 @@ class Scheduler:
     # ---- invariants, statistics --------------------------------------------------------------
 
     def check_invariants(self) -> None:
-        """Every page is free or held, and its reference count equals its holders: the
-        running requests' page tables plus the prefix cache's nodes (see ``PageAllocator``)."""
-        self.allocator.check_invariants()
-        holders = Counter(self.cache.referenced_pages())
-        for req in self.running:
-            holders.update(p for p in req.page_table if p != FREED_PAGE)
-        for page in range(self.allocator.num_pages):
-            count = self.allocator.refcount(page)
-            assert count == holders[page], f"page {page}: refcount {count}, {holders[page]} holders"
+        """Every page is free or held, by as many holders as its reference count says."""
+        check_page_holders(self)
 
     def stats(self) -> dict[str, float | int]:
         """Queues, preemptions, pages and the prefix cache's share of admitted tokens."""
-        admitted = self.num_admitted_tokens
-        return {
-            "num_prefill_tokens_computed": self.num_prefill_tokens_computed,
-            "num_decode_tokens_computed": self.num_decode_tokens_computed,
-            "num_steps": self.num_forwards,
-            "num_cached_tokens": self.num_cached_tokens,
-            "num_preemptions": self.num_preemptions,
-            "num_running_requests": len(self.running),
-            "num_waiting_requests": len(self.waiting),
-            "kv_pages_total": self.allocator.num_pages,
-            "kv_pages_free": self.allocator.num_free,
-            "page_size": self.config.page_size,
-            "num_cached_pages": self.cache.num_cached_pages,
-            "num_evictable_pages": self.cache.evictable_pages(),
-            "num_evicted_pages": self.cache.num_evicted_pages,
-            "cache_hit_rate": self.num_cached_tokens / admitted if admitted else 0.0,
-        }
+        return scheduler_stats(self)

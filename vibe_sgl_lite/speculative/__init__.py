@@ -1,9 +1,9 @@
 """Speculative decoding: propose several tokens cheaply, verify them in one target forward.
 
 ``speculator.py`` is the engine's seam; ``proposer.py`` the interface the algorithms
-implement (``ngram.py``, ``draft_model.py``, ``eagle.py``); ``verify.py`` the acceptance rule
-that keeps greedy output identical and sampled output exactly distributed as the target's.
-See ``docs/speculative.md``.
+implement (``ngram.py``, ``draft_model.py``, ``eagle.py``; the last two draft through
+``chain.py``'s loop); ``verify.py`` the acceptance rule that keeps greedy output identical
+and sampled output exactly distributed as the target's. See ``docs/speculative.md``.
 """
 
 from vibe_sgl_lite.speculative.ngram import NgramProposer, ngram_lookup

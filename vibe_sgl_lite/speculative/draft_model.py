@@ -12,8 +12,9 @@ shares through the prefix cache, rolls back or frees is the same page in both po
       step j  draft j-1                                         -> draft j
     after verification        accepted: the draft's K/V past the accepted tokens is stale
 
-Greedy requests take the draft's argmax; sampled ones draw from the draft's distribution under
-the request's own settings and generator, which verification divides by (``verify.py``).
+The k steps are ``chain.py``'s loop: greedy requests take the draft's argmax; sampled ones draw
+from the draft's distribution under the request's own settings and generator, which
+verification divides by (``verify.py``).
 """
 
 from __future__ import annotations
@@ -24,29 +25,9 @@ import torch
 
 from vibe_sgl_lite.batch.forward_batch import BatchRow
 from vibe_sgl_lite.models.worker import ModelWorker
-from vibe_sgl_lite.sampling.sampler import apply_penalties, argmax_rows, draw, sampling_probs
 from vibe_sgl_lite.scheduler.request import Request
+from vibe_sgl_lite.speculative.chain import draft_chain
 from vibe_sgl_lite.speculative.proposer import Draft, Proposer
-
-
-def pick(
-    logits: torch.Tensor, requests: Sequence[Request], drafted: Sequence[list[int]]
-) -> tuple[list[int], list[torch.Tensor | None]]:
-    """One draft token per request from the draft's ``logits [len(requests), V]``, processed as
-    the target's will be (penalties over output + drafts so far, temperature, top-k/p, min-p);
-    returns the tokens and, for sampled requests, the distribution each was drawn from."""
-    params = [r.params for r in requests]
-    outputs = [r.output_ids + d for r, d in zip(requests, drafted)]
-    penalised = apply_penalties(logits, params, [r.prompt_ids for r in requests], outputs)
-    tokens = argmax_rows(penalised).tolist()
-    probs: list[torch.Tensor | None] = [None] * len(requests)
-    sampled = [i for i, p in enumerate(params) if not p.is_greedy]
-    if sampled:
-        dist = sampling_probs(penalised[sampled], [params[i] for i in sampled])
-        for row, i in zip(dist, sampled):
-            tokens[i] = int(draw(row, requests[i].generator))
-            probs[i] = row
-    return tokens, probs
 
 
 class DraftModelProposer(Proposer):
@@ -76,34 +57,14 @@ class DraftModelProposer(Proposer):
             self.worker.forward(mirrored)
 
     def propose(self, requests: Sequence[Request]) -> list[Draft]:
-        drafted: list[list[int]] = [[] for _ in requests]
-        probs: list[list[torch.Tensor]] = [[] for _ in requests]
-        active = list(range(len(requests)))
         rows = []
         for req in requests:  # step 1: whatever the draft has not seen, up to the last token
             start = min(self._seen(req, req.num_computed_tokens), req.num_computed_tokens)
             rows.append(BatchRow(req.token_ids[start:], start, req.page_table, True))
-        while active:
-            logits = self.worker.forward(rows)
-            chosen = [requests[i] for i in active]
-            tokens, dists = pick(logits, chosen, [drafted[i] for i in active])
-            for i, token, dist in zip(active, tokens, dists):
-                drafted[i].append(token)
-                if dist is not None:
-                    probs[i].append(dist)
-            active = [i for i in active if len(drafted[i]) < requests[i].num_draft_slots]
-            rows = [
-                BatchRow(
-                    [drafted[i][-1]],
-                    len(requests[i].token_ids) + len(drafted[i]) - 1,
-                    requests[i].page_table,
-                    True,
-                )
-                for i in active
-            ]
-        for req, tokens in zip(requests, drafted):
-            self.computed[req.request_id] = len(req.token_ids) + len(tokens) - 1
-        return [Draft(d, torch.stack(p) if p else None) for d, p in zip(drafted, probs)]
+        drafts = draft_chain(requests, rows, lambda step, _: (self.worker.forward(step), None))
+        for req, draft in zip(requests, drafts):
+            self.computed[req.request_id] = len(req.token_ids) + len(draft.token_ids) - 1
+        return drafts
 
     def accepted(self, req: Request, num_accepted: int) -> None:
         seen = self._seen(req, req.num_computed_tokens)

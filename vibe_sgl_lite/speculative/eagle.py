@@ -29,7 +29,7 @@ from vibe_sgl_lite.batch.forward_batch import BatchRow, ForwardBatch
 from vibe_sgl_lite.models.config import ModelConfig
 from vibe_sgl_lite.models.worker import ModelWorker
 from vibe_sgl_lite.scheduler.request import Request
-from vibe_sgl_lite.speculative.draft_model import pick
+from vibe_sgl_lite.speculative.chain import draft_chain
 from vibe_sgl_lite.speculative.eagle_head import EagleHead
 from vibe_sgl_lite.speculative.proposer import Draft, Proposer
 
@@ -98,8 +98,6 @@ class EagleProposer(Proposer):
             self._run(rows_, torch.cat(feats))
 
     def propose(self, requests: Sequence[Request]) -> list[Draft]:
-        drafted: list[list[int]] = [[] for _ in requests]
-        probs: list[list[torch.Tensor]] = [[] for _ in requests]
         rows, feats = [], []
         for req in requests:  # step 1: every position the head has not seen, to the last token
             rid, seen = req.request_id, self.seen.get(req.request_id, req.num_computed_tokens)
@@ -108,32 +106,15 @@ class EagleProposer(Proposer):
             feats.append(torch.cat(self.pending[rid]))
             self.seen[rid] = len(req.token_ids)
             self.pending[rid] = []
-        active = list(range(len(requests)))
-        features = torch.cat(feats)
-        while active:
-            out = self._run(rows, features)
-            logits = self.target.model.lm_head(out).float()
-            chosen = [requests[i] for i in active]
-            tokens, dists = pick(logits, chosen, [drafted[i] for i in active])
-            for i, token, dist in zip(active, tokens, dists):
-                drafted[i].append(token)
-                if dist is not None:
-                    probs[i].append(dist)
-            keep = [
-                j for j, i in enumerate(active) if len(drafted[i]) < requests[i].num_draft_slots
-            ]
-            active = [active[j] for j in keep]
-            features = out[keep]
-            rows = [
-                BatchRow(
-                    [drafted[i][-1]],
-                    len(requests[i].token_ids) + len(drafted[i]) - 1,
-                    requests[i].page_table,
-                    True,
-                )
-                for i in active
-            ]
-        return [Draft(d, torch.stack(p) if p else None) for d, p in zip(drafted, probs)]
+        return draft_chain(requests, rows, self._draft_step, torch.cat(feats))
+
+    def _draft_step(
+        self, rows: list[BatchRow], features: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One chain step: the head's predicted features ``[rows, H]`` feed the next step."""
+        assert features is not None
+        out = self._run(rows, features)
+        return self.target.model.lm_head(out).float(), out
 
     def accepted(self, req: Request, num_accepted: int) -> None:
         rid = req.request_id

@@ -76,19 +76,9 @@ class EagleHead(nn.Module):
             config.rope_theta,
             config.rope_scaling,
         )
+        mlp = GatedMLP(hidden, config.intermediate_size, bias=config.mlp_bias)
         arch = get_model_class(config.architecture)
-        self.layers = nn.ModuleList(
-            [
-                arch.layer_class(
-                    config,
-                    self.rotary,
-                    qk_norm=arch.qk_norm,
-                    qkv_bias=arch.qkv_bias,
-                    o_bias=arch.o_bias,
-                    mlp=GatedMLP(hidden, config.intermediate_size, bias=config.mlp_bias),
-                )
-            ]
-        )
+        self.layers = nn.ModuleList([arch.build_layer(config, self.rotary, mlp)])
         self.norm = RMSNorm(hidden, config.rms_norm_eps)
 
     @property
