@@ -66,9 +66,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--quantization",
+        choices=["int8", "int8_weight_only", "int4"],
+        help="both of ours quantised (then no llama.cpp column: it runs F32 here)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    settings = dict(num_threads=args.threads, enable_prefix_cache=False, max_total_tokens=16384)
+    settings = dict(
+        num_threads=args.threads,
+        enable_prefix_cache=False,
+        max_total_tokens=16384,
+        quantization=args.quantization,
+    )
     eager = ModelRunner(args.model, **settings)
     compiled = ModelRunner(
         args.model, enable_torch_compile=True, torch_compile_max_bs=max(args.batch), **settings
@@ -76,7 +86,10 @@ def main() -> None:
     vocab = eager.engine.model_config.vocab_size
     rng = random.Random(args.seed)
     print(f"cpu: {cpu_name()}; threads={args.threads}; torch {torch.__version__}")
-    print(f"model: {args.model} ({eager.engine.model_config.architecture})")
+    print(
+        f"model: {args.model} ({eager.engine.model_config.architecture}), weights "
+        f"{args.quantization or 'float32'}"
+    )
     print(
         f"{args.prompt_len} prompt tokens, {args.new_tokens} new tokens a request, best of "
         f"{args.repeats}, prefill included"
@@ -99,7 +112,7 @@ def main() -> None:
                     seconds[name] = min(seconds[name], best_seconds(generate, prompts, 1))
             llama = "-"
             same_llama = "-"
-            if gguf is not None and llama_cpp_installed():
+            if gguf is not None and llama_cpp_installed() and args.quantization is None:
                 n_ctx = batch * (args.prompt_len + args.new_tokens + 16)
                 with LlamaCppEngine(gguf, max_seqs=batch, n_ctx=n_ctx, threads=args.threads) as lc:
                     requests = [(p, args.new_tokens) for p in prompts]

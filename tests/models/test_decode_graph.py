@@ -85,6 +85,16 @@ def test_batches_above_the_largest_bucket_and_mixed_steps_run_eagerly(qwen3_dir:
         assert sorted(graphs_of(runner).capture_seconds) == [1, 2]
 
 
+def test_w8a8_int8_compiles_to_the_eager_tokens(qwen3_dir: Path) -> None:
+    """The W8A8 kernel is an opaque op in the graph: the same quantised products as eager."""
+    with ModelRunner(qwen3_dir, quantization="int8", **POOL) as eager:
+        expected = greedy(eager, PROMPTS, MAX_TOKENS)
+    compiled = ModelRunner(qwen3_dir, quantization="int8", enable_torch_compile=True, **POOL)
+    with compiled as runner:
+        assert greedy(runner, PROMPTS, MAX_TOKENS) == expected
+        assert graphs_of(runner).failure is None and graphs_of(runner).capture_seconds
+
+
 def test_padding_rows_write_only_the_scratch_page(qwen3_dir: Path) -> None:
     """A replay of bucket 4 with 3 rows leaves every page no request holds as it was."""
     with ModelRunner(
