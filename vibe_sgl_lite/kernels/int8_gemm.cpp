@@ -41,40 +41,21 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#define VIBE_X86 1
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
+#include "cpu_isa.h"
+
 namespace {
+
+using namespace vibe_isa;
 
 constexpr int64_t GROUP = 64;  // inputs per activation scale; Kp must be a multiple
 constexpr int64_t CB = 16;     // channels per packed block
 constexpr int64_t NT = 32;     // channels per tile (2 blocks); Np must be a multiple
 constexpr int64_t MR = 4;      // most activation rows per tile
-
-enum Isa : int64_t { kScalar = 0, kAvx2 = 1, kAvxVnni = 2, kAvx512Vnni = 3 };
-
-bool isa_supported(int64_t isa) {
-#ifndef VIBE_X86
-  return isa == kScalar;  // other architectures: the plain C++ path only
-#else
-  switch (isa) {
-    case kScalar: return true;
-    case kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case kAvxVnni: return __builtin_cpu_supports("avxvnni") && __builtin_cpu_supports("fma");
-    case kAvx512Vnni:
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vnni");
-    default: return false;
-  }
-#endif
-}
 
 int64_t rows_per_tile(int64_t isa) { return isa == kAvx512Vnni ? MR : 1; }
 
@@ -189,22 +170,6 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void tile_avx512vnni(cons
     }                                                                                          \
     for (int64_t v = 0; v < 4; ++v) _mm256_storeu_ps(out + v * 8, acc[v]);                     \
   }
-
-__attribute__((target("avx2,fma,avxvnni"))) inline __m256i dot_avxvnni(__m256i acc, __m256i w,
-                                                                      __m256i xb) {
-  return _mm256_dpbusd_avx_epi32(acc, w, xb);
-}
-
-// sum (wq + 128) * xq without vpdpbusd: |wq| * (xq * sign(wq)) in int16 pairs, then + 128 * xq
-// summed the same way, so that the result equals vpdpbusd's and the correction applies alike.
-__attribute__((target("avx2,fma"))) inline __m256i dot_avx2(__m256i acc, __m256i w, __m256i xb) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  const __m256i wq = _mm256_xor_si256(w, _mm256_set1_epi8(char(0x80)));
-  const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xb, wq));
-  const __m256i excess = _mm256_maddubs_epi16(_mm256_set1_epi8(char(0x80)) /* 128 as u8 */, xb);
-  return _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(pairs, ones),
-                                                _mm256_madd_epi16(excess, ones)));
-}
 
 VIBE_TILE256(tile_avxvnni, __attribute__((target("avx2,fma,avxvnni"))), dot_avxvnni)
 VIBE_TILE256(tile_avx2, __attribute__((target("avx2,fma"))), dot_avx2)
@@ -339,21 +304,13 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   return y;
 }
 
-// The instruction sets this CPU can run, best first (the Isa numbers).
-std::vector<int64_t> supported_isas() {
-  std::vector<int64_t> out;
-  for (int64_t isa : {kAvx512Vnni, kAvxVnni, kAvx2, kScalar})
-    if (isa_supported(isa)) out.push_back(isa);
-  return out;
-}
-
 }  // namespace
 
 TORCH_LIBRARY(vibe_int8_gemm, m) {
   m.def(
       "int8_linear(Tensor x, Tensor packed, Tensor wscale, Tensor? bias, int N, int isa) -> "
       "Tensor");
-  m.def("supported_isas() -> int[]", &supported_isas);
+  m.def("supported_isas() -> int[]", &vibe_isa::supported_isas);
 }
 
 TORCH_LIBRARY_IMPL(vibe_int8_gemm, CPU, m) { m.impl("int8_linear", &int8_linear); }
