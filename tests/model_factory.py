@@ -219,6 +219,7 @@ def prefill_logits(
     prompts: list[list[int]],
     page_size: int = 4,
     dtype: torch.dtype = torch.float32,
+    quantization: str | None = None,
 ) -> torch.Tensor:
     """Our logits at every position of each prompt, from one flat batch through the paged pool.
 
@@ -229,7 +230,7 @@ def prefill_logits(
     from vibe_sgl_lite.memory import KVPool
     from vibe_sgl_lite.models import load_model
 
-    model, cfg = load_model(model_dir, dtype=dtype)
+    model, cfg = load_model(model_dir, dtype=dtype, quantization=quantization)
     pool = KVPool(
         cfg.num_hidden_layers, 64, page_size, cfg.num_key_value_heads, cfg.head_dim, dtype
     )

@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.model_factory import build_llama
+from tests.model_factory import build_llama, prefill_logits
 from tests.models.conftest import SMOLLM2_MAX_TOTAL_TOKENS
 from tests.models.test_gguf import write_gguf
 from vibe_sgl_lite import ModelRunner
@@ -27,8 +27,10 @@ from vibe_sgl_lite.config import EngineConfig
 from vibe_sgl_lite.core.runner import default_model_path
 from vibe_sgl_lite.models import load_model
 from vibe_sgl_lite.models.gguf import iter_gguf_tensors
+from vibe_sgl_lite.models.gguf_linear import GGUFLinear
 from vibe_sgl_lite.models.quantization import QuantizedLinear, QuantizedWeight
 from vibe_sgl_lite.models.w8a8 import Int8Linear
+from vibe_sgl_lite.sampling import SamplingParams
 
 RELATIVE_TOLERANCE = {"int8": 0.015, "int4": 0.15}
 SCORE_TEXT = (
@@ -151,27 +153,73 @@ def test_bundled_model_perplexity_survives_quantization() -> None:
 
 
 @pytest.mark.unit
-def test_gguf_q4_codes_map_exactly(tmp_path: Path, tokenizer_dir: Path) -> None:
-    """Q4_0/Q4_1 blocks become int4 codes + (scale, zero) that dequantise to gguf's floats."""
+def test_gguf_blocks_map_exactly(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """Q8_0/Q4_0/Q4_1 blocks become codes + block scales that dequantise to gguf's floats."""
     hf_dir = build_llama(tmp_path / "hf", tokenizer_dir)
-    for storage in ("Q4_0", "Q4_1"):
+    for storage, mode in (("Q8_0", "q8_0"), ("Q4_0", "q4_1"), ("Q4_1", "q4_1")):
         path = write_gguf(hf_dir, tmp_path / f"{storage}.gguf", "llama", storage=storage)
         floats = dict(iter_gguf_tensors(path))
-        coded = dict(iter_gguf_tensors(path, int4_codes=True))
+        coded = dict(iter_gguf_tensors(path, keep_blocks=True))
         kept = {n: w for n, w in coded.items() if isinstance(w, QuantizedWeight)}
         assert any("q_proj" in n for n in kept)  # un-permuted like the floats
         for name, weight in kept.items():
-            torch.testing.assert_close(weight.dequantize(), floats[name], atol=1e-5, rtol=1e-5)
+            assert weight.mode == mode
+            assert torch.equal(weight.dequantize(), floats[name])
 
 
 @pytest.mark.integration
-def test_tiny_gguf_q8_0_loads_as_int8(tmp_path: Path, tokenizer_dir: Path) -> None:
+def test_tiny_gguf_blocks_are_kept_by_the_modes_that_keep_them(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    """int8 keeps Q8_0 blocks, int4 keeps Q8_0 and Q4_x; int8_weight_only requantises its
+    layers (float activations) but its W8A8 LM head keeps Q8_0; int8 requantises Q4_x."""
     hf_dir = build_llama(tmp_path / "hf", tokenizer_dir)
-    path = write_gguf(hf_dir, tmp_path / "m.gguf", "llama", storage="Q8_0")
-    for mode, layer in (("int8", "Int8Linear"), ("int8_weight_only", "QuantizedLinear")):
+    expected = {
+        ("Q8_0", "int8"): ({"GGUFLinear/q8_0"}, "GGUFLinear/q8_0"),
+        ("Q8_0", "int8_weight_only"): ({"QuantizedLinear/"}, "GGUFLinear/q8_0"),
+        ("Q8_0", "int4"): ({"GGUFLinear/q8_0"}, "GGUFLinear/q8_0"),
+        ("Q4_1", "int8"): ({"Int8Linear/"}, "Int8Linear/"),
+        ("Q4_1", "int4"): ({"GGUFLinear/q4_1"}, "Int8Linear/"),
+        ("Q4_0", "int4"): ({"GGUFLinear/q4_1"}, "Int8Linear/"),
+    }
+    for (storage, mode), (body, head) in expected.items():
+        path = tmp_path / f"{storage}.gguf"
+        if not path.exists():
+            write_gguf(hf_dir, path, "llama", storage=storage)
         model, _ = load_model(path, quantization=mode)
-        kinds = {type(m).__name__ for m in model.modules()}
-        assert layer in kinds and "MergedLinear" not in kinds
+        kinds = {
+            name: f"{type(m).__name__}/{getattr(m, 'fmt', '')}"
+            for name, m in model.named_modules()
+            if name.endswith(("_proj", "lm_head"))
+        }
+        assert kinds.pop("lm_head") == head, (storage, mode)
+        assert set(kinds.values()) == body, (storage, mode)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("storage", ["Q8_0", "Q4_0", "Q4_1"])
+def test_tiny_gguf_kept_blocks_are_the_files_weights(
+    tmp_path: Path, tokenizer_dir: Path, storage: str
+) -> None:
+    """Every ``GGUFLinear`` (merged, un-permuted like the floats) against the same layer of the
+    file dequantised to float32: only the activations' 8-bit rounding differs (measured < 0.6%
+    of the largest output on random inputs; a misplaced row or block would be ~100%). The
+    whole model's logits then stay near the float ones (measured 3.5-4.8%: random weights)."""
+    hf_dir = build_llama(tmp_path / "hf", tokenizer_dir)
+    path = write_gguf(hf_dir, tmp_path / "m.gguf", "llama", storage=storage)
+    floats, _ = load_model(path)
+    kept, _ = load_model(path, quantization="int4")
+    float_layers = dict(floats.named_modules())
+    checked = 0
+    for name, layer in kept.named_modules():
+        if isinstance(layer, GGUFLinear):
+            x = torch.randn(5, layer.in_features)
+            assert _relative_error(layer(x), float_layers[name](x)) < 0.015, name
+            checked += 1
+    assert checked >= 4
+    prompts = [list(range(1, 40)), list(range(7, 20))]
+    reference = prefill_logits(path, prompts)
+    assert _relative_error(prefill_logits(path, prompts, quantization="int4"), reference) < 0.1
 
 
 @pytest.mark.integration
@@ -179,18 +227,23 @@ def test_tiny_gguf_q8_0_loads_as_int8(tmp_path: Path, tokenizer_dir: Path) -> No
 def test_smollm2_gguf_perplexity_survives_quantization(
     smollm2_path: Path, smollm2_runner: ModelRunner
 ) -> None:
-    """The real Q4_1 file: int4 keeps its codes (measured 11.26 vs 11.32 fp32), both int8 modes
-    requantise them per row (W8A8 11.04, weight-only 11.14; on 2,044 tokens of the bundled
-    model's held-out play W8A8 measured +0.45%, weight-only +1.2%). Bounds: 3%, 3% and 5% above fp32. The
-    fp32 runner is the session's shared one (``conftest.py``), with the same settings as the
-    quantised ones here."""
+    """The real Q4_1 file: int4 multiplies its Q4_1 blocks and its Q8_0 LM head as stored
+    (``GGUFLinear``; measured 11.22 vs 11.32 fp32), both int8 modes requantise the Q4_1 blocks
+    per row (W8A8 11.09 with the Q8_0 head kept, weight-only 11.14; on 2,044 tokens of the
+    bundled model's held-out play W8A8 measured +0.45%, weight-only +1.2%). Bounds: 3%, 3% and
+    5% above fp32. Each also answers the capital of France as fp32 does. The fp32 runner is the
+    session's shared one (``conftest.py``), with the same settings as the quantised ones here."""
     fp32 = smollm2_runner.perplexity(smollm2_runner.tokenizer.encode(SCORE_TEXT))
     perplexity: dict[str | None, float] = {None: fp32}
+    greedy = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
     for mode in ("int8", "int8_weight_only", "int4"):
         with ModelRunner(
             smollm2_path, max_total_tokens=SMOLLM2_MAX_TOTAL_TOKENS, quantization=mode
         ) as runner:
             perplexity[mode] = runner.perplexity(runner.tokenizer.encode(SCORE_TEXT))
+            prompt = runner.tokenizer.encode("The capital of France is")
+            answer = runner.generate_outputs([prompt], greedy)[0].token_ids
+            assert runner.tokenizer.decode(answer).startswith(" Paris"), mode
     assert perplexity["int8"] < perplexity[None] * 1.03
     assert perplexity["int8_weight_only"] < perplexity[None] * 1.03
     assert perplexity["int4"] < perplexity[None] * 1.05

@@ -8,9 +8,9 @@ A GGUF file holds everything a Hugging Face folder holds, under llama.cpp's name
   (Q4_K, Q8_0 ...). ``iter_gguf_tensors`` dequantises them with the ``gguf`` package one tensor at a
   time, casts each to the requested dtype and yields it under its Hugging Face name, which is what
   ``load_packed_weights`` consumes. By default the model then holds plain float/bfloat16
-  weights, so a Q4 file costs as much memory as its float checkpoint once loaded; with
-  ``quantization="int4"`` the Q4_0/Q4_1 matrices keep their own 4-bit codes instead
-  (``_int4_codes``, see ``models/quantization.py``).
+  weights, so a Q4 file costs as much memory as its float checkpoint once loaded; with a
+  ``quantization`` mode the Q8_0/Q4_0/Q4_1 matrices keep their own codes instead
+  (``block_codes``, multiplied as stored by ``models/gguf_linear.py``).
 * **tokenizer**: vocabulary, merges and chat template; transformers builds it
   (``AutoTokenizer.from_pretrained(folder, gguf_file=name)``, see ``core/tokenizer.py``).
 
@@ -259,34 +259,39 @@ def _dequantize(raw: np.ndarray, qtype: Any, dtype: torch.dtype) -> torch.Tensor
     return torch.from_numpy(values).to(dtype)
 
 
-def _int4_codes(raw: np.ndarray, qtype: Any) -> QuantizedWeight | None:
-    """A Q4_0 or Q4_1 matrix as int4 codes with one (scale, zero) per block of 32, or ``None``
-    for any other storage.
+BLOCK_TYPES = {"Q8_0": "q8_0", "Q4_0": "q4_1", "Q4_1": "q4_1"}
+"""GGUF block types kept as their own codes (``block_codes``) -> the ``QuantizedWeight`` mode."""
 
-    Both formats are already the int4 layout of ``QuantizedLinear`` with group size 32, in the
-    kernel's convention ``w = (q - 8) * scale + zero``:
 
-        Q4_0  block = d (fp16), 16 bytes of codes     w = (q - 8) * d    -> scale d, zero 0
-        Q4_1  block = d, m (fp16), 16 bytes of codes  w = q * d + m      -> scale d, zero m + 8d
+def block_codes(raw: np.ndarray, qtype: Any) -> QuantizedWeight | None:
+    """A Q8_0, Q4_0 or Q4_1 matrix as its own codes and block scales, or ``None`` for any other
+    storage (what ``kernels/gguf_gemm.py`` multiplies as stored)::
 
-    so the codes are copied, not re-rounded. Byte ``j`` of a block holds code ``j`` in its low
-    nibble and code ``j + 16`` in its high one. ``raw``: uint8 ``[N, bytes per row]``; returns
-    codes uint8 ``[N, K]``, scale and zero float32 ``[N, K / 32]``."""
-    kinds = _gguf_module().GGMLQuantizationType
-    if qtype not in (kinds.Q4_0, kinds.Q4_1) or raw.ndim != 2:
+        Q8_0  block = d (fp16), 32 int8 q             w = d * q         -> mode "q8_0"
+        Q4_1  block = d, m (fp16), 16 bytes of codes  w = d * q + m     -> mode "q4_1"
+        Q4_0  block = d (fp16), 16 bytes of codes     w = d * (q - 8)   -> mode "q4_1", m = -8 d
+
+    (``-8 d`` is exact in fp16.) Byte ``j`` of a 4-bit block holds code ``j`` in its low nibble
+    and code ``j + 16`` in its high one. ``raw``: uint8 ``[N, bytes per row]``; returns ``q``
+    ``[N, K]`` (int8 or uint8 codes), ``scale`` = d and ``zero`` = m float32 ``[N, K / 32]``."""
+    name = getattr(qtype, "name", None)
+    if name not in BLOCK_TYPES or raw.ndim != 2:
         return None
-    head = 2 if qtype == kinds.Q4_0 else 4  # bytes before the codes: d, or d and m
+    head = {"Q8_0": 2, "Q4_0": 2, "Q4_1": 4}[name]  # bytes before the codes: d, or d and m
     rows = raw.shape[0]
-    blocks = np.array(raw).reshape(rows, -1, head + 16)
+    blocks = np.array(raw).reshape(rows, -1, head + (32 if name == "Q8_0" else 16))
     d = np.ascontiguousarray(blocks[..., 0:2]).view(np.float16)[..., 0].astype(np.float32)
+    to_torch = torch.from_numpy
+    if name == "Q8_0":
+        q = np.ascontiguousarray(blocks[..., head:]).view(np.int8).reshape(rows, -1)
+        return QuantizedWeight("q8_0", to_torch(q), to_torch(d), group_size=32)
     packed = blocks[..., head:]
     codes = np.concatenate([packed & 0x0F, packed >> 4], axis=-1).reshape(rows, -1)
-    zero = np.zeros_like(d)
-    if qtype == kinds.Q4_1:
+    if name == "Q4_1":
         m = np.ascontiguousarray(blocks[..., 2:4]).view(np.float16)[..., 0].astype(np.float32)
-        zero = m + 8 * d
-    to_torch = torch.from_numpy
-    return QuantizedWeight("int4", to_torch(codes), to_torch(d), to_torch(zero), group_size=32)
+    else:
+        m = -8 * d
+    return QuantizedWeight("q4_1", to_torch(codes), to_torch(d), to_torch(m), group_size=32)
 
 
 def _hf_name(gguf_name: str) -> tuple[str, str | None]:
@@ -304,16 +309,16 @@ def _hf_name(gguf_name: str) -> tuple[str, str | None]:
 
 
 def iter_gguf_tensors(
-    path: str | os.PathLike[str], dtype: torch.dtype = torch.float32, *, int4_codes: bool = False
+    path: str | os.PathLike[str], dtype: torch.dtype = torch.float32, *, keep_blocks: bool = False
 ) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
     """``(hf_name, tensor)`` for every tensor of the file, dequantised to ``dtype`` one at a time.
 
     Only the tensor being yielded (and its float32 dequantisation, for quantised storage) is in
     memory besides the model, so peak memory stays near the loaded model's size.
 
-    With ``int4_codes``, a Q4_0/Q4_1 matrix (other than a per-expert stack) is yielded as its
-    ``QuantizedWeight`` instead (``_int4_codes``): for ``quantization="int4"``, whose layout it
-    already is."""
+    With ``keep_blocks``, a Q8_0/Q4_0/Q4_1 matrix (other than a per-expert stack) is yielded as
+    its own codes instead (``block_codes``): for the quantised modes, which multiply them as
+    stored (``models/gguf_linear.py``) or requantise them."""
     config = gguf_config(path)
     permute = config["model_type"] == "llama"
     heads = {"q_proj": config["num_attention_heads"], "k_proj": config["num_key_value_heads"]}
@@ -327,7 +332,7 @@ def iter_gguf_tensors(
                 name = f"{hf_module}.{e}.{expert_proj}.{suffix}"
                 yield name, _dequantize(tensor.data[e], tensor.tensor_type, dtype)
             continue
-        codes = _int4_codes(tensor.data, tensor.tensor_type) if int4_codes else None
+        codes = block_codes(tensor.data, tensor.tensor_type) if keep_blocks else None
         weight = codes if codes is not None else _dequantize(tensor.data, tensor.tensor_type, dtype)
         proj = hf_module.rsplit(".", 1)[-1]
         if permute and proj in heads:

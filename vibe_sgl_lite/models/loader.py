@@ -155,17 +155,21 @@ def _set_aside_quantized(
     targets: Collection[str],
     kept: dict[Slot, QuantizedWeight],
     dtype: torch.dtype,
+    tied: bool,
 ) -> Iterator[tuple[str, Any]]:
-    """Pass ``weights`` on, moving each already-quantised one (GGUF int4 codes) into ``kept``.
+    """Pass ``weights`` on, moving each already-quantised one (GGUF blocks) into ``kept``.
 
     The generic loader still checks that every float parameter is written, so such a weight
     leaves a placeholder of its shape behind (zeros, stride 0: nothing is dequantised), which
     ``quantize_model`` discards with the float layer. One that lands outside the quantised layers
-    (a Q4 embedding) is dequantised to ``dtype`` as usual."""
+    (a Q8_0 embedding) is dequantised to ``dtype`` as usual; with ``tied`` embeddings its blocks
+    are also kept for the LM head, which multiplies the same matrix."""
     for name, tensor in weights:
         if isinstance(tensor, QuantizedWeight):
             slot = _slot(name, targets)
             if slot is None:
+                if tied and name == "model.embed_tokens.weight" and "lm_head" in targets:
+                    kept[("lm_head", 0)] = tensor
                 tensor = tensor.dequantize(dtype)
             else:
                 kept[slot] = tensor
@@ -197,10 +201,9 @@ def load_model(
 
     ``quantization`` (``"int8"``: W8A8, ``"int8_weight_only"``, ``"int4"``) replaces the linear
     layers by quantised ones (the LM head: W8A8 int8) once the float weights are in
-    (``models/quantize.py``). From a GGUF file,
-    int4 takes the Q4_0/Q4_1 matrices' own codes rather than re-rounding their dequantised
-    floats; every other case quantises the loaded floats (a Q8_0 matrix under int8 too: its
-    per-32 block scales do not fit the fused kernel's one scale per row).
+    (``models/quantize.py``). From a GGUF file, the Q8_0 (int8, int4) and Q4_0/Q4_1 (int4)
+    matrices keep the file's own blocks (``models/gguf_linear.py``) rather than re-rounding
+    their dequantised floats; every other case quantises the loaded floats.
 
     ``weight_layout`` stores the float linear weights row- or column-major at the end
     (``models/weight_layout.py``; ``"auto"``: column-major for float32 on CPU, where small-batch
@@ -227,8 +230,9 @@ def load_model(
     if model_dir.is_dir():
         weights, total = iter_safetensors(model_dir), _num_tensors(model_dir)
     else:
-        gguf_weights = iter_gguf_tensors(model_dir, torch_dtype, int4_codes=quantization == "int4")
-        weights = _set_aside_quantized(gguf_weights, targets, kept, torch_dtype)
+        gguf_weights = iter_gguf_tensors(model_dir, torch_dtype, keep_blocks=bool(targets))
+        tied = config.tie_word_embeddings
+        weights = _set_aside_quantized(gguf_weights, targets, kept, torch_dtype, tied)
     disable, delay = (None, 1.0) if progress is None else (not progress, 0.0)
     bar = tqdm(weights, "Loading weights", total, unit=" tensors", disable=disable, delay=delay)
     with bar:

@@ -25,8 +25,8 @@ The two layouts, for a linear layer ``y = x @ W.T + b`` with ``W: [N, K]`` (N ou
           [N, K/2] in a tiled order of the kernel's own (not plain nibble pairs).
 
 int4 needs groups: 16 levels over a whole row would be swamped by its largest weight. int8's 256
-levels are enough per row, and the fused int8 kernel takes nothing but per-row scales (which is
-also why a GGUF Q8_0 matrix, one scale per 32 weights, is requantised per row, not copied).
+levels are enough per row. (A GGUF file's own Q8_0/Q4_0/Q4_1 blocks are not converted to
+either layout: ``models/gguf_linear.py`` multiplies them as stored.)
 
 What the CPU kernels of torch 2.13 do (read in ATen's ``int8mm_kernel.cpp``/``int4mm_kernel.cpp``
 and measured on an AVX-512 Xeon):
@@ -80,6 +80,10 @@ class QuantizedWeight:
     ``q``: int8 ``[N, K]`` (int8 mode) or uint8 codes 0..15 ``[N, K]`` (int4 mode).
     ``scale``: float32 ``[N]`` (int8) or ``[N, K / group_size]`` (int4).
     ``zero``: float32 ``[N, K / group_size]`` for int4, ``None`` for int8.
+
+    Two more modes hold a GGUF file's blocks as stored (``models/gguf.py``, ``block_codes``;
+    group size 32): ``"q8_0"`` (``w = scale * q``, ``q`` int8) and ``"q4_1"``
+    (``w = scale * q + zero``, ``q`` codes 0..15).
     """
 
     mode: str
@@ -96,9 +100,14 @@ class QuantizedWeight:
         """The float weight ``[N, K]`` these numbers stand for."""
         if self.mode == "int8":
             return (self.q.float() * self.scale[:, None]).to(dtype)
-        assert self.zero is not None and self.group_size is not None
+        assert self.group_size is not None
         n, k = self.q.shape
         codes = self.q.float().view(n, k // self.group_size, self.group_size)
+        if self.mode == "q8_0":
+            return (codes * self.scale[..., None]).view(n, k).to(dtype)
+        assert self.zero is not None
+        if self.mode == "q4_1":
+            return (codes * self.scale[..., None] + self.zero[..., None]).view(n, k).to(dtype)
         w = (codes - 8) * self.scale[..., None] + self.zero[..., None]
         return w.view(n, k).to(dtype)
 

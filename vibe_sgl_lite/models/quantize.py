@@ -6,8 +6,9 @@
     "int8_weight_only"  QuantizedLinear  (models/quantization.py) int8 weights, float activations
     "int4"              QuantizedLinear  (models/quantization.py) int4 groups, float activations
 
-All three start from the same weight numbers (``QuantizedWeight``), so a checkpoint that arrives
-already quantised (GGUF Q4_0/Q4_1 codes) feeds any of them.
+All three start from the same weight numbers (``QuantizedWeight``). A checkpoint that arrives
+already quantised (a GGUF file's Q8_0/Q4_0/Q4_1 blocks) is multiplied as stored where the mode
+keeps that format (``GGUFLinear``, ``models/gguf_linear.py``), and requantised otherwise.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from vibe_sgl_lite.kernels.int8_gemm import best_isa
+from vibe_sgl_lite.kernels import gguf_gemm, int8_gemm
+from vibe_sgl_lite.models.gguf_linear import GGUFLinear, kept_format
 from vibe_sgl_lite.models.layers import Attention, GatedMLP, MergedLinear
 from vibe_sgl_lite.models.quantization import (
     DEFAULT_INT4_GROUP_SIZE,
@@ -90,41 +92,58 @@ def quantize_model(
     perplexity 6% worse (the other layers in int4: +0.04%). A tied LM head gets its own quantised
     copy of the embedding, which stays float for the lookup.
 
-    ``prequantized`` holds checkpoint tensors that arrived already quantised in this layout
-    (Q4_0/Q4_1 GGUF blocks for int4), by ``(module path, shard index)``: they are used as they
-    are and the float rows of that shard, never loaded, are ignored. A merged layer may mix
-    both, since every row is quantised on its own."""
+    ``prequantized`` holds checkpoint tensors that arrived already quantised (a GGUF file's
+    blocks), by ``(module path, shard index)``; the float rows of that shard were never loaded.
+    On the CPU, a layer whose every part is a block format its mode keeps (``kept_format``)
+    becomes a ``GGUFLinear`` on those blocks as stored; otherwise each part is used as it is
+    if it already has the mode's layout, or dequantised and requantised. A merged layer may mix
+    parts, since every row is quantised on its own."""
     for name, value in (("quantization", mode), ("lm_head", lm_head)):
         if value is not None and value not in MODES:
             raise ValueError(f"{name} must be one of {', '.join(MODES)}, got {value!r}")
     if group_size not in INT4_GROUP_SIZES:
         raise ValueError(f"group_size must be one of {INT4_GROUP_SIZES}, got {group_size}")
     on_cpu = next(model.parameters()).device.type == "cpu"
-    if "int8" in (mode, lm_head) and on_cpu:
+    given = prequantized or {}
+    kernels = [(int8_gemm, "int8" in (mode, lm_head), "W8A8 int8"), (gguf_gemm, given, "GGUF")]
+    for kernel, needed, what in kernels:
+        if not (needed and on_cpu):
+            continue
         try:
-            best_isa()  # build the W8A8 kernel now, at ModelRunner(...), not in the first step
+            kernel.best_isa()  # build the kernel now, at ModelRunner(...), not in the first step
         except RuntimeError as e:
             raise ValueError(
-                f"quantization={mode!r} (W8A8 int8) could not build its CPU kernel ({e}); install "
+                f"quantization={mode!r} ({what}) could not build its CPU kernel ({e}); install "
                 "a C++ compiler and ninja, or pass quantization='int8_weight_only'"
             ) from e
-    given = prequantized or {}
     modules = dict(model.named_modules())
     for path, linear in quantization_targets(model, lm_head=lm_head is not None).items():
         layer_mode = lm_head if path == "lm_head" and lm_head is not None else mode
-        parts = []
-        for shard, (start, rows) in enumerate(shard_rows(linear)):
-            part = given.get((path, shard))
-            if part is None or part.mode != weight_format(layer_mode):  # (int4 codes, int8 head)
-                floats = linear.weight[start : start + rows] if part is None else part.dequantize()
-                part = quantize_weight(floats[:, : linear.in_features], layer_mode, group_size)
-            parts.append(part.map_rows(lambda t: t.to(linear.weight.device)))
-        numbers = QuantizedWeight.cat(parts)
+        parts = [given.get((path, shard)) for shard in range(len(shard_rows(linear)))]
         quantized: nn.Module
-        if layer_mode == "int8":
-            quantized = Int8Linear(numbers.q, numbers.scale, linear.bias, linear.in_features)
+        if on_cpu and kept_format(parts, layer_mode) is not None:
+            stored = QuantizedWeight.cat([p for p in parts if p is not None])
+            quantized = GGUFLinear(stored, linear.bias, linear.in_features)
         else:
-            quantized = QuantizedLinear(numbers, linear.bias, linear.in_features)
+            quantized = _requantized(linear, parts, layer_mode, group_size)
         parent, _, attr = path.rpartition(".")
         setattr(modules[parent] if parent else model, attr, quantized)
     return model
+
+
+def _requantized(
+    linear: nn.Linear, given: list[QuantizedWeight | None], mode: str, group_size: int
+) -> nn.Module:
+    """``linear`` as a ``mode`` layer: each checkpoint part (``given``, by shard) used as it is if
+    it already has the mode's layout, else quantised from its floats (the loaded rows, or the
+    part dequantised: GGUF blocks the mode does not keep)."""
+    parts = []
+    for part, (start, rows) in zip(given, shard_rows(linear)):
+        if part is None or part.mode != weight_format(mode):
+            floats = linear.weight[start : start + rows] if part is None else part.dequantize()
+            part = quantize_weight(floats[:, : linear.in_features], mode, group_size)
+        parts.append(part.map_rows(lambda t: t.to(linear.weight.device)))
+    numbers = QuantizedWeight.cat(parts)
+    if mode == "int8":
+        return Int8Linear(numbers.q, numbers.scale, linear.bias, linear.in_features)
+    return QuantizedLinear(numbers, linear.bias, linear.in_features)
