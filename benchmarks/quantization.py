@@ -112,6 +112,7 @@ class Generation:
 
     tokens_per_second: float
     token_ids: list[int]  # [new_tokens]
+    outputs: list[list[int]] = dataclasses.field(default_factory=list)  # every sequence's ids
 
 
 @dataclass
@@ -130,7 +131,9 @@ class Runs:
         """All sequences' new tokens over the best time; the first sequence's ids."""
         if any(len(ids) != new_tokens for ids in self.outputs):
             raise RuntimeError(f"asked for {new_tokens} tokens (EOS ignored) per sequence")
-        return Generation(len(self.outputs) * new_tokens / self.best, self.outputs[0])
+        return Generation(
+            len(self.outputs) * new_tokens / self.best, self.outputs[0], list(self.outputs)
+        )
 
 
 def best_of(generate: Callable[[], list[list[int]]], new_tokens: int, repeats: int) -> Generation:
@@ -144,9 +147,15 @@ def best_of(generate: Callable[[], list[list[int]]], new_tokens: int, repeats: i
 
 
 def measure_ours(
-    model: Path, prompts: list[list[int]], new_tokens: int, repeats: int
+    model: Path,
+    prompts: list[list[int]],
+    new_tokens: int,
+    repeats: int,
+    kinds: Sequence[str] = WEIGHTS,
 ) -> dict[str, Generation]:
-    """Our engine on every kind of weights (``WEIGHTS``), all ``prompts`` at once.
+    """Our engine on each kind of weights (``kinds``, default ``WEIGHTS``), all ``prompts`` at
+    once, on torch's thread count (passed on: the engine would otherwise pick its own from the
+    load average).
 
     Every kind is loaded first and the timed runs take turns (fp32, int8, ..., then again), so
     that background load on a shared machine hits every kind alike instead of whichever ran
@@ -161,9 +170,10 @@ def measure_ours(
                     quantization=QUANTIZATION[weights],
                     max_total_tokens=pool,
                     enable_prefix_cache=False,
+                    num_threads=torch.get_num_threads(),
                 )
             )
-            for weights in WEIGHTS
+            for weights in kinds
         }
 
         def generate(runner: ModelRunner) -> list[list[int]]:
@@ -173,7 +183,7 @@ def measure_ours(
                     raise ValueError(output.error)
             return [output.token_ids for output in outputs]
 
-        runs = {weights: Runs() for weights in WEIGHTS}
+        runs = {weights: Runs() for weights in kinds}
         for runner in runners.values():
             generate(runner)
         for _ in range(repeats):

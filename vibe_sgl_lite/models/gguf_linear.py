@@ -51,7 +51,9 @@ class GGUFLinear(nn.Module):
     uint8 ``[N_pad / 16, K / 32, 576 | 320]``), ``bias`` float32 ``[N]`` or ``None``.
     """
 
-    def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None, in_features: int) -> None:
+    def __init__(
+        self, weight: QuantizedWeight, bias: torch.Tensor | None, in_features: int
+    ) -> None:
         """``weight``: mode ``"q8_0"`` or ``"q4_1"``, ``[N, in_features]`` (GGUF rows are whole
         blocks, so ``in_features`` is a multiple of 32)."""
         super().__init__()
