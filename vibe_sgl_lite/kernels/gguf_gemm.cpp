@@ -27,7 +27,7 @@
 // low nibbles and 16+4h..16+4h+3 in its high ones: one load, an and and a shift give two
 // vpdpbusd operands, codes already unsigned.
 //
-// Paths (cpu_isa.h), each the same int32 block sums and float sequence per channel, so bitwise
+// Paths (int_gemm_common.h), each the same int32 block sums and float sequence per channel, so bitwise
 // the same y:
 //   avx512_vnni  zmm vpdpbusd, up to 4 rows x 32 channels per tile (weights loaded once a tile)
 //   avx_vnni     ymm vpdpbusd, 1 row x 32 channels
@@ -48,7 +48,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "cpu_isa.h"
+#include "int_gemm_common.h"
 
 namespace {
 
@@ -56,8 +56,8 @@ using namespace vibe_isa;
 
 constexpr int64_t QK = 32;  // inputs per block (weights and activations)
 constexpr int64_t CB = 16;  // channels per packed block
-constexpr int64_t NT = 32;  // channels per tile (2 blocks); Np must be a multiple
-constexpr int64_t MR = 4;   // most activation rows per tile
+constexpr int64_t NT = kTileChannels;  // channels per tile (2 blocks); Np must be a multiple
+constexpr int64_t MR = kTileRowsMax;   // most activation rows per tile
 
 enum Format : int64_t { kQ8_0 = 0, kQ4_1 = 1 };
 
@@ -352,29 +352,15 @@ void gemm(const Rows& all, int64_t M, const uint8_t* w, int64_t N, int64_t fmt, 
           int64_t isa, T* out) {
   const int64_t Kb = all.Kb, K = Kb * QK;
   const TileFn tile = fmt == kQ8_0 ? tile_for<kQ8_0>(isa) : tile_for<kQ4_1>(isa);
-  const int64_t rows_max = rows_per_tile(isa);
   const int64_t tile_bytes = 2 * Kb * block_bytes(fmt);
-  const int64_t tiles = (N + NT - 1) / NT;
-  // At least about 64k multiply-adds per task, so that small layers are not split too finely.
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, NT * M * K));
-  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
-    float tile_out[MR * NT];
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t n0 = t * NT, nc = std::min(NT, N - n0);
-      for (int64_t m0 = 0; m0 < M; m0 += rows_max) {
-        const int64_t mr = std::min(rows_max, M - m0);
-        const Rows rows{all.xq + m0 * K, all.dx + m0 * Kb, all.sx + m0 * Kb, all.sum128 + m0 * Kb,
-                        Kb};
-        tile(rows, mr, w + t * tile_bytes, tile_out);
-        for (int64_t i = 0; i < mr; ++i) {
-          T* o = out + (m0 + i) * N + n0;
-          const float* f = tile_out + i * NT;
-          for (int64_t c = 0; c < nc; ++c)
-            o[c] = static_cast<T>(bias != nullptr ? f[c] + bias[n0 + c] : f[c]);
-        }
-      }
-    }
-  });
+  for_each_tile(
+      M, N, K, rows_per_tile(isa), out,
+      [&](int64_t t, int64_t m0, int64_t mr, float* acc) {
+        const Rows rows{all.xq + m0 * K, all.dx + m0 * Kb, all.sx + m0 * Kb,
+                        all.sum128 + m0 * Kb, Kb};
+        tile(rows, mr, w + t * tile_bytes, acc);
+      },
+      [&](float v, int64_t n) { return bias != nullptr ? v + bias[n] : v; });
 }
 
 at::Tensor gguf_linear(const at::Tensor& x, const at::Tensor& packed,

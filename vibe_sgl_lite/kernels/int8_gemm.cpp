@@ -46,7 +46,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "cpu_isa.h"
+#include "int_gemm_common.h"
 
 namespace {
 
@@ -54,8 +54,8 @@ using namespace vibe_isa;
 
 constexpr int64_t GROUP = 64;  // inputs per activation scale; Kp must be a multiple
 constexpr int64_t CB = 16;     // channels per packed block
-constexpr int64_t NT = 32;     // channels per tile (2 blocks); Np must be a multiple
-constexpr int64_t MR = 4;      // most activation rows per tile
+constexpr int64_t NT = kTileChannels;  // channels per tile (2 blocks); Np must be a multiple
+constexpr int64_t MR = kTileRowsMax;   // most activation rows per tile
 
 int64_t rows_per_tile(int64_t isa) { return isa == kAvx512Vnni ? MR : 1; }
 
@@ -234,29 +234,13 @@ void gemm(const Rows& all, int64_t M, const at::Tensor& packed, int64_t N,
   const float* sw = wscale.data_ptr<float>();
   T* out = y.data_ptr<T>();
   const TileFn tile = tile_for(isa);
-  const int64_t rows_max = rows_per_tile(isa);
-  const int64_t tiles = (N + NT - 1) / NT;
-  // At least about 64k multiply-adds per task, so that small layers are not split too finely.
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, NT * M * Kp));
-  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
-    float tile_out[MR * NT];
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t n0 = t * NT, nc = std::min(NT, N - n0);
-      for (int64_t m0 = 0; m0 < M; m0 += rows_max) {
-        const int64_t mr = std::min(rows_max, M - m0);
+  for_each_tile(
+      M, N, Kp, rows_per_tile(isa), out,
+      [&](int64_t t, int64_t m0, int64_t mr, float* acc) {
         const Rows rows{all.xq + m0 * Kp, all.sx + m0 * Kg, all.sum128 + m0 * Kg, Kp};
-        tile(rows, mr, w + n0 * Kp, tile_out);
-        for (int64_t i = 0; i < mr; ++i) {
-          T* o = out + (m0 + i) * N + n0;
-          const float* f = tile_out + i * NT;
-          for (int64_t c = 0; c < nc; ++c) {
-            const float v = f[c] * sw[n0 + c];
-            o[c] = static_cast<T>(bias != nullptr ? v + bias[n0 + c] : v);
-          }
-        }
-      }
-    }
-  });
+        tile(rows, mr, w + t * NT * Kp, acc);
+      },
+      [&](float v, int64_t n) { return bias != nullptr ? v * sw[n] + bias[n] : v * sw[n]; });
 }
 
 template <typename F>

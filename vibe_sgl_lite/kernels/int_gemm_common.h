@@ -1,5 +1,5 @@
-// The x86 instruction sets the integer-product kernels (int8_gemm.cpp, gguf_gemm.cpp) pick from
-// at run time, and their two 256-bit u8 x s8 dot products.
+// What the integer-product kernels (int8_gemm.cpp, gguf_gemm.cpp) share: the x86 instruction sets
+// they pick from at run time, their 256-bit u8 x s8 dot products, and the loop over output tiles.
 //
 // Each kernel file is compiled for plain x86-64; a path's functions carry their own target
 // attribute and run only where isa_supported says the CPU has it. Elsewhere (not x86) only the
@@ -7,6 +7,9 @@
 
 #pragma once
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -70,5 +73,34 @@ __attribute__((target("avx2,fma"))) inline __m256i dot_avx2_u4(__m256i acc, __m2
   return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 }
 #endif  // VIBE_X86
+
+constexpr int64_t kTileChannels = 32;  // output channels per tile
+constexpr int64_t kTileRowsMax = 4;    // activation rows per tile, at most
+
+// y [M, N] tile by tile: tiles of 32 channels split across threads (at least about 64k
+// multiply-adds a task, so that small layers are not split too finely), and within a tile its
+// rows rows_max at a time, so that after the first rows the tile's weights come from L1.
+// run(t, m0, mr, acc) fills acc[i * 32 + c] for rows m0..m0+mr-1 and channels 32t..32t+31;
+// y[m, n] = finish(acc value, n) in T.
+template <typename T, typename Run, typename Finish>
+void for_each_tile(int64_t M, int64_t N, int64_t K, int64_t rows_max, T* y, const Run& run,
+                   const Finish& finish) {
+  constexpr int64_t NT = kTileChannels;
+  const int64_t tiles = (N + NT - 1) / NT;
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, NT * M * K));
+  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+    float acc[kTileRowsMax * NT];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n0 = t * NT, nc = std::min(NT, N - n0);
+      for (int64_t m0 = 0; m0 < M; m0 += rows_max) {
+        const int64_t mr = std::min(rows_max, M - m0);
+        run(t, m0, mr, acc);
+        for (int64_t i = 0; i < mr; ++i)
+          for (int64_t c = 0; c < nc; ++c)
+            y[(m0 + i) * N + n0 + c] = static_cast<T>(finish(acc[i * NT + c], n0 + c));
+      }
+    }
+  });
+}
 
 }  // namespace vibe_isa
