@@ -312,17 +312,13 @@ TileFn tile_for(int64_t isa) {
 
 int64_t rows_per_tile(int64_t isa) { return isa == kAvx512Vnni ? MR : 1; }
 
-// x [M, K] -> xq [M, K] int8, dx and sx [M, K / 32] float32 (fp16-rounded, as llama.cpp stores
-// them), sum128 [M, K / 32] int32 = 128 * sum(xq). An all-zero block: zeros, d = 0.
+// x [M, K] -> xq [M, K] int8, dx and sx [M, K / 32] float32 (fp16-rounded, as
+// llama.cpp stores them), sum128 [M, K / 32] int32 = 128 * sum(xq). An all-zero block: zeros,
+// d = 0.
 template <typename T>
-void quantize_rows(const at::Tensor& x, at::Tensor& xq, at::Tensor& dx, at::Tensor& sx,
-                   at::Tensor& sum128) {
+void quantize_rows(const at::Tensor& x, int8_t* dst, float* dxp, float* sxp, int32_t* sums) {
   const int64_t M = x.size(0), K = x.size(1), Kb = K / QK;
   const T* src = x.data_ptr<T>();
-  int8_t* dst = xq.data_ptr<int8_t>();
-  float* dxp = dx.data_ptr<float>();
-  float* sxp = sx.data_ptr<float>();
-  int32_t* sums = sum128.data_ptr<int32_t>();
   constexpr float kRound = 12582912.f;  // 1.5 * 2^23: (v + kRound) - kRound rounds half to even
   at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m) {
@@ -389,15 +385,16 @@ at::Tensor gguf_linear(const at::Tensor& x, const at::Tensor& packed,
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const int64_t Kb = K / QK;
-  at::Tensor xq = at::empty({M, K}, x.options().dtype(at::kChar));
-  at::Tensor dx = at::empty({M, Kb}, x.options().dtype(at::kFloat));
-  at::Tensor sx = at::empty({M, Kb}, x.options().dtype(at::kFloat));
-  at::Tensor sum128 = at::empty({M, Kb}, x.options().dtype(at::kInt));
+  // One scratch buffer (one allocation a call, not four): xq, then dx, sx, sum128 (4-byte
+  // aligned: M * K is a multiple of 32).
+  at::Tensor scratch = at::empty({M * K + 3 * 4 * M * Kb}, x.options().dtype(at::kByte));
+  int8_t* xq = reinterpret_cast<int8_t*>(scratch.data_ptr<uint8_t>());
+  float* dx = reinterpret_cast<float*>(xq + M * K);
+  int32_t* sum128 = reinterpret_cast<int32_t*>(dx + 2 * M * Kb);
+  const Rows rows{xq, dx, dx + M * Kb, sum128, Kb};
   auto run = [&](auto zero) {
     using T = decltype(zero);
-    quantize_rows<T>(x, xq, dx, sx, sum128);
-    const Rows rows{xq.data_ptr<int8_t>(), dx.data_ptr<float>(), sx.data_ptr<float>(),
-                    sum128.data_ptr<int32_t>(), Kb};
+    quantize_rows<T>(x, xq, dx, dx + M * Kb, sum128);
     gemm<T>(rows, M, packed.data_ptr<uint8_t>(), N, fmt, bias_ptr, isa, y.data_ptr<T>());
   };
   switch (x.scalar_type()) {
