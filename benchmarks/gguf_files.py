@@ -20,9 +20,14 @@ included in the time; best of ``--repeats`` after a warm-up; tok/s = all new tok
 ``ours/llama.cpp`` against the targets of issue 24 (>= 1.0x at batch 1, >= 1.5x from batch 8).
 ``same greedy``: sequences whose new tokens equal llama.cpp's, and the tokens they share before
 the first difference, summed. Both engines multiply the same weight blocks by activations
-rounded the same way (llama.cpp's Q8_0/Q8_1 blocks of 32), but sum the float block products in
-another order (and llama.cpp's attention, norms and softmax are its own), so a near tie between
-two tokens can go either way, and from there the continuations differ. The one-minute load
+rounded the same way (llama.cpp's Q8_0/Q8_1 blocks of 32), but sum the float block products
+(and attention, norms, softmax) in another order, and rounding activations to int8 amplifies
+such last-bit differences: an input element that lands near a rounding tie moves by a whole
+level. Measured on the Q8_0 file (a 32-token random prompt, last position's logits, largest
+about 24): ours against llama.cpp differ by up to 0.43; ours against ours with every product's
+input scaled by (1 + 1e-7), one float32 ulp, by 0.39; ours fp32 (dequantised weights, float
+activations) against llama.cpp by 0.68. So the greedy tokens agree only until the first near
+tie, like two llama.cpp builds with different summation orders would. The one-minute load
 average is printed before and after each row: the machine is shared.
 
     python benchmarks/gguf_files.py --threads 1
@@ -55,7 +60,11 @@ from quantization import (
     measure_ours,
 )
 
-from vibe_sgl_lite.bench.llama_cpp import NOT_INSTALLED, llama_cpp_installed
+from vibe_sgl_lite.bench.llama_cpp import (
+    NOT_INSTALLED,
+    llama_cpp_installed,
+    silence_llama_cpp_logs,
+)
 from vibe_sgl_lite.core.runner import ModelRunner
 from vibe_sgl_lite.kernels.gguf_gemm import best_isa
 
@@ -74,6 +83,8 @@ def q8_0_file(source: Path) -> Path:
         return target
     import llama_cpp
 
+    silence_llama_cpp_logs(llama_cpp)
+    print(f"writing {target.name} with llama.cpp's quantiser (once)", flush=True)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
     params.allow_requantize = True  # the source's Q4_1 blocks are dequantised first

@@ -58,7 +58,7 @@ def llama_cpp_installed() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-def _silence_llama_cpp_logs(llama_cpp: Any) -> None:
+def silence_llama_cpp_logs(llama_cpp: Any) -> None:
     """llama.cpp logs every tensor it loads to stderr; a benchmark prints its own lines."""
     global _LOG_CALLBACK
     if _LOG_CALLBACK is None:
@@ -93,7 +93,7 @@ class LlamaCppEngine:
         import llama_cpp
 
         self.lib = llama_cpp
-        _silence_llama_cpp_logs(llama_cpp)
+        silence_llama_cpp_logs(llama_cpp)
         types = {"float32": llama_cpp.GGML_TYPE_F32, "float16": llama_cpp.GGML_TYPE_F16}
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
