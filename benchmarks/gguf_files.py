@@ -58,6 +58,7 @@ from quantization import (
     describe_types,
     gguf_matrix_types,
     measure_ours,
+    speed_ratio,
 )
 
 from vibe_sgl_lite.bench.llama_cpp import (
@@ -125,9 +126,7 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
-        if self.llama_cpp is None:
-            return None
-        return self.ours.tokens_per_second / self.llama_cpp.tokens_per_second
+        return speed_ratio(self.ours, self.llama_cpp)
 
     @property
     def target(self) -> float:

@@ -345,6 +345,13 @@ def llama_cpp_gguf(model: Path, weights: str, tmp: Path) -> tuple[Path | None, s
 # ---- one model -------------------------------------------------------------------------------
 
 
+def speed_ratio(ours: Generation, theirs: Generation | None) -> float | None:
+    """Our tokens/s over llama.cpp's (``None`` without a llama.cpp run)."""
+    if theirs is None:
+        return None
+    return ours.tokens_per_second / theirs.tokens_per_second
+
+
 @dataclass
 class WeightsResult:
     """One row: our engine and llama.cpp on one kind of weights."""
@@ -356,10 +363,7 @@ class WeightsResult:
 
     @property
     def ratio(self) -> float | None:
-        """Our tokens/s over llama.cpp's."""
-        if self.llama_cpp is None:
-            return None
-        return self.ours.tokens_per_second / self.llama_cpp.tokens_per_second
+        return speed_ratio(self.ours, self.llama_cpp)
 
     @property
     def same_tokens(self) -> int | None:

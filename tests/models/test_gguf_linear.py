@@ -10,9 +10,9 @@ import pytest
 
 from tests.model_factory import build_llama
 from tests.models.test_gguf import write_gguf
+from tests.models.test_w8a8 import assert_alone_equals_batched
 from vibe_sgl_lite import ModelRunner
 from vibe_sgl_lite.models.gguf_linear import GGUFLinear
-from vibe_sgl_lite.sampling import SamplingParams
 
 
 @pytest.mark.integration
@@ -24,18 +24,10 @@ def test_same_prompt_alone_and_in_a_batch_gives_the_same_tokens_and_logprobs(
     do not move a single logprob of this one (prefix cache off: nothing else is shared)."""
     hf_dir = build_llama(tmp_path / "hf", tokenizer_dir)
     path = write_gguf(hf_dir, tmp_path / f"{storage}.gguf", "llama", storage=storage)
-    params = SamplingParams(temperature=0, max_tokens=8, logprobs=5, ignore_eos=True)
-    prompt = list(range(5, 29))
-    others = [list(range(40, 40 + n)) for n in (3, 17, 60)]
     with ModelRunner(
         path, max_total_tokens=1024, quantization=mode, enable_prefix_cache=False
     ) as runner:
         assert runner.engine is not None
         kept = [m for m in runner.engine.executor.model.modules() if isinstance(m, GGUFLinear)]
         assert kept and {m.fmt for m in kept} >= {storage.lower()}
-        alone = runner.generate_outputs(prompt, params)[0]
-        batched = runner.generate_outputs([others[0], prompt, *others[1:]], params)[1]
-    assert batched.token_ids == alone.token_ids and len(alone.token_ids) == 8
-    assert alone.logprobs is not None and batched.logprobs is not None
-    for a, b in zip(alone.logprobs, batched.logprobs, strict=True):
-        assert (a.token_id, a.logprob, a.top) == (b.token_id, b.logprob, b.top)
+        assert_alone_equals_batched(runner)

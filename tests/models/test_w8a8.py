@@ -118,16 +118,22 @@ def test_same_prompt_alone_and_in_a_batch_gives_the_same_tokens_and_logprobs(
 ) -> None:
     """End to end through the engine: prefill and decode rows of other requests beside it do not
     move a single logprob of this one (the prefix cache is off, so nothing else is shared)."""
-    params = SamplingParams(temperature=0, max_tokens=8, logprobs=5, ignore_eos=True)
-    prompt = list(range(5, 29))
-    others = [list(range(40, 40 + n)) for n in (3, 17, 60)]
     with ModelRunner(
         qwen3_dir, max_total_tokens=1024, quantization="int8", enable_prefix_cache=False
     ) as runner:
         assert runner.engine is not None
         assert any(isinstance(m, Int8Linear) for m in runner.engine.executor.model.modules())
-        alone = runner.generate_outputs(prompt, params)[0]
-        batched = runner.generate_outputs([others[0], prompt, *others[1:]], params)[1]
+        assert_alone_equals_batched(runner)
+
+
+def assert_alone_equals_batched(runner: ModelRunner) -> None:
+    """One prompt decoded alone, then beside prefill and decode rows of three other requests:
+    the same 8 greedy tokens and the same top-5 logprobs, bit for bit."""
+    params = SamplingParams(temperature=0, max_tokens=8, logprobs=5, ignore_eos=True)
+    prompt = list(range(5, 29))
+    others = [list(range(40, 40 + n)) for n in (3, 17, 60)]
+    alone = runner.generate_outputs(prompt, params)[0]
+    batched = runner.generate_outputs([others[0], prompt, *others[1:]], params)[1]
     assert batched.token_ids == alone.token_ids and len(alone.token_ids) == 8
     assert alone.logprobs is not None and batched.logprobs is not None
     for a, b in zip(alone.logprobs, batched.logprobs, strict=True):
