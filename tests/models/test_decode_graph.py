@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.model_factory import build_qwen3_moe, hf_greedy, load_hf
+from tests.model_factory import build_llama, build_qwen3_moe, hf_greedy, load_hf
+from tests.models.test_gguf import write_gguf
 from tests.server.conftest import serve
 from vibe_sgl_lite import ModelRunner, SamplingParams
 from vibe_sgl_lite.batch.forward_batch import BatchRow
@@ -103,6 +104,18 @@ def test_w8a8_int8_compiled_step_is_the_eager_step_up_to_rounding(qwen3_dir: Pat
         replayed = worker.forward(step)
         assert graphs.failure is None and sorted(graphs.capture_seconds) == [1]
         torch.testing.assert_close(replayed, eager, rtol=0.0, atol=0.05 * eager.abs().max().item())
+
+
+def test_gguf_blocks_compile_to_the_eager_tokens(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """A GGUF file's Q4_1 blocks (``GGUFLinear``) are an opaque op in the graph too."""
+    hf_dir = build_llama(tmp_path / "hf", tokenizer_dir)
+    path = write_gguf(hf_dir, tmp_path / "q4_1.gguf", "llama", storage="Q4_1")
+    with ModelRunner(path, quantization="int4", **POOL) as eager:
+        expected = greedy(eager, PROMPTS, MAX_TOKENS)
+    compiled = ModelRunner(path, quantization="int4", enable_torch_compile=True, **POOL)
+    with compiled as runner:
+        assert greedy(runner, PROMPTS, MAX_TOKENS) == expected
+        assert graphs_of(runner).failure is None and graphs_of(runner).capture_seconds
 
 
 def test_padding_rows_write_only_the_scratch_page(qwen3_dir: Path) -> None:

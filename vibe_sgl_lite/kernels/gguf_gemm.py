@@ -37,9 +37,20 @@ FORMATS = ("q8_0", "q4_1")  # index = the C++ Format code
 
 
 @functools.cache
-def _ops() -> Any:
-    """Build or load the op library (``kernels/cpp_build.py``); raises ``RuntimeError``."""
+def _build() -> None:
+    """Build or load the op library (``kernels/cpp_build.py``); raises ``RuntimeError``. Then
+    tell ``torch.compile`` the op's output (``[M, N]`` in ``x``'s dtype), so that a compiled
+    decode step (``models/decode_graph.py``) calls it as one opaque op."""
     load_op_library("gguf_gemm", "GGUF block matrix kernel")
+    torch.library.register_fake("vibe_gguf_gemm::gguf_linear")(
+        lambda x, packed, bias, n, fmt, isa: x.new_empty(x.shape[0], n)
+    )
+
+
+def _ops() -> Any:
+    """The op namespace; built on first use, never while ``torch.compile`` traces."""
+    if not torch.compiler.is_compiling():
+        _build()
     return torch.ops.vibe_gguf_gemm
 
 
@@ -48,10 +59,14 @@ def supported_isas() -> list[str]:
     return [ISA_NAMES[i] for i in _ops().supported_isas()]
 
 
-@functools.cache
+_BEST_ISA: list[str] = []  # filled on first use; a plain list, so ``torch.compile`` reads it
+
+
 def best_isa() -> str:
     """The instruction set ``gguf_linear`` uses by default on this CPU."""
-    return supported_isas()[0]
+    if not _BEST_ISA:
+        _BEST_ISA.append(supported_isas()[0])
+    return _BEST_ISA[0]
 
 
 def _half_bytes(values: torch.Tensor) -> torch.Tensor:
