@@ -8,7 +8,9 @@ Q4_1 numbers dequantised and rounded to Q8_0 blocks; cached beside it, git-ignor
 
 What runs. Ours: ``ModelRunner(file, quantization="int4")`` on the Q4_1 file and ``"int8"`` on
 the Q8_0 file, so that every matrix multiplies the file's own blocks (``models/gguf_linear.py``);
-float32 activations, norms and KV cache; prefix cache off. llama.cpp: the same file through
+float32 activations, norms and KV cache; prefix cache off; with ``--torch-compile`` the decode
+step runs as a compiled graph (``enable_torch_compile``, ``models/decode_graph.py``; its compile
+time is paid in the warm-up run). llama.cpp: the same file through
 ``bench/llama_cpp.py``'s ``LlamaCppEngine`` (all the batch's sequences in one ``llama_decode`` a
 step, continuously batched as ``llama-server`` does; float32 KV cache), in a child process (its
 AMX kernels die with SIGILL on this VM; the child reruns without them, see
@@ -32,6 +34,7 @@ average is printed before and after each row: the machine is shared.
 
     python benchmarks/gguf_files.py --threads 1
     python benchmarks/gguf_files.py --threads 2 --batch 1 --batch 32
+    python benchmarks/gguf_files.py --threads 1 --batch 1 --torch-compile
 """
 
 from __future__ import annotations
@@ -175,7 +178,10 @@ def measure_file(
         rng = random.Random(args.seed + batch)
         prompts = [[rng.randrange(1, 49152) for _ in range(args.prompt_len)] for _ in range(batch)]
         before = load()
-        ours = measure_ours(path, prompts, args.new_tokens, args.repeats, kinds=(mode,))[mode]
+        compiled = dict(enable_torch_compile=True) if args.torch_compile else {}
+        ours = measure_ours(
+            path, prompts, args.new_tokens, args.repeats, kinds=(mode,), **compiled
+        )[mode]
         theirs, note = None, ""
         if child is not None:
             theirs, note = child.measure(path, prompts, args.new_tokens, args.repeats)
@@ -227,6 +233,11 @@ def main(argv: Sequence[str] | None = None) -> list[tuple[Path, list[Row]]]:
     parser.add_argument("--threads", type=int, default=1, help="ours and llama.cpp")
     parser.add_argument("--file", type=Path, action="append", help="default: SmolLM2 Q4_1, Q8_0")
     parser.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="ours with enable_torch_compile (the decode step as one graph per batch bucket)",
+    )
+    parser.add_argument(
         "--profile", type=int, default=0, metavar="STEPS", help="also profile STEPS decode steps"
     )
     args = parser.parse_args(argv)
@@ -240,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> list[tuple[Path, list[Row]]]:
     print(f"date: {datetime.now():%Y-%m-%d %H:%M}; uptime: {uptime}")
     print(
         f"workload: {args.prompt_len} random prompt tokens and {args.new_tokens} greedy new tokens "
-        f"a request; best of {args.repeats} after a warm-up; prefill included"
+        f"a request; best of {args.repeats} after a warm-up; prefill included; ours "
+        f"{'with' if args.torch_compile else 'without'} torch.compile"
     )
     installed = llama_cpp_installed()
     if not installed:

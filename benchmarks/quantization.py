@@ -72,6 +72,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import common
 import torch
@@ -152,9 +153,10 @@ def measure_ours(
     new_tokens: int,
     repeats: int,
     kinds: Sequence[str] = WEIGHTS,
+    **settings: Any,
 ) -> dict[str, Generation]:
-    """Our engine on each kind of weights (``kinds``, default ``WEIGHTS``), all ``prompts`` at
-    once, on torch's thread count (passed on: the engine would otherwise pick its own from the
+    """Our engine on each kind of weights (``kinds``, default ``WEIGHTS``; ``settings``: more
+    ``ModelRunner`` settings), all ``prompts`` at once, on torch's thread count (passed on: the engine would otherwise pick its own from the
     load average).
 
     Every kind is loaded first and the timed runs take turns (fp32, int8, ..., then again), so
@@ -171,6 +173,7 @@ def measure_ours(
                     max_total_tokens=pool,
                     enable_prefix_cache=False,
                     num_threads=torch.get_num_threads(),
+                    **settings,
                 )
             )
             for weights in kinds
