@@ -21,14 +21,10 @@ AVX2, plain C++), all bitwise equal.
 
 from __future__ import annotations
 
-import functools
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-from vibe_sgl_lite.kernels.cpp_build import load_op_library
-from vibe_sgl_lite.kernels.int8_gemm import ISA_NAMES
+from vibe_sgl_lite.kernels.int_gemm_library import IntGemmLibrary
 
 BLOCK = 32  # inputs per block, weights and activations (GGUF's QK8_0 / QK4_1)
 CHANNEL_BLOCK = 16  # output channels per packed block
@@ -36,37 +32,13 @@ CHANNEL_MULTIPLE = 32  # the kernel's tiles are two blocks; N is padded to a mul
 FORMATS = ("q8_0", "q4_1")  # index = the C++ Format code
 
 
-@functools.cache
-def _build() -> None:
-    """Build or load the op library (``kernels/cpp_build.py``); raises ``RuntimeError``. Then
-    tell ``torch.compile`` the op's output (``[M, N]`` in ``x``'s dtype), so that a compiled
-    decode step (``models/decode_graph.py``) calls it as one opaque op."""
-    load_op_library("gguf_gemm", "GGUF block matrix kernel")
-    torch.library.register_fake("vibe_gguf_gemm::gguf_linear")(
-        lambda x, packed, bias, n, fmt, isa: x.new_empty(x.shape[0], n)
-    )
-
-
-def _ops() -> Any:
-    """The op namespace; built on first use, never while ``torch.compile`` traces."""
-    if not torch.compiler.is_compiling():
-        _build()
-    return torch.ops.vibe_gguf_gemm
-
-
-def supported_isas() -> list[str]:
-    """The kernel's instruction sets this CPU runs, best first (``"scalar"`` always)."""
-    return [ISA_NAMES[i] for i in _ops().supported_isas()]
-
-
-_BEST_ISA: list[str] = []  # filled on first use; a plain list, so ``torch.compile`` reads it
-
-
-def best_isa() -> str:
-    """The instruction set ``gguf_linear`` uses by default on this CPU."""
-    if not _BEST_ISA:
-        _BEST_ISA.append(supported_isas()[0])
-    return _BEST_ISA[0]
+_LIBRARY = IntGemmLibrary(  # fake: [M, N] in x's dtype
+    "gguf_gemm",
+    "GGUF block matrix kernel",
+    {"gguf_linear": lambda x, packed, bias, n, fmt, isa: x.new_empty(x.shape[0], n)},
+)
+supported_isas = _LIBRARY.supported_isas
+best_isa = _LIBRARY.best_isa
 
 
 def _half_bytes(values: torch.Tensor) -> torch.Tensor:
@@ -129,5 +101,7 @@ def gguf_linear(
     ``bias``: float32 ``[N]`` or ``None``. ``isa`` forces one of ``supported_isas()`` (default:
     the best); every one gives bitwise the same ``y``.
     """
-    code = ISA_NAMES.index(isa or best_isa())
-    return _ops().gguf_linear(x.contiguous(), packed, bias, out_features, FORMATS.index(fmt), code)
+    code = _LIBRARY.isa_code(isa)
+    return _LIBRARY.ops().gguf_linear(
+        x.contiguous(), packed, bias, out_features, FORMATS.index(fmt), code
+    )

@@ -25,50 +25,22 @@ alone or in a batch.
 
 from __future__ import annotations
 
-import functools
-from typing import Any
-
 import torch
 
-from vibe_sgl_lite.kernels.cpp_build import load_op_library
+from vibe_sgl_lite.kernels.int_gemm_library import IntGemmLibrary
 
-ISA_NAMES = ("scalar", "avx2", "avx_vnni", "avx512_vnni")  # index = the C++ Isa code
 GROUP_SIZE = 64  # inputs per activation scale; the weight's columns are padded to a multiple
 CHANNEL_BLOCK = 16  # output channels per packed block (one zmm of int32 lanes)
 CHANNEL_MULTIPLE = 32  # the kernel's tiles are two blocks; rows are padded to a multiple
 
 
-@functools.cache
-def _build() -> None:
-    """Build or load the op library (``kernels/cpp_build.py``); raises ``RuntimeError``. Then
-    tell ``torch.compile`` the op's output (``[M, N]`` in ``x``'s dtype), so that a compiled
-    decode step (``models/decode_graph.py``) calls it as one opaque op."""
-    load_op_library("int8_gemm", "int8 matrix kernel")
-    torch.library.register_fake("vibe_int8_gemm::int8_linear")(
-        lambda x, packed, wscale, bias, n, isa: x.new_empty(x.shape[0], n)
-    )
-
-
-def _ops() -> Any:
-    """The op namespace; built on first use, never while ``torch.compile`` traces."""
-    if not torch.compiler.is_compiling():
-        _build()
-    return torch.ops.vibe_int8_gemm
-
-
-def supported_isas() -> list[str]:
-    """The kernel's instruction sets this CPU runs, best first (``"scalar"`` always)."""
-    return [ISA_NAMES[i] for i in _ops().supported_isas()]
-
-
-_BEST_ISA: list[str] = []  # filled on first use; a plain list, so ``torch.compile`` reads it
-
-
-def best_isa() -> str:
-    """The instruction set ``int8_linear`` uses by default on this CPU."""
-    if not _BEST_ISA:
-        _BEST_ISA.append(supported_isas()[0])
-    return _BEST_ISA[0]
+_LIBRARY = IntGemmLibrary(  # fake: [M, N] in x's dtype
+    "int8_gemm",
+    "int8 matrix kernel",
+    {"int8_linear": lambda x, packed, wscale, bias, n, isa: x.new_empty(x.shape[0], n)},
+)
+supported_isas = _LIBRARY.supported_isas
+best_isa = _LIBRARY.best_isa
 
 
 def pack_weight(q: torch.Tensor) -> torch.Tensor:
@@ -99,5 +71,6 @@ def int8_linear(
     ``bias``: float32 ``[N]`` or ``None``. ``isa`` forces one of ``supported_isas()`` (default:
     the best); every one gives bitwise the same ``y``.
     """
-    code = ISA_NAMES.index(isa or best_isa())
-    return _ops().int8_linear(x.contiguous(), packed, wscale, bias, wscale.numel(), code)
+    return _LIBRARY.ops().int8_linear(
+        x.contiguous(), packed, wscale, bias, wscale.numel(), _LIBRARY.isa_code(isa)
+    )

@@ -1,0 +1,56 @@
+"""One integer-product op library (``int8_gemm.cpp``, ``gguf_gemm.cpp``): built on first use, its
+ops' output shapes told to ``torch.compile``, and the instruction sets its kernels run here.
+
+Both C++ files pick their inner loop from the same list (``int_gemm_common.h``), so both expose
+``supported_isas()`` as these names' indices. ``best_isa`` keeps its answer in a plain list, and
+the build is skipped while ``torch.compile`` traces, so that a compiled decode step
+(``models/decode_graph.py``) reads both and calls each product as one opaque op.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from vibe_sgl_lite.kernels.cpp_build import load_op_library
+
+ISA_NAMES = ("scalar", "avx2", "avx_vnni", "avx512_vnni")  # index = the C++ Isa code
+
+
+class IntGemmLibrary:
+    """``kernels/<stem>.cpp``'s ops as ``torch.ops.vibe_<stem>``; ``fakes`` maps each op's
+    name to a function of its arguments returning an empty tensor of its output's shape."""
+
+    def __init__(self, stem: str, what: str, fakes: dict[str, Callable[..., torch.Tensor]]):
+        self.stem, self.what, self.fakes = stem, what, fakes
+        self._best: list[str] = []  # filled on first use; a plain list, so torch.compile reads it
+
+    @functools.cache
+    def _build(self) -> None:
+        """Build or load the op library (``kernels/cpp_build.py``); raises ``RuntimeError``."""
+        load_op_library(self.stem, self.what)
+        for name, fake in self.fakes.items():
+            torch.library.register_fake(f"vibe_{self.stem}::{name}")(fake)
+
+    def ops(self) -> Any:
+        """The op namespace; built on first use, never while ``torch.compile`` traces."""
+        if not torch.compiler.is_compiling():
+            self._build()
+        return getattr(torch.ops, f"vibe_{self.stem}")
+
+    def supported_isas(self) -> list[str]:
+        """The kernels' instruction sets this CPU runs, best first (``"scalar"`` always)."""
+        return [ISA_NAMES[i] for i in self.ops().supported_isas()]
+
+    def best_isa(self) -> str:
+        """The instruction set the ops use by default on this CPU."""
+        if not self._best:
+            self._best.append(self.supported_isas()[0])
+        return self._best[0]
+
+    def isa_code(self, isa: str | None) -> int:
+        """The C++ code of ``isa`` (default: the best)."""
+        return ISA_NAMES.index(isa or self.best_isa())
