@@ -44,7 +44,9 @@ SmolLM2-135M-Instruct Q4_1 from ``scripts/_cache``) and each weights kind:
   numbers, so they should agree (for the first request). Quantised rows need not: our int8
   weights have one scale per output row (Q8_0: one per 32 weights), our int4 is asymmetric groups of 32 with an int8 LM head (Q4_0:
   symmetric groups, the LM head Q4_0 too), and llama.cpp also rounds the activations to 8 bits
-  for its quantised dot products. On a Q4_0/Q4_1 file our int4 keeps the file's own 4-bit codes.
+  for its quantised dot products. On a GGUF file our int4 (int8) multiplies the file's own
+  Q4_0/Q4_1 and Q8_0 (Q8_0) blocks as llama.cpp does; ``benchmarks/gguf_files.py`` compares
+  the two engines on such files at several batch sizes.
 
 Not measured: a step's breakdown (``benchmarks/decode_step.py``) and
 quality (``vibe-sgl-lite eval`` perplexity); a greedy-token prefix is only a coarse check.
