@@ -1,6 +1,6 @@
 """Threads: what the second (third, ...) core buys on the realistic workload, part by part.
 
-One runner on the realistic workload of ``benchmarks/throughput.py`` (``--num-prompts``
+One runner per thread count on the realistic workload of ``benchmarks/throughput.py`` (``--num-prompts``
 requests, prompts uniform in 32-512 tokens, outputs in 32-256, greedy, EOS ignored, prefix cache
 off so that every run recomputes), timed at each ``--threads`` count in turns (``1 2 1 2 ...``,
 best of ``--repeats``), so that background load on a shared machine hits every count alike.
@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--enable-torch-compile", action="store_true")
+    parser.add_argument("--torch-compile-max-bs", type=int, default=8)
     args = parser.parse_args()
     shape = SHAPES[args.shape]
     requests = make_workload(args.num_prompts, (32, 512), (32, 256), vocab=shape.vocab, seed=0)
@@ -80,22 +81,28 @@ def main() -> None:
     print(f"cpu: {cpu_name()}; torch {torch.__version__}")
     print(f"model: random Qwen3 {args.shape} ({shape.describe()}), float32")
     print(f"workload: {len(requests)} requests, {new_tokens} new tokens, seed {args.seed}")
-    with (
-        random_qwen3(shape, max_positions=1024) as model,
-        ModelRunner(
-            model,
-            enable_prefix_cache=False,
-            num_threads=max(args.threads),
-            seed=args.seed,
-            enable_torch_compile=args.enable_torch_compile,
-        ) as runner,
-    ):
-        runner.generate_outputs(prompts[:8], full[:8])  # warm-up (and compile)
+    with random_qwen3(shape, max_positions=1024) as model:
+        # One runner per thread count: a compiled graph's parallel loops keep the thread count
+        # they were compiled with, so each count gets graphs of its own.
+        runners = {
+            n: ModelRunner(
+                model,
+                enable_prefix_cache=False,
+                num_threads=n,
+                seed=args.seed,
+                enable_torch_compile=args.enable_torch_compile,
+                torch_compile_max_bs=args.torch_compile_max_bs,
+            )
+            for n in args.threads
+        }
+        for n, runner in runners.items():
+            torch.set_num_threads(n)
+            runner.generate_outputs(prompts[:8], full[:8])  # warm-up (and compile)
         total = {n: float("inf") for n in args.threads}
         prefill = {n: float("inf") for n in args.threads}
         outputs: dict[int, list[list[int]]] = {}
         for _ in range(args.repeats):
-            for n in args.threads:
+            for n, runner in runners.items():
                 torch.set_num_threads(n)
                 start = time.perf_counter()
                 runner.generate_outputs(prompts, [prefill_only] * len(prompts))
@@ -104,12 +111,15 @@ def main() -> None:
                 outs = runner.generate_outputs(prompts, full)
                 total[n] = min(total[n], time.perf_counter() - start)
                 outputs[n] = [o.token_ids for o in outs]
+        for runner in runners.values():
+            runner.close()
     gflops = {n: mm_gflops(n) for n in args.threads}
     bandwidth = {n: copy_gb_per_s(n) for n in args.threads}
     base = args.threads[0]
     print(
         f"{'threads':>7} {'total s':>8} {'prefill s':>9} {'decode s':>8} {'tok/s':>7} "
-        f"{'x total':>7} {'x prefill':>9} {'x decode':>8} {'mm GFLOP/s':>10} {'x mm':>5}"
+        f"{'x total':>7} {'x prefill':>9} {'x decode':>8} {'mm GFLOP/s':>10} {'x mm':>5} "
+        f"{'copy GB/s':>9} {'x copy':>6}"
     )
     for n in args.threads:
         decode, base_decode = total[n] - prefill[n], total[base] - prefill[base]
@@ -117,7 +127,8 @@ def main() -> None:
             f"{n:>7} {total[n]:8.2f} {prefill[n]:9.2f} {decode:8.2f} "
             f"{new_tokens / total[n]:7.1f} {total[base] / total[n]:7.2f} "
             f"{prefill[base] / prefill[n]:9.2f} {base_decode / decode:8.2f} "
-            f"{gflops[n]:10.1f} {gflops[n] / gflops[base]:5.2f}"
+            f"{gflops[n]:10.1f} {gflops[n] / gflops[base]:5.2f} "
+            f"{bandwidth[n]:9.1f} {bandwidth[n] / bandwidth[base]:6.2f}"
         )
     same = all(outputs[n] == outputs[base] for n in args.threads)
     print(f"identical greedy outputs at every thread count: {same}")
