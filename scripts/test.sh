@@ -22,8 +22,10 @@ if ! command -v chromedriver >/dev/null; then
     fi
 fi
 python scripts/fetch_test_gguf.py > /dev/null  # the real GGUF of tests/models/test_gguf.py
-# Build the CPU attention kernel once, up front, instead of in whichever test process first needs it.
+# Build the CPU attention and float32 product kernels once, up front, instead of in whichever test
+# process first needs them.
 python -c "from vibe_sgl_lite.kernels.cpu_paged import kernel_op; kernel_op()"
+python -c "from vibe_sgl_lite.kernels.fp32_gemm import supported_isas; supported_isas()"
 python -m black --check -q vibe_sgl_lite tests benchmarks examples scripts
 python -m isort --check -q vibe_sgl_lite tests benchmarks examples scripts
 python -m mypy

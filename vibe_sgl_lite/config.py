@@ -98,6 +98,12 @@ class EngineConfig:
         "faster small-batch products on CPU); auto: column for float32 on CPU, else row",
         WEIGHT_LAYOUTS,
     )
+    fp32_gemm_max_rows: int | None = setting(
+        None,
+        "float32 CPU products of at most this many rows run our loop over the column-major "
+        "weights (kernels/fp32_gemm.py), the rest torch's (MKL); 0: none (default: every "
+        "product where torch runs AVX2 or AVX-512, else none)",
+    )
     mem_fraction: float = setting(
         0.3, "share of free memory for the KV pool when max_total_tokens is not set"
     )
@@ -245,6 +251,8 @@ class EngineConfig:
                 f"max_total_tokens must be >= page_size ({self.page_size}), "
                 f"got {self.max_total_tokens}"
             )
+        if self.fp32_gemm_max_rows is not None:
+            check_int("fp32_gemm_max_rows", self.fp32_gemm_max_rows, minimum=0, or_none=True)
         self._check_speculative()
         self._check_graphs()
         check_device(self.device)

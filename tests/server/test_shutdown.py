@@ -95,6 +95,13 @@ def test_shutdown_past_grace_period_ends_streams(qwen3_dir: Path) -> None:
     """When uvicorn's grace period runs out it cancels the handlers: the stream's requests are
     aborted, the connection closes, and the lifespan stops the engine thread."""
     with tiny_runner(qwen3_dir) as runner:
+        step = runner.engine.step
+
+        def slow_step() -> object:  # 1000 tokens must outlast the 1 s grace period on any CPU
+            time.sleep(0.005)
+            return step()
+
+        runner.engine.step = slow_step  # type: ignore[method-assign]
         app = create_app(runner, MODEL)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))

@@ -1,8 +1,9 @@
-"""One integer-product op library (``int8_gemm.cpp``, ``gguf_gemm.cpp``): built on first use, its
-ops' output shapes told to ``torch.compile``, and the instruction sets its kernels run here.
+"""One product op library (``int8_gemm.cpp``, ``gguf_gemm.cpp``, ``fp32_gemm.cpp``): built on
+first use, its ops' output shapes told to ``torch.compile``, and the instruction sets its kernels
+run here.
 
-Both C++ files pick their inner loop from the same list (``int_gemm_common.h``), so both expose
-``supported_isas()`` as these names' indices. ``best_isa`` keeps its answer in a plain list, and
+The two integer files pick their inner loop from the same list (``int_gemm_common.h``), so both
+expose ``supported_isas()`` as ``ISA_NAMES``' indices; the float one has its own list. ``best_isa`` keeps its answer in a plain list, and
 the build is skipped while ``torch.compile`` traces, so that a compiled decode step
 (``models/decode_graph.py``) reads both and calls each product as one opaque op.
 """
@@ -22,16 +23,26 @@ ISA_NAMES = ("scalar", "avx2", "avx_vnni", "avx512_vnni")  # index = the C++ Isa
 
 class IntGemmLibrary:
     """``kernels/<stem>.cpp``'s ops as ``torch.ops.vibe_<stem>``; ``fakes`` maps each op's
-    name to a function of its arguments returning an empty tensor of its output's shape."""
+    name to a function of its arguments returning an empty tensor of its output's shape;
+    ``isa_names`` names the C++ file's instruction-set codes (index = code); ``cflags`` are
+    extra compiler flags."""
 
-    def __init__(self, stem: str, what: str, fakes: dict[str, Callable[..., torch.Tensor]]):
-        self.stem, self.what, self.fakes = stem, what, fakes
+    def __init__(
+        self,
+        stem: str,
+        what: str,
+        fakes: dict[str, Callable[..., torch.Tensor]],
+        isa_names: tuple[str, ...] = ISA_NAMES,
+        cflags: tuple[str, ...] = (),
+    ):
+        self.stem, self.what, self.fakes, self.isa_names = stem, what, fakes, isa_names
+        self.cflags = list(cflags)
         self._best: list[str] = []  # filled on first use; a plain list, so torch.compile reads it
 
     @functools.cache
     def _build(self) -> None:
         """Build or load the op library (``kernels/cpp_build.py``); raises ``RuntimeError``."""
-        load_op_library(self.stem, self.what)
+        load_op_library(self.stem, self.what, self.cflags)
         for name, fake in self.fakes.items():
             torch.library.register_fake(f"vibe_{self.stem}::{name}")(fake)
 
@@ -43,7 +54,7 @@ class IntGemmLibrary:
 
     def supported_isas(self) -> list[str]:
         """The kernels' instruction sets this CPU runs, best first (``"scalar"`` always)."""
-        return [ISA_NAMES[i] for i in self.ops().supported_isas()]
+        return [self.isa_names[i] for i in self.ops().supported_isas()]
 
     def best_isa(self) -> str:
         """The instruction set the ops use by default on this CPU."""
@@ -53,4 +64,4 @@ class IntGemmLibrary:
 
     def isa_code(self, isa: str | None) -> int:
         """The C++ code of ``isa`` (default: the best)."""
-        return ISA_NAMES.index(isa or self.best_isa())
+        return self.isa_names.index(isa or self.best_isa())

@@ -32,7 +32,7 @@ from vibe_sgl_lite.batch.forward_batch import ForwardBatch
 from vibe_sgl_lite.kernels.attention import AttentionBackend
 from vibe_sgl_lite.memory.kv_pool import KVPool, LayerKV
 from vibe_sgl_lite.models.config import ModelConfig
-from vibe_sgl_lite.models.layers import Attention, GatedMLP, RMSNorm, RotaryEmbedding
+from vibe_sgl_lite.models.layers import Attention, GatedMLP, Linear, RMSNorm, RotaryEmbedding
 from vibe_sgl_lite.models.weights import load_packed_weights
 
 
@@ -112,7 +112,7 @@ class DecoderForCausalLM(nn.Module):
         self.layer_range = range(config.num_hidden_layers)
         """The layers this process runs (all but a pipeline stage's are placeholders)."""
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head: nn.Linear = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
 
     def tie_weights(self) -> None:

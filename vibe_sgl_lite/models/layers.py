@@ -109,14 +109,34 @@ class GatedMLP(nn.Module):
         self.gate_up_proj = MergedLinear(
             hidden_size, [intermediate_size, intermediate_size], bias=bias
         )
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.down_proj: nn.Linear = Linear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 
-class MergedLinear(nn.Linear):
+class Linear(nn.Linear):
+    """``nn.Linear`` whose products of at most ``fp32_gemm_rows`` rows run our float32 loop
+    (``kernels/fp32_gemm.py``) instead of ``F.linear``.
+
+    ``fp32_gemm_rows`` is 0, so always ``F.linear``, unless ``models/weight_layout.py`` stored
+    the weight column-major (float32 on CPU), built the loop and set it from
+    ``fp32_gemm_max_rows``, with ``fp32_gemm_isa`` the loop's instruction set. The op is called
+    directly: this runs for every product of every step.
+    """
+
+    fp32_gemm_rows = 0
+    fp32_gemm_isa = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and x.shape[0] <= self.fp32_gemm_rows:
+            op = torch.ops.vibe_fp32_gemm.fp32_linear
+            return op(x.contiguous(), self.weight.t(), self.bias, self.fp32_gemm_isa)
+        return F.linear(x, self.weight, self.bias)
+
+
+class MergedLinear(Linear):
     """One matmul for several projections that read the same input (q/k/v, gate/up).
 
     ``shard_sizes`` are the output widths of the original checkpoint tensors, in order; the loader
@@ -162,7 +182,7 @@ class Attention(nn.Module):
         self.qkv_proj = MergedLinear(
             hidden_size, [self.q_size, self.kv_size, self.kv_size], bias=qkv_bias
         )
-        self.o_proj = nn.Linear(self.q_size, hidden_size, bias=o_bias)
+        self.o_proj: nn.Linear = Linear(self.q_size, hidden_size, bias=o_bias)
         self.q_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
         self.k_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
         self.rotary = rotary

@@ -28,7 +28,11 @@ from vibe_sgl_lite.models.layers import RotaryEmbedding
 from vibe_sgl_lite.models.quantization import QuantizedWeight, Slot
 from vibe_sgl_lite.models.quantize import quantization_targets, quantize_model
 from vibe_sgl_lite.models.registry import get_model_class
-from vibe_sgl_lite.models.weight_layout import relayout_linear_weights, resolve_weight_layout
+from vibe_sgl_lite.models.weight_layout import (
+    relayout_linear_weights,
+    resolve_fp32_gemm_rows,
+    resolve_weight_layout,
+)
 from vibe_sgl_lite.models.weights import PACKED
 
 
@@ -185,6 +189,7 @@ def load_model(
     progress: bool | None = None,
     quantization: str | None = None,
     weight_layout: str = "auto",
+    fp32_gemm_max_rows: int | None = None,
 ) -> tuple[DecoderForCausalLM, ModelConfig]:
     """Build the registered class for ``model_dir`` and fill it with the checkpoint's weights.
 
@@ -207,7 +212,8 @@ def load_model(
 
     ``weight_layout`` stores the float linear weights row- or column-major at the end
     (``models/weight_layout.py``; ``"auto"``: column-major for float32 on CPU, where small-batch
-    products run up to 2x faster).
+    products run up to 2x faster); ``fp32_gemm_max_rows`` then sends products of that many rows
+    or fewer to our float32 loop (``None``: the machine's default; ``resolve_fp32_gemm_rows``).
     """
     model_dir = Path(model_dir)
     config = ModelConfig.from_path(model_dir)  # a folder or a .gguf file; errors otherwise
@@ -239,7 +245,9 @@ def load_model(
         model.load_weights(bar)
     if quantization is not None:
         quantize_model(model, quantization, prequantized=kept)
-    relayout_linear_weights(
-        model, resolve_weight_layout(weight_layout, torch.device(device), torch_dtype)
+    layout = resolve_weight_layout(weight_layout, torch.device(device), torch_dtype)
+    fp32_gemm_rows = resolve_fp32_gemm_rows(
+        fp32_gemm_max_rows, layout, torch.device(device), torch_dtype
     )
+    relayout_linear_weights(model, layout, fp32_gemm_rows)
     return model.eval().requires_grad_(False), config

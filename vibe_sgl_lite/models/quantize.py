@@ -20,7 +20,7 @@ from torch import nn
 
 from vibe_sgl_lite.kernels import gguf_gemm, int8_gemm
 from vibe_sgl_lite.models.gguf_linear import GGUFLinear, kept_format
-from vibe_sgl_lite.models.layers import Attention, GatedMLP, MergedLinear
+from vibe_sgl_lite.models.layers import Attention, GatedMLP, Linear, MergedLinear
 from vibe_sgl_lite.models.quantization import (
     DEFAULT_INT4_GROUP_SIZE,
     INT4_GROUP_SIZES,
@@ -59,7 +59,7 @@ def quantization_targets(model: nn.Module, lm_head: bool = True) -> dict[str, nn
     if lm_head and isinstance(head, nn.Linear):
         targets["lm_head"] = head
     for path, linear in targets.items():
-        if type(linear) not in (nn.Linear, MergedLinear):
+        if type(linear) not in (nn.Linear, Linear, MergedLinear):
             raise ValueError(
                 f"quantization cannot replace {path} ({type(linear).__name__}): layers sharded "
                 "for tensor parallelism are not supported (use tp_size=1)"

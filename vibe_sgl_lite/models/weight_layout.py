@@ -21,6 +21,11 @@ through oneDNN, where neither layout won consistently, and GPU libraries take ei
 full speed: both keep the checkpoint's rows. A tied embedding shares the weight and so looks its
 rows up in a column-major matrix: a strided gather, about 15 us per prompt token at hidden 512,
 against about 0.5 ms of compute per prompt token in the rest of the model.
+
+A column-major weight also lets the products skip MKL: ``layers.Linear`` runs those of at most
+``fp32_gemm_rows`` rows through our loop (``kernels/fp32_gemm.py``), which streams each weight
+once per 4 rows and gives a row the same bits in any batch. ``resolve_fp32_gemm_rows`` sets
+``fp32_gemm_rows`` from the ``fp32_gemm_max_rows`` setting (default: every product).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import torch
 from torch import nn
 
 from vibe_sgl_lite.config import WEIGHT_LAYOUTS
+from vibe_sgl_lite.kernels import fp32_gemm
+from vibe_sgl_lite.models.layers import Linear
 
 
 def resolve_weight_layout(layout: str, device: torch.device, dtype: torch.dtype) -> str:
@@ -42,17 +49,49 @@ def resolve_weight_layout(layout: str, device: torch.device, dtype: torch.dtype)
     return "column" if device.type == "cpu" and dtype == torch.float32 else "row"
 
 
-def relayout_linear_weights(model: nn.Module, layout: str) -> int:
+EVERY_PRODUCT = 2**62
+"""``fp32_gemm_rows`` for "every product, whatever its rows"."""
+
+
+def resolve_fp32_gemm_rows(
+    max_rows: int | None, layout: str, device: torch.device, dtype: torch.dtype
+) -> int:
+    """The most rows a product sends to our loop: 0 unless the weights are column-major float32
+    on CPU; there ``max_rows``, by default every product (``EVERY_PRODUCT``) where torch runs
+    AVX2 or AVX-512 (the loop's vector paths), else 0."""
+    if layout != "column" or device.type != "cpu" or dtype != torch.float32:
+        return 0
+    if max_rows is None:
+        vector = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+        max_rows = EVERY_PRODUCT if vector else 0
+    if max_rows:
+        try:
+            fp32_gemm.supported_isas()  # build now, at load, rather than inside the first step
+        except RuntimeError as e:
+            raise ValueError(
+                f"fp32_gemm_max_rows: could not build the float32 CPU kernel ({e}); install a C++ "
+                "compiler and ninja, or pass fp32_gemm_max_rows=0"
+            ) from e
+    return max_rows
+
+
+def relayout_linear_weights(model: nn.Module, layout: str, fp32_gemm_rows: int = 0) -> int:
     """Store every float ``nn.Linear`` weight of ``model`` in ``layout`` (``"row"`` or
     ``"column"``), in place; returns how many weights were rewritten.
 
     Idempotent, and a weight shared by several modules (a tied LM head) is rewritten once.
-    Quantised layers are not ``nn.Linear`` and keep their packed layout.
+    Quantised layers are not ``nn.Linear`` and keep their packed layout. Every ``layers.Linear``
+    gets ``fp32_gemm_rows`` (column-major only: our loop reads ``weight.t()``).
     """
+    if fp32_gemm_rows and layout != "column":
+        raise ValueError(f"fp32_gemm_rows needs column-major weights, got layout {layout!r}")
     done: set[int] = set()
     for module in model.modules():
         if not isinstance(module, nn.Linear) or not module.weight.is_floating_point():
             continue
+        if isinstance(module, Linear):
+            module.fp32_gemm_rows = fp32_gemm_rows
+            module.fp32_gemm_isa = fp32_gemm.isa_code() if fp32_gemm_rows else 0
         weight = module.weight
         if id(weight) in done:
             continue

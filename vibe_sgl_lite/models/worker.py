@@ -67,6 +67,7 @@ class ModelWorker:
             shard=shard,
             quantization=config.quantization,
             weight_layout=config.weight_layout,
+            fp32_gemm_max_rows=config.fp32_gemm_max_rows,
         )
         layers = self.model.layer_range  # all of them, unless this is one pipeline stage
         capture = graph_capture(config, self.device)
