@@ -118,3 +118,10 @@ def test_decode_graph_example_gives_the_eager_text() -> None:
     lines = proc.stdout.splitlines()
     assert lines[-1] == "identical text: True"
     assert "compiled batch sizes [1]" in proc.stdout
+
+
+def test_fp32_gemm_example_keeps_a_request_s_logprobs_in_any_batch() -> None:
+    """MKL's line is not checked: whether its bits move with the batch depends on the CPU."""
+    lines = run_example("fp32_gemm.py").stdout.splitlines()
+    assert lines[0].startswith("our loop: same tokens True, bitwise-same logprobs True,")
+    assert lines[1].startswith("MKL: same tokens ")

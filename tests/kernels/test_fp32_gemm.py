@@ -16,10 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vibe_sgl_lite.config import EngineConfig
+from vibe_sgl_lite.core.runner import ModelRunner
 from vibe_sgl_lite.kernels.fp32_gemm import fp32_linear, supported_isas
 from vibe_sgl_lite.models.layers import Linear
 from vibe_sgl_lite.models.loader import load_model
 from vibe_sgl_lite.models.weight_layout import EVERY_PRODUCT, resolve_fp32_gemm_rows
+from vibe_sgl_lite.sampling import SamplingParams
 
 
 def column_major(n: int, k: int, seed: int) -> torch.Tensor:
@@ -120,3 +122,20 @@ def test_the_loaded_model_sends_few_rows_to_the_loop_and_gives_mkl_s_logits(
     assert torch.allclose(through_loop, through_mkl, rtol=1e-5, atol=1e-5)
     baseline, _ = load_model(qwen3_dir, "float32", "cpu", fp32_gemm_max_rows=0)
     assert all(m.fp32_gemm_rows == 0 for m in baseline.modules() if isinstance(m, Linear))
+
+
+@pytest.mark.integration
+def test_a_request_s_logprobs_do_not_depend_on_its_batch(qwen3_dir: Path) -> None:
+    """With every float32 product in our loop, a request's logprobs are bitwise the same alone
+    and batched with others of other lengths, in its prefill and in every decode step (the
+    design's invariant 5, here down to the last bit rather than to the greedy token). With MKL's
+    products (``fp32_gemm_max_rows=0``) this fails on an AMD EPYC (Zen 5)."""
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=3)
+    alone_prompt = list(range(5, 19))
+    others = [list(range(40, 40 + n)) for n in (3, 27, 9)]
+    settings = dict(enable_prefix_cache=False, max_total_tokens=2048, fp32_gemm_max_rows=1 << 30)
+    with ModelRunner(qwen3_dir, **settings) as runner:  # type: ignore[arg-type]
+        (alone,) = runner.generate_outputs([alone_prompt], params)
+        batched = runner.generate_outputs([others[0], alone_prompt, *others[1:]], params)[1]
+    assert batched.token_ids == alone.token_ids
+    assert batched.logprobs == alone.logprobs
