@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from vibe_sgl_lite.config import EngineConfig
 from vibe_sgl_lite.core.runner import ModelRunner
+from vibe_sgl_lite.kernels import fp32_gemm
 from vibe_sgl_lite.kernels.fp32_gemm import fp32_linear, supported_isas
 from vibe_sgl_lite.models.layers import Linear
 from vibe_sgl_lite.models.loader import load_model
@@ -139,3 +140,19 @@ def test_a_request_s_logprobs_do_not_depend_on_its_batch(qwen3_dir: Path) -> Non
         batched = runner.generate_outputs([others[0], alone_prompt, *others[1:]], params)[1]
     assert batched.token_ids == alone.token_ids
     assert batched.logprobs == alone.logprobs
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("cap, allowed", [("avx2", {"avx2", "scalar"}), ("default", {"scalar"})])
+def test_torch_s_capability_variable_caps_our_instruction_set(
+    monkeypatch: pytest.MonkeyPatch, cap: str, allowed: set[str]
+) -> None:
+    """``ATEN_CPU_CAPABILITY=avx2`` makes an AVX-512 machine run our loops as an AVX2 one."""
+    best = fp32_gemm._LIBRARY._best
+    saved = list(best)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", cap)
+    try:
+        best.clear()
+        assert fp32_gemm.best_isa() in allowed
+    finally:
+        best[:] = saved

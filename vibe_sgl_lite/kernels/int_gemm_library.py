@@ -11,6 +11,7 @@ the build is skipped while ``torch.compile`` traces, so that a compiled decode s
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,8 @@ import torch
 from vibe_sgl_lite.kernels.cpp_build import load_op_library
 
 ISA_NAMES = ("scalar", "avx2", "avx_vnni", "avx512_vnni")  # index = the C++ Isa code
+CAPPED_ISAS = {"avx2": ("avx2", "scalar"), "default": ("scalar",)}
+"""The instruction sets allowed under each ``ATEN_CPU_CAPABILITY`` cap (torch's names)."""
 
 
 class IntGemmLibrary:
@@ -57,9 +60,16 @@ class IntGemmLibrary:
         return [self.isa_names[i] for i in self.ops().supported_isas()]
 
     def best_isa(self) -> str:
-        """The instruction set the ops use by default on this CPU."""
+        """The instruction set the ops use by default on this CPU: the best it runs, unless
+        torch's own ``ATEN_CPU_CAPABILITY`` is set to ``avx2`` or ``default``, which caps ours
+        too (AVX2 / plain C++), so that one variable makes an AVX-512 machine run as an AVX2
+        one (``docs/benchmarks.md`` measures that way)."""
         if not self._best:
-            self._best.append(self.supported_isas()[0])
+            allowed = self.supported_isas()
+            cap = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
+            if cap in CAPPED_ISAS:
+                allowed = [isa for isa in allowed if isa in CAPPED_ISAS[cap]]
+            self._best.append(allowed[0])
         return self._best[0]
 
     def isa_code(self, isa: str | None) -> int:
