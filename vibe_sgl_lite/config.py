@@ -102,7 +102,7 @@ class EngineConfig:
         None,
         "float32 CPU products of at most this many rows run our loop over the column-major "
         "weights (kernels/fp32_gemm.py), the rest torch's (MKL); 0: none (default: every "
-        "product where torch runs AVX2 or AVX-512, else none)",
+        "product where the loop runs AVX-512, up to 8 rows where it runs AVX2, else none)",
     )
     mem_fraction: float = setting(
         0.3, "share of free memory for the KV pool when max_total_tokens is not set"

@@ -21,7 +21,7 @@ from vibe_sgl_lite.kernels import fp32_gemm
 from vibe_sgl_lite.kernels.fp32_gemm import fp32_linear, supported_isas
 from vibe_sgl_lite.models.layers import Linear
 from vibe_sgl_lite.models.loader import load_model
-from vibe_sgl_lite.models.weight_layout import EVERY_PRODUCT, resolve_fp32_gemm_rows
+from vibe_sgl_lite.models.weight_layout import AVX2_ROWS, EVERY_PRODUCT, resolve_fp32_gemm_rows
 from vibe_sgl_lite.sampling import SamplingParams
 
 
@@ -100,9 +100,11 @@ def test_only_float32_column_major_weights_on_cpu_use_the_loop() -> None:
         ("column", cuda, torch.float32),
     ]:
         assert resolve_fp32_gemm_rows(8, layout, device, dtype) == 0
-    vector = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
     auto = resolve_fp32_gemm_rows(None, "column", cpu, torch.float32)
-    assert auto == (EVERY_PRODUCT if vector else 0)
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        assert auto == 0
+    else:
+        assert auto == {"avx512": EVERY_PRODUCT, "avx2": AVX2_ROWS}.get(fp32_gemm.best_isa(), 0)
 
 
 @pytest.mark.integration

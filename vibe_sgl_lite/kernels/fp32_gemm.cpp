@@ -116,6 +116,10 @@ __attribute__((target("avx2,fma"))) void half_tile_avx2(const float* x, const fl
   __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
   const float* w = wt + n0;
   for (int64_t k = 0; k < K; ++k, w += N) {
+    if (k + kAhead < K) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + kAhead * N), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w + kAhead * N + 16), _MM_HINT_T0);
+    }
     const __m256 w0 = _mm256_maskload_ps(w, m0), w1 = _mm256_maskload_ps(w + 8, m1);
     const __m256 w2 = _mm256_maskload_ps(w + 16, m2), w3 = _mm256_maskload_ps(w + 24, m3);
     const __m256 x0 = _mm256_set1_ps(x[k]);
@@ -137,11 +141,44 @@ __attribute__((target("avx2,fma"))) void half_tile_avx2(const float* x, const fl
     for (int c = 0; c < 4; ++c) _mm256_maskstore_ps(y + m * N + n0 + 8 * c, masks[c], rows[m][c]);
 }
 
+// One row over a whole 64-channel tile: 8 accumulators, the weights read in one pass.
+__attribute__((target("avx2,fma"))) void row_avx2(const float* x, const float* wt, float* y,
+                                                 int64_t K, int64_t N, int64_t n0, int64_t nc) {
+  __m256i mask[8];
+  for (int c = 0; c < 8; ++c) {
+    const int64_t left = std::clamp<int64_t>(nc - 8 * c, 0, 8);
+    mask[c] = _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(left)),
+                                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  const float* w = wt + n0;
+  for (int64_t k = 0; k < K; ++k, w += N) {
+    if (k + kAhead < K)
+      for (int c = 0; c < 4; ++c)
+        _mm_prefetch(reinterpret_cast<const char*>(w + kAhead * N + 16 * c), _MM_HINT_T0);
+    const __m256 xv = _mm256_set1_ps(x[k]);
+    a0 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w, mask[0]), a0);
+    a1 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w + 8, mask[1]), a1);
+    a2 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w + 16, mask[2]), a2);
+    a3 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w + 24, mask[3]), a3);
+    a4 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w + 32, mask[4]), a4);
+    a5 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w + 40, mask[5]), a5);
+    a6 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w + 48, mask[6]), a6);
+    a7 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w + 56, mask[7]), a7);
+  }
+  const __m256 acc[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+  for (int c = 0; c < 8; ++c) _mm256_maskstore_ps(y + n0 + 8 * c, mask[c], acc[c]);
+}
+
 template <int MR>
 void tile_avx2(const float* x, const float* wt, float* y, int64_t K, int64_t N, int64_t n0,
                int64_t nc) {
-  half_tile_avx2<MR>(x, wt, y, K, N, n0, std::min<int64_t>(nc, 32));
-  if (nc > 32) half_tile_avx2<MR>(x, wt, y, K, N, n0 + 32, nc - 32);
+  if constexpr (MR == 1) {
+    row_avx2(x, wt, y, K, N, n0, nc);
+  } else {
+    half_tile_avx2<MR>(x, wt, y, K, N, n0, std::min<int64_t>(nc, 32));
+    if (nc > 32) half_tile_avx2<MR>(x, wt, y, K, N, n0 + 32, nc - 32);
+  }
 }
 #endif  // VIBE_X86
 

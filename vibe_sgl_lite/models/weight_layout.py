@@ -51,28 +51,34 @@ def resolve_weight_layout(layout: str, device: torch.device, dtype: torch.dtype)
 
 EVERY_PRODUCT = 2**62
 """``fp32_gemm_rows`` for "every product, whatever its rows"."""
+AVX2_ROWS = 8
+"""The default with only the AVX2 path: emulated on a Zen 5 (``ATEN_CPU_CAPABILITY=avx2``,
+MKL on AVX2 too), our loop ran a decoder's products 1.3-1.6x faster than MKL at 1-4 rows, even
+at 8-16 and 0.65-0.86x at 64 (``docs/benchmarks.md``)."""
 
 
 def resolve_fp32_gemm_rows(
     max_rows: int | None, layout: str, device: torch.device, dtype: torch.dtype
 ) -> int:
     """The most rows a product sends to our loop: 0 unless the weights are column-major float32
-    on CPU; there ``max_rows``, by default every product (``EVERY_PRODUCT``) where torch runs
-    AVX2 or AVX-512 (the loop's vector paths), else 0."""
+    on CPU. There ``max_rows``; by default every product (``EVERY_PRODUCT``) where the loop runs
+    its AVX-512 path, ``AVX2_ROWS`` where it runs its AVX2 one, else 0 (what was measured)."""
     if layout != "column" or device.type != "cpu" or dtype != torch.float32:
         return 0
-    if max_rows is None:
-        vector = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-        max_rows = EVERY_PRODUCT if vector else 0
-    if max_rows:
-        try:
-            fp32_gemm.supported_isas()  # build now, at load, rather than inside the first step
-        except RuntimeError as e:
-            raise ValueError(
-                f"fp32_gemm_max_rows: could not build the float32 CPU kernel ({e}); install a C++ "
-                "compiler and ninja, or pass fp32_gemm_max_rows=0"
-            ) from e
-    return max_rows
+    if max_rows is None and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return 0
+    if max_rows == 0:
+        return 0
+    try:
+        isa = fp32_gemm.best_isa()  # builds now, at load, rather than inside the first step
+    except RuntimeError as e:
+        raise ValueError(
+            f"fp32_gemm_max_rows: could not build the float32 CPU kernel ({e}); install a C++ "
+            "compiler and ninja, or pass fp32_gemm_max_rows=0"
+        ) from e
+    if max_rows is not None:
+        return max_rows
+    return {"avx512": EVERY_PRODUCT, "avx2": AVX2_ROWS}.get(isa, 0)
 
 
 def relayout_linear_weights(model: nn.Module, layout: str, fp32_gemm_rows: int = 0) -> int:
